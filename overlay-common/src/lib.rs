@@ -1,0 +1,301 @@
+//! The map ABI shared by the eBPF programs and the userspace agent.
+//!
+//! Everything here is `#[repr(C)]`, `Pod`, and padded explicitly so that the
+//! byte layout the kernel sees is the layout both sides compile. IPv4 addresses
+//! and MACs are byte arrays in wire order, so `bpftool map dump` prints them as
+//! the bytes you would read in a packet capture. Integers are host order.
+//!
+//! Map names (the pin file names under `<pin root>/<node>/`) are the constants
+//! in [`map_names`]; the programs declare their maps with exactly these names.
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+/// IANA VXLAN port (RFC 7348); the kernel's VXLAN device default with `dstport 4789`.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Ethernet + IPv4 (no options) + UDP + VXLAN: what encapsulation adds in front of
+/// the inner Ethernet frame, and so what the inner MTU must leave free.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Largest VNI: the field is 24 bits wide; 0 is reserved by convention.
+pub const VNI_MAX: u32 = (1 << 24) - 1;
+
+pub const MAX_NETWORKS: u32 = 1024;
+pub const MAX_ENDPOINTS: u32 = 4096;
+pub const MAX_FDB_ENTRIES: u32 = 262_144;
+pub const MAX_NEIGH_ENTRIES: u32 = 262_144;
+pub const MAX_VTEPS: u32 = 16_384;
+
+pub mod map_names {
+    pub const CONFIG: &str = "CONFIG";
+    pub const NETWORKS: &str = "NETWORKS";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const FDB: &str = "FDB";
+    pub const NEIGH: &str = "NEIGH";
+    pub const VTEPS: &str = "VTEPS";
+    pub const STATS: &str = "STATS";
+    /// DEVMAP_HASH keyed by host-side veth ifindex: the XDP decap redirect target.
+    pub const ENDPOINT_DEVS: &str = "ENDPOINT_DEVS";
+
+    pub const ALL: [&str; 8] = [
+        CONFIG,
+        NETWORKS,
+        ENDPOINTS,
+        FDB,
+        NEIGH,
+        VTEPS,
+        STATS,
+        ENDPOINT_DEVS,
+    ];
+}
+
+/// Program names, as exported by the eBPF object.
+pub mod program_names {
+    /// TC ingress on each endpoint's host-side veth: everything a container sends.
+    pub const ENDPOINT_INGRESS: &str = "endpoint_ingress";
+    /// TC ingress on the underlay: the TC decapsulation variant.
+    pub const UNDERLAY_INGRESS_TC: &str = "underlay_ingress";
+    /// XDP on the underlay: the XDP decapsulation variant.
+    pub const UNDERLAY_XDP: &str = "underlay_xdp";
+    /// XDP_PASS on the container-side veth. Frames XDP_REDIRECTed into a veth are
+    /// dropped unless its peer runs an XDP program (or has NAPI); this is that program.
+    pub const ENDPOINT_PEER_XDP: &str = "endpoint_peer_xdp";
+}
+
+/// The single entry of the CONFIG array (index 0).
+///
+/// Layout (24 bytes): `vtep_ip` 0..4, `underlay_ifindex` 4..8, `vxlan_port` 8..10,
+/// `src_port_min` 10..12, `src_port_max` 12..14, `_pad` 14..16, `flags` 16..20,
+/// `_reserved` 20..24.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// This node's VTEP address: outer source on encap, required outer destination on decap.
+    pub vtep_ip: [u8; 4],
+    pub underlay_ifindex: u32,
+    /// UDP destination port of VXLAN datagrams, host order.
+    pub vxlan_port: u16,
+    /// Outer UDP source ports are drawn from `src_port_min..=src_port_max` by inner
+    /// flow hash, as the kernel's `udp_flow_src_port` does, for ECMP entropy.
+    pub src_port_min: u16,
+    pub src_port_max: u16,
+    pub _pad: u16,
+    /// `CONFIG_F_*` bits.
+    pub flags: u32,
+    pub _reserved: u32,
+}
+
+/// The programs act only once userspace has published a configuration.
+pub const CONFIG_F_READY: u32 = 1 << 0;
+
+/// NETWORKS value, keyed by VNI (`u32`). Layout (8 bytes): `mtu` 0..4, `flags` 4..8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Network {
+    /// The endpoints' MTU in this network (underlay MTU − 50 unless configured).
+    pub mtu: u32,
+    pub flags: u32,
+}
+
+/// ENDPOINTS value, keyed by the host-side veth ifindex (`u32`).
+/// Layout (16 bytes): `vni` 0..4, `ip` 4..8, `mac` 8..14, `_pad` 14..16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Endpoint {
+    pub vni: u32,
+    /// The only source IPv4 this endpoint may send from.
+    pub ip: [u8; 4],
+    /// The only source MAC this endpoint may send from.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// FDB key. Layout (12 bytes): `vni` 0..4, `mac` 4..10, `_pad` 10..12.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct FdbKey {
+    pub vni: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl FdbKey {
+    pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
+        Self {
+            vni,
+            mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
+pub const FDB_KIND_LOCAL: u32 = 1;
+pub const FDB_KIND_REMOTE: u32 = 2;
+
+/// FDB value: where a MAC of a network lives.
+/// Layout (12 bytes): `kind` 0..4, `ifindex` 4..8, `remote_vtep` 8..12.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FdbEntry {
+    /// `FDB_KIND_LOCAL` (deliver to `ifindex`) or `FDB_KIND_REMOTE` (encapsulate to `remote_vtep`).
+    pub kind: u32,
+    /// Host-side veth of a local endpoint; 0 for remote entries.
+    pub ifindex: u32,
+    /// VTEP of a remote endpoint; zero for local entries.
+    pub remote_vtep: [u8; 4],
+}
+
+/// NEIGH key: an IPv4 address inside a network. Layout (8 bytes): `vni` 0..4, `ip` 4..8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct NeighKey {
+    pub vni: u32,
+    pub ip: [u8; 4],
+}
+
+/// NEIGH value: the MAC that proxy ARP answers with. Layout (8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NeighEntry {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// VTEPS value, keyed by the peer's VTEP IPv4 (`[u8; 4]`). A peer is accepted as an
+/// outer source for decapsulation only while it has an entry here.
+/// Layout (8 bytes): `endpoints` 0..4, `flags` 4..8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Vtep {
+    /// How many remote endpoints userspace knows behind this VTEP (informational).
+    pub endpoints: u32,
+    pub flags: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C), have no implicit padding and are valid
+    // for any bit pattern (they are bytemuck::Pod).
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Network {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for FdbKey {}
+    unsafe impl aya::Pod for FdbEntry {}
+    unsafe impl aya::Pod for NeighKey {}
+    unsafe impl aya::Pod for NeighEntry {}
+    unsafe impl aya::Pod for Vtep {}
+}
+
+/// Why a packet was counted. The STATS per-CPU array is indexed by these values;
+/// [`Counter::NAME`] gives the stable name userspace prints.
+///
+/// Counters starting with `drop_` are the reasons a frame was dropped.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A container frame encapsulated towards a remote VTEP.
+    Encap = 0,
+    /// A VXLAN datagram decapsulated and delivered to a local endpoint.
+    Decap,
+    /// A container frame delivered straight to another local endpoint.
+    LocalDelivery,
+    /// An ARP request from a container answered from NEIGH.
+    ArpReply,
+    /// An ARP request that came through the tunnel, delivered to the endpoint owning its target.
+    TunnelArpDelivered,
+    /// Encapsulated frame whose next hop had no neighbour entry: handed to
+    /// `bpf_redirect_neigh` so the kernel resolves it.
+    EncapNeighResolve,
+    /// Encapsulated frame the FIB lookup could not route (e.g. forwarding is off on
+    /// the underlay): handed to `bpf_redirect_neigh` to route and resolve. Slower.
+    EncapRouteFallback,
+    /// Source MAC is not the endpoint's own.
+    DropSpoofedMac,
+    /// Source IPv4 (or ARP sender IP) is not the endpoint's own.
+    DropSpoofedIp,
+    /// ARP request for an address with no NEIGH entry (never flooded).
+    DropArpMiss,
+    /// Not IPv4 or ARP, or a malformed header.
+    DropUnsupported,
+    /// Broadcast or multicast frame that is not an ARP request (never flooded).
+    DropFlood,
+    /// No FDB entry for the destination MAC in this network.
+    DropNoFdb,
+    /// Frame on a veth that has our program but no ENDPOINTS entry.
+    DropUnknownEndpoint,
+    /// VXLAN for a served VNI without the I flag.
+    DropVxlanFlags,
+    /// VXLAN for a served VNI from an outer source that is not a known VTEP.
+    DropUnknownVtep,
+    /// VXLAN for a served VNI whose inner destination is not a local endpoint of that VNI.
+    DropNotLocal,
+    /// VXLAN for a served VNI that is too short or malformed inside.
+    DropMalformed,
+    /// A helper failed (adjust_room, store, FIB lookup, redirect).
+    DropError,
+    /// VXLAN to our VTEP and port for a VNI this node does not serve, passed untouched.
+    PassUnknownVni,
+}
+
+impl Counter {
+    pub const COUNT: u32 = Counter::PassUnknownVni as u32 + 1;
+
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::Encap,
+        Counter::Decap,
+        Counter::LocalDelivery,
+        Counter::ArpReply,
+        Counter::TunnelArpDelivered,
+        Counter::EncapNeighResolve,
+        Counter::EncapRouteFallback,
+        Counter::DropSpoofedMac,
+        Counter::DropSpoofedIp,
+        Counter::DropArpMiss,
+        Counter::DropUnsupported,
+        Counter::DropFlood,
+        Counter::DropNoFdb,
+        Counter::DropUnknownEndpoint,
+        Counter::DropVxlanFlags,
+        Counter::DropUnknownVtep,
+        Counter::DropNotLocal,
+        Counter::DropMalformed,
+        Counter::DropError,
+        Counter::PassUnknownVni,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Encap => "encap",
+            Counter::Decap => "decap",
+            Counter::LocalDelivery => "local_delivery",
+            Counter::ArpReply => "arp_reply",
+            Counter::TunnelArpDelivered => "tunnel_arp_delivered",
+            Counter::EncapNeighResolve => "encap_neigh_resolve",
+            Counter::EncapRouteFallback => "encap_route_fallback",
+            Counter::DropSpoofedMac => "drop_spoofed_mac",
+            Counter::DropSpoofedIp => "drop_spoofed_ip",
+            Counter::DropArpMiss => "drop_arp_miss",
+            Counter::DropUnsupported => "drop_unsupported",
+            Counter::DropFlood => "drop_flood",
+            Counter::DropNoFdb => "drop_no_fdb",
+            Counter::DropUnknownEndpoint => "drop_unknown_endpoint",
+            Counter::DropVxlanFlags => "drop_vxlan_flags",
+            Counter::DropUnknownVtep => "drop_unknown_vtep",
+            Counter::DropNotLocal => "drop_not_local",
+            Counter::DropMalformed => "drop_malformed",
+            Counter::DropError => "drop_error",
+            Counter::PassUnknownVni => "pass_unknown_vni",
+        }
+    }
+}
+
+/// One STATS slot (per CPU). Layout (16 bytes): `packets` 0..8, `bytes` 8..16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CounterValue {}

@@ -1,0 +1,194 @@
+//! VXLAN encapsulation (RFC 7348) towards a remote VTEP, as the kernel's VXLAN
+//! device writes it: outer IPv4 with TTL 64, DF set, UDP checksum 0, source port
+//! from the inner flow hash.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_OUTPUT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+        bpf_redir_neigh,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh,
+    },
+    programs::TcContext,
+};
+use overlay_common::{Config, Counter, VXLAN_OVERHEAD};
+
+use crate::{
+    counters::count,
+    parse::{ETH_LEN, ETH_P_IP, Eth, IPPROTO_UDP, IPV4_VIHL_NO_OPTIONS, Ipv4, Packet, Udp, Vxlan},
+};
+
+const AF_INET: u8 = 2;
+const OUTER_TTL: u8 = 64;
+/// Don't Fragment, fragment offset 0. Inner MTUs are sized so outer packets fit the
+/// underlay; DF makes a misconfigured path fail loudly instead of fragmenting.
+const IP_FLAG_DF: [u8; 2] = [0x40, 0x00];
+const VXLAN_FLAG_I: u8 = 0x08;
+
+/// Everything written in front of the inner frame's payload: the 50 bytes of
+/// outer headers, then the inner Ethernet header moved back into place.
+#[repr(C)]
+struct VxlanFrameHead {
+    outer_eth: Eth,
+    outer_ip: Ipv4,
+    outer_udp: Udp,
+    vxlan: Vxlan,
+    inner_eth: Eth,
+}
+
+/// `bpf_skb_adjust_room` flags for growing an skb by the VXLAN overhead.
+///
+/// The ENCAP flags record the new inner headers so GSO can segment the tunnelled
+/// packet later (SKB_GSO_UDP_TUNNEL). FIXED_GSO keeps `gso_size` as the container's
+/// TCP stack chose it: the inner MTU already leaves room for the outer headers,
+/// and shrinking it would make each segment carry less than it may.
+const ENCAP_ROOM_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+    | ((ETH_LEN as u64) << 56);
+
+/// Encapsulates the frame at `ctx` for `vni` and sends it towards `remote_vtep`.
+/// Returns the TC action.
+#[inline(always)]
+pub fn to_remote(ctx: &TcContext, cfg: &Config, vni: u32, remote_vtep: [u8; 4]) -> i32 {
+    let frame_len = ctx.len();
+    let Some(inner_eth) = ctx.ptr_at::<Eth>(0) else {
+        return drop(Counter::DropUnsupported, frame_len);
+    };
+    // SAFETY: bounds-checked above.
+    let inner_eth = unsafe { core::ptr::read_unaligned(inner_eth) };
+    // The flow hash must come from the inner headers, before they are hidden.
+    // SAFETY: ctx is a valid skb.
+    let flow_hash = unsafe { bpf_get_hash_recalc(ctx.as_ptr().cast()) };
+
+    // Route first, so a failure leaves the packet untouched.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.ifindex = cfg.underlay_ifindex;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.vtep_ip);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(remote_vtep);
+    // SAFETY: fib is a properly sized bpf_fib_lookup on our stack.
+    let fib_rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    } as u32;
+
+    let head = VxlanFrameHead {
+        outer_eth: Eth {
+            dst_addr: fib.dmac,
+            src_addr: fib.smac,
+            ether_type: ETH_P_IP,
+        },
+        outer_ip: outer_ipv4(cfg.vtep_ip, remote_vtep, frame_len),
+        outer_udp: Udp {
+            src: source_port(flow_hash, cfg).to_be_bytes(),
+            dst: cfg.vxlan_port.to_be_bytes(),
+            len: ((frame_len + VXLAN_OVERHEAD - ETH_LEN as u32 - Ipv4::LEN as u32) as u16)
+                .to_be_bytes(),
+            check: [0; 2],
+        },
+        vxlan: Vxlan {
+            flags: VXLAN_FLAG_I,
+            _reserved1: [0; 3],
+            vni: [(vni >> 16) as u8, (vni >> 8) as u8, vni as u8],
+            _reserved2: 0,
+        },
+        inner_eth,
+    };
+
+    if ctx
+        .adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_ROOM_FLAGS)
+        .is_err()
+    {
+        return drop(Counter::DropError, frame_len);
+    }
+    if ctx.store(0, &head, 0).is_err() {
+        return drop(Counter::DropError, frame_len);
+    }
+    count(Counter::Encap, frame_len);
+
+    // SAFETY: plain helper calls; the neighbour parameters live on our stack.
+    unsafe {
+        match fib_rc {
+            BPF_FIB_LKUP_RET_SUCCESS => bpf_redirect(fib.ifindex, 0) as i32,
+            BPF_FIB_LKUP_RET_NO_NEIGH => {
+                // The next hop is known but not yet resolved: let the kernel's
+                // neighbour subsystem resolve it and fill in the MACs.
+                count(Counter::EncapNeighResolve, frame_len);
+                let mut nh: bpf_redir_neigh = core::mem::zeroed();
+                nh.nh_family = u32::from(AF_INET);
+                nh.__bindgen_anon_1.ipv4_nh = fib.__bindgen_anon_4.ipv4_dst;
+                bpf_redirect_neigh(
+                    fib.ifindex,
+                    &mut nh,
+                    core::mem::size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                ) as i32
+            }
+            _ => {
+                // No usable FIB answer (e.g. forwarding disabled on the underlay):
+                // let the kernel route and resolve from the outer header.
+                count(Counter::EncapRouteFallback, frame_len);
+                bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn drop(reason: Counter, bytes: u32) -> i32 {
+    count(reason, bytes);
+    TC_ACT_SHOT as i32
+}
+
+#[inline(always)]
+fn outer_ipv4(src: [u8; 4], dst: [u8; 4], inner_frame_len: u32) -> Ipv4 {
+    let tot_len = (inner_frame_len + VXLAN_OVERHEAD - ETH_LEN as u32) as u16;
+    let mut ip = Ipv4 {
+        vihl: IPV4_VIHL_NO_OPTIONS,
+        tos: 0,
+        tot_len: tot_len.to_be_bytes(),
+        id: [0; 2],
+        frags: IP_FLAG_DF,
+        ttl: OUTER_TTL,
+        proto: IPPROTO_UDP,
+        check: [0; 2],
+        src_addr: src,
+        dst_addr: dst,
+    };
+    ip.check = ipv4_header_checksum(&ip);
+    ip
+}
+
+/// RFC 791 header checksum over a 20-byte header whose checksum field is zero.
+#[inline(always)]
+pub fn ipv4_header_checksum(ip: &Ipv4) -> [u8; 2] {
+    // SAFETY: Ipv4 is 20 bytes of plain data.
+    let bytes: &[u8; 20] = unsafe { &*(ip as *const Ipv4 as *const [u8; 20]) };
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// Maps the flow hash onto the configured port range the way the kernel's
+/// `udp_flow_src_port` does (multiply-shift, no modulo bias).
+#[inline(always)]
+fn source_port(flow_hash: u32, cfg: &Config) -> u16 {
+    let span = u64::from(cfg.src_port_max - cfg.src_port_min) + 1;
+    ((u64::from(flow_hash) * span) >> 32) as u16 + cfg.src_port_min
+}

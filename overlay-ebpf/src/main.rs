@@ -1,0 +1,64 @@
+//! eBPF programs of the VXLAN overlay dataplane. Entry points only: the work is in
+//! one module per concern.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod counters;
+mod decap;
+mod encap;
+mod fdb;
+mod maps;
+mod parse;
+mod switch;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+/// TC ingress on an endpoint's host-side veth: every frame its container sends.
+#[classifier]
+pub fn endpoint_ingress(ctx: TcContext) -> i32 {
+    match fdb::config() {
+        Some(cfg) => switch::from_endpoint(&ctx, &cfg),
+        // Not configured yet: a container must not reach the host stack through us.
+        None => TC_ACT_SHOT as i32,
+    }
+}
+
+/// TC ingress on the underlay: the TC decapsulation variant.
+#[classifier]
+pub fn underlay_ingress(ctx: TcContext) -> i32 {
+    match fdb::config() {
+        Some(cfg) => decap::tc(&ctx, &cfg),
+        None => TC_ACT_OK as i32,
+    }
+}
+
+/// XDP on the underlay: the XDP decapsulation variant.
+#[xdp]
+pub fn underlay_xdp(ctx: XdpContext) -> u32 {
+    match fdb::config() {
+        Some(cfg) => decap::xdp(&ctx, &cfg),
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+/// On the container-side veth in XDP mode. veth drops XDP_REDIRECTed frames unless
+/// the receiving peer runs an XDP program; this one lets everything through.
+#[xdp]
+pub fn endpoint_peer_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,44 @@
+//! The BPF maps: the tables userspace fills and the programs read.
+//!
+//! Keys and values are the `overlay-common` ABI types. The maps are BTF-typed so
+//! `bpftool map dump pinned …` prints field names. The dynamic tables (FDB, NEIGH,
+//! VTEPS) are not preallocated: memory follows the cluster's size, and a value read
+//! here stays valid under RCU even if userspace replaces the entry meanwhile.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    macros::btf_map,
+};
+use overlay_common::{
+    Config, Counter, CounterValue, Endpoint, FdbEntry, FdbKey, MAX_ENDPOINTS, MAX_FDB_ENTRIES,
+    MAX_NEIGH_ENTRIES, MAX_NETWORKS, MAX_VTEPS, NeighEntry, NeighKey, Network, Vtep,
+};
+
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+#[btf_map]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static NETWORKS: HashMap<u32, Network, { MAX_NETWORKS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static ENDPOINTS: HashMap<u32, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static FDB: HashMap<FdbKey, FdbEntry, { MAX_FDB_ENTRIES as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub static NEIGH: HashMap<NeighKey, NeighEntry, { MAX_NEIGH_ENTRIES as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub static VTEPS: HashMap<[u8; 4], Vtep, { MAX_VTEPS as usize }, NO_PREALLOC> = HashMap::new();
+
+#[btf_map]
+pub static STATS: PerCpuArray<CounterValue, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static ENDPOINT_DEVS: DevMapHash<{ MAX_ENDPOINTS as usize }> = DevMapHash::new();

@@ -1,0 +1,98 @@
+//! The endpoint side: everything a container sends enters here, is checked against
+//! the endpoint's identity, and is answered (ARP), switched locally, or encapsulated.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::TC_ACT_SHOT,
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_type},
+    programs::TcContext,
+};
+use overlay_common::{Config, Counter, Endpoint};
+
+use crate::{
+    arp::{self, FromEndpoint},
+    counters::count,
+    encap,
+    fdb::{Location, endpoint, locate},
+    parse::{ETH_LEN, ETH_P_ARP, ETH_P_IP, Eth, Ipv4, Packet, is_multicast, tc_pull},
+};
+
+const PACKET_HOST: u32 = 0;
+/// Ethernet + ARP body: the most any check below reads.
+const CHECK_LEN: usize = ETH_LEN + 28;
+
+#[inline(always)]
+pub fn from_endpoint(ctx: &TcContext, cfg: &Config) -> i32 {
+    let len = ctx.len();
+    // SAFETY: ctx is a valid skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(ep) = endpoint(ifindex) else {
+        return drop(Counter::DropUnknownEndpoint, len);
+    };
+    tc_pull(
+        ctx,
+        if (len as usize) < CHECK_LEN {
+            len as usize
+        } else {
+            CHECK_LEN
+        },
+    );
+    let Some(eth) = ctx.ptr_at::<Eth>(0) else {
+        return drop(Counter::DropUnsupported, len);
+    };
+    // SAFETY: bounds-checked above.
+    let eth = unsafe { core::ptr::read_unaligned(eth) };
+    if eth.src_addr != ep.mac {
+        return drop(Counter::DropSpoofedMac, len);
+    }
+    match eth.ether_type {
+        ETH_P_IP => {
+            let Some(ip) = ctx.ptr_at::<Ipv4>(ETH_LEN) else {
+                return drop(Counter::DropUnsupported, len);
+            };
+            // SAFETY: bounds-checked above.
+            if unsafe { (*ip).src_addr } != ep.ip {
+                return drop(Counter::DropSpoofedIp, len);
+            }
+            forward(ctx, cfg, &ep, eth.dst_addr, len)
+        }
+        ETH_P_ARP => match arp::from_endpoint(ctx, &ep) {
+            FromEndpoint::Answered => {
+                count(Counter::ArpReply, len);
+                // Back out of the host-side veth, into the container.
+                // SAFETY: plain helper call.
+                unsafe { bpf_redirect(ifindex, 0) as i32 }
+            }
+            FromEndpoint::Forward { dst } => forward(ctx, cfg, &ep, dst, len),
+            FromEndpoint::Drop(reason) => drop(reason, len),
+        },
+        _ => drop(Counter::DropUnsupported, len),
+    }
+}
+
+/// Switches a checked frame by its destination MAC within the endpoint's network.
+#[inline(always)]
+fn forward(ctx: &TcContext, cfg: &Config, ep: &Endpoint, dst: [u8; 6], len: u32) -> i32 {
+    if is_multicast(&dst) {
+        return drop(Counter::DropFlood, len);
+    }
+    match locate(ep.vni, dst) {
+        Some(Location::Local { ifindex }) => {
+            count(Counter::LocalDelivery, len);
+            // SAFETY: plain helper calls on a valid skb.
+            unsafe {
+                // Addressed to the other container, not to this host's veth.
+                bpf_skb_change_type(ctx.as_ptr().cast(), PACKET_HOST);
+                bpf_redirect_peer(ifindex, 0) as i32
+            }
+        }
+        Some(Location::Remote { vtep }) => encap::to_remote(ctx, cfg, ep.vni, vtep),
+        None => drop(Counter::DropNoFdb, len),
+    }
+}
+
+#[inline(always)]
+fn drop(reason: Counter, bytes: u32) -> i32 {
+    count(reason, bytes);
+    TC_ACT_SHOT as i32
+}

@@ -1,0 +1,249 @@
+//! Netlink plumbing: interfaces, addresses, veth pairs, and entering other
+//! network namespaces.
+//!
+//! A netlink socket belongs to the namespace its thread was in when it was
+//! created. [`Netlink::in_netns`] uses that: it enters the namespace, opens the
+//! socket, and comes back before anything else runs on this thread.
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures::TryStreamExt as _;
+use netlink_packet_route::{address::AddressAttribute, link::LinkAttribute};
+use rtnetlink::Handle;
+
+/// Where `ip netns add NAME` puts a named namespace.
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new("/var/run/netns").join(name)
+}
+
+/// Switches the calling thread into a network namespace until dropped.
+pub struct NetnsGuard {
+    original: File,
+}
+
+impl NetnsGuard {
+    pub fn enter(path: &Path) -> Result<NetnsGuard> {
+        let original = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
+        let target = File::open(path)
+            .with_context(|| format!("opening network namespace {}", path.display()))?;
+        setns(&target).with_context(|| format!("entering network namespace {}", path.display()))?;
+        Ok(NetnsGuard { original })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // Failing to return would leave this thread in the wrong namespace for
+        // everything that follows: nothing sensible can go on.
+        setns(&self.original).expect("returning to the original network namespace");
+    }
+}
+
+fn setns(ns: &File) -> std::io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct LinkInfo {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// An rtnetlink connection bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A connection in the caller's own namespace. Needs a tokio runtime.
+    pub fn current() -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink socket")?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection inside the namespace at `path`.
+    pub fn in_netns(path: &Path) -> Result<Netlink> {
+        let _inside = NetnsGuard::enter(path)?;
+        Netlink::current()
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_info(msg))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_info(msg))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up interface #{index}")),
+        }
+    }
+
+    /// The IPv4 addresses of an interface, in the kernel's order (primary first).
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut found = Vec::new();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            for attr in msg.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
+                    found.push(ip);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Creates a veth pair; returns the index of `name`.
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<u32> {
+        self.handle
+            .link()
+            .add()
+            .veth(name.to_owned(), peer.to_owned())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {name}/{peer}"))?;
+        self.link_by_name(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| anyhow!("veth {name} vanished right after creation"))
+    }
+
+    pub async fn move_to_netns(&self, index: u32, netns: &OwnedFd) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .execute()
+            .await
+            .context("moving interface into the namespace")
+    }
+
+    /// Renames and configures an interface, then brings it up.
+    pub async fn configure(&self, index: u32, name: &str, mac: [u8; 6], mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .name(name.to_owned())
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .execute()
+            .await
+            .with_context(|| format!("configuring {name}"))?;
+        self.set_up(index)
+            .await
+            .with_context(|| format!("bringing {name} up"))
+    }
+
+    pub async fn set_mtu_up(&self, index: u32, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .mtu(mtu)
+            .execute()
+            .await
+            .context("setting MTU")?;
+        self.set_up(index).await
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .up()
+            .execute()
+            .await
+            .context("setting link up")
+    }
+
+    pub async fn add_ipv4(&self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(ip), prefix_len)
+            .execute()
+            .await
+            .with_context(|| format!("adding address {ip}/{prefix_len}"))
+    }
+
+    /// Deletes an interface; an interface that is already gone is not an error.
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+            Err(e) => Err(e).context("deleting interface"),
+        }
+    }
+}
+
+fn link_info(msg: netlink_packet_route::link::LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        name: String::new(),
+        index: msg.header.index,
+        mtu: 0,
+        mac: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => info.name = n,
+            LinkAttribute::Mtu(m) => info.mtu = m,
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                info.mac = Some(a.try_into().expect("length checked"));
+            }
+            _ => {}
+        }
+    }
+    info
+}
+
+/// Opens a named namespace, with an error that says how to create it.
+pub fn open_netns(name: &str) -> Result<OwnedFd> {
+    let path = netns_path(name);
+    let file = File::open(&path).map_err(|e| {
+        anyhow!("network namespace {name:?} does not exist ({}: {e}); create it with `ip netns add {name}`", path.display())
+    })?;
+    Ok(file.into())
+}
+
+/// Turns IPv6 off on an interface of the calling thread's namespace. The overlay
+/// carries IPv4 only, as Docker's does by default; without this every container
+/// would send router solicitations and MLD reports that the dataplane must drop.
+pub fn disable_ipv6(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Ok(()) => Ok(()),
+        // A kernel without IPv6 has nothing to turn off.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => bail!("writing {path}: {e}"),
+    }
+}

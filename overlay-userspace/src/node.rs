@@ -1,0 +1,219 @@
+//! Resolving a cluster file against this machine: the underlay, the VTEP address,
+//! MTUs, interface names. Every check that needs the system runs here, before
+//! anything is changed, and fails with the file and field it concerns.
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Result;
+use overlay_common::{VXLAN_OVERHEAD, map_names};
+
+use crate::{
+    config::{ClusterConfig, ConfigError, Mac},
+    netlink::{Netlink, netns_path},
+};
+
+#[derive(Clone, Debug)]
+pub struct Underlay {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    pub vtep: Ipv4Addr,
+}
+
+/// One local endpoint, with every name and number decided.
+#[derive(Clone, Debug)]
+pub struct PlannedEndpoint {
+    /// Index of the `[[endpoint]]` entry, for messages.
+    pub entry: usize,
+    pub vni: u32,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: Mac,
+    pub mtu: u32,
+    /// The veth end the agent keeps, in its own namespace.
+    pub host_ifname: String,
+    /// The end inside the container: eth0, eth1, … in file order per namespace.
+    pub container_ifname: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodePlan {
+    pub config: ClusterConfig,
+    pub underlay: Underlay,
+    /// Per network, in file order: the endpoints' MTU.
+    pub network_mtus: Vec<u32>,
+    pub endpoints: Vec<PlannedEndpoint>,
+    pub pin_dir: PathBuf,
+}
+
+pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Result<NodePlan> {
+    let err = |field: &str, problem: String| ConfigError {
+        file: config.path.clone(),
+        field: field.to_owned(),
+        problem,
+    };
+
+    let Some(link) = nl.link_by_name(&config.underlay).await? else {
+        return Err(err(
+            "underlay",
+            format!(
+                "no interface {:?} in this network namespace",
+                config.underlay
+            ),
+        )
+        .into());
+    };
+    let addresses = nl.ipv4_addresses(link.index).await?;
+    let vtep = match config.vtep {
+        Some(v) if addresses.contains(&v) => v,
+        Some(v) => {
+            return Err(err(
+                "vtep",
+                format!(
+                    "{v} is not an address of {} (it has {addresses:?})",
+                    config.underlay
+                ),
+            )
+            .into());
+        }
+        None => *addresses.first().ok_or_else(|| {
+            err(
+                "underlay",
+                format!(
+                    "{} has no IPv4 address to use as the VTEP; add one or set vtep",
+                    config.underlay
+                ),
+            )
+        })?,
+    };
+    if let Some((i, _)) = config
+        .remotes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.vtep == vtep)
+    {
+        return Err(err(
+            &format!("remote[{i}].vtep"),
+            format!("{vtep} is this node's own VTEP"),
+        )
+        .into());
+    }
+    let underlay = Underlay {
+        name: link.name,
+        index: link.index,
+        mtu: link.mtu,
+        vtep,
+    };
+
+    // The inner MTU leaves room for the outer headers: an inner frame of MTU bytes
+    // becomes an outer packet of exactly the underlay's MTU.
+    let max_mtu = underlay.mtu.saturating_sub(VXLAN_OVERHEAD);
+    let mut network_mtus = Vec::new();
+    for (i, n) in config.networks.iter().enumerate() {
+        let mtu = n.mtu.unwrap_or(max_mtu);
+        if mtu > max_mtu {
+            return Err(err(
+                &format!("network[{i}].mtu"),
+                format!(
+                    "{mtu} does not fit: {} has MTU {} and VXLAN needs {VXLAN_OVERHEAD} bytes",
+                    underlay.name, underlay.mtu
+                ),
+            )
+            .into());
+        }
+        network_mtus.push(mtu);
+    }
+
+    let mut next_index_in_netns: HashMap<&str, usize> = HashMap::new();
+    let mut endpoints = Vec::new();
+    for (i, e) in config.endpoints.iter().enumerate() {
+        let path = netns_path(&e.netns);
+        if !path.exists() {
+            return Err(err(
+                &format!("endpoint[{i}].netns"),
+                format!(
+                    "network namespace {:?} does not exist ({}); create it with `ip netns add {}`",
+                    e.netns,
+                    path.display(),
+                    e.netns
+                ),
+            )
+            .into());
+        }
+        let network = &config.networks[e.network];
+        let n = next_index_in_netns.entry(&e.netns).or_default();
+        let container_ifname = format!("eth{n}");
+        *n += 1;
+        let host_ifname = host_ifname(&config.node, network.vni, e.ip);
+        if nl.link_by_name(&host_ifname).await?.is_some() {
+            return Err(err(
+                &format!("endpoint[{i}]"),
+                format!("interface {host_ifname} already exists here (left by an agent that was killed?); remove it with `ip link del {host_ifname}`"),
+            )
+            .into());
+        }
+        let inside = Netlink::in_netns(&path)?;
+        if inside.link_by_name(&container_ifname).await?.is_some() {
+            return Err(err(
+                &format!("endpoint[{i}].netns"),
+                format!(
+                    "namespace {:?} already has an interface {container_ifname}",
+                    e.netns
+                ),
+            )
+            .into());
+        }
+        endpoints.push(PlannedEndpoint {
+            entry: i,
+            vni: network.vni,
+            netns: e.netns.clone(),
+            ip: e.ip,
+            prefix_len: network.subnet.prefix_len,
+            mac: e.mac,
+            mtu: network_mtus[e.network],
+            host_ifname,
+            container_ifname,
+        });
+    }
+
+    if holds_pins(&pin_dir) {
+        return Err(err(
+            "node",
+            format!(
+                "{} already holds pinned maps: another agent runs for node {:?}, or one was killed; stop it or remove the directory",
+                pin_dir.display(),
+                config.node
+            ),
+        )
+        .into());
+    }
+
+    Ok(NodePlan {
+        config,
+        underlay,
+        network_mtus,
+        endpoints,
+        pin_dir,
+    })
+}
+
+fn holds_pins(dir: &Path) -> bool {
+    map_names::ALL.iter().any(|name| dir.join(name).exists())
+}
+
+/// A stable, unique-enough name for an endpoint's host-side veth: "ov" and 32 bits
+/// of FNV-1a over node, VNI and IP. Stable names let an operator (and a later
+/// agent) tell which veth belongs to which endpoint.
+pub fn host_ifname(node: &str, vni: u32, ip: Ipv4Addr) -> String {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in node.bytes().chain(vni.to_be_bytes()).chain(ip.octets()) {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("ov{hash:08x}")
+}

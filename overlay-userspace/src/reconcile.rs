@@ -1,0 +1,240 @@
+//! The reconciler: turns a [`DesiredState`] into the exact map contents it implies,
+//! compares them with what the maps hold, and applies only the difference. Running
+//! it again with the same state changes nothing; running it periodically heals
+//! entries that were lost or altered behind the agent's back.
+
+use std::{collections::BTreeMap, fmt};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Pod,
+    maps::{HashMap, MapData},
+};
+use overlay_common::{
+    Config, Endpoint, FDB_KIND_LOCAL, FDB_KIND_REMOTE, FdbEntry, FdbKey, NeighEntry, NeighKey,
+    Network, Vtep,
+};
+
+use crate::{loader::Maps, membership::DesiredState};
+
+/// The contents every map should have.
+#[derive(Debug, Default, PartialEq)]
+pub struct Tables {
+    pub config: Config,
+    pub networks: BTreeMap<u32, Network>,
+    pub endpoints: BTreeMap<u32, Endpoint>,
+    pub fdb: BTreeMap<FdbKey, FdbEntry>,
+    pub neigh: BTreeMap<NeighKey, NeighEntry>,
+    pub vteps: BTreeMap<[u8; 4], Vtep>,
+    /// XDP redirect targets: host-side veth ifindex → itself.
+    pub endpoint_devs: BTreeMap<u32, u32>,
+}
+
+impl Tables {
+    pub fn from_desired(state: &DesiredState) -> Tables {
+        let mut t = Tables {
+            config: state.config,
+            ..Tables::default()
+        };
+        for (&vni, &mtu) in &state.networks {
+            t.networks.insert(vni, Network { mtu, flags: 0 });
+        }
+        for e in &state.local {
+            t.endpoints.insert(
+                e.host_ifindex,
+                Endpoint {
+                    vni: e.vni,
+                    ip: e.ip.octets(),
+                    mac: e.mac.0,
+                    _pad: [0; 2],
+                },
+            );
+            t.fdb.insert(
+                FdbKey::new(e.vni, e.mac.0),
+                FdbEntry {
+                    kind: FDB_KIND_LOCAL,
+                    ifindex: e.host_ifindex,
+                    remote_vtep: [0; 4],
+                },
+            );
+            t.neigh.insert(
+                NeighKey {
+                    vni: e.vni,
+                    ip: e.ip.octets(),
+                },
+                NeighEntry {
+                    mac: e.mac.0,
+                    _pad: [0; 2],
+                },
+            );
+            t.endpoint_devs.insert(e.host_ifindex, e.host_ifindex);
+        }
+        for r in &state.remote {
+            t.fdb.insert(
+                FdbKey::new(r.vni, r.mac.0),
+                FdbEntry {
+                    kind: FDB_KIND_REMOTE,
+                    ifindex: 0,
+                    remote_vtep: r.vtep.octets(),
+                },
+            );
+            t.neigh.insert(
+                NeighKey {
+                    vni: r.vni,
+                    ip: r.ip.octets(),
+                },
+                NeighEntry {
+                    mac: r.mac.0,
+                    _pad: [0; 2],
+                },
+            );
+            t.vteps.entry(r.vtep.octets()).or_default().endpoints += 1;
+        }
+        t
+    }
+}
+
+/// How many entries one reconcile pass added, changed and removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+    fn merge(&mut self, other: Changes) {
+        self.added += other.added;
+        self.updated += other.updated;
+        self.removed += other.removed;
+    }
+}
+
+impl fmt::Display for Changes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} added, {} updated, {} removed",
+            self.added, self.updated, self.removed
+        )
+    }
+}
+
+/// Brings every map to `want`. CONFIG goes last: the programs act on the tables
+/// only once it says ready, and by then the tables are complete.
+pub fn reconcile(maps: &mut Maps, want: &Tables) -> Result<Changes> {
+    let mut changes = Changes::default();
+    changes.merge(sync_hash(&mut maps.networks, &want.networks).context("NETWORKS")?);
+    changes.merge(sync_hash(&mut maps.vteps, &want.vteps).context("VTEPS")?);
+    changes.merge(sync_hash(&mut maps.endpoints, &want.endpoints).context("ENDPOINTS")?);
+    changes.merge(sync_hash(&mut maps.fdb, &want.fdb).context("FDB")?);
+    changes.merge(sync_hash(&mut maps.neigh, &want.neigh).context("NEIGH")?);
+    changes.merge(sync_devmap(maps, &want.endpoint_devs).context("ENDPOINT_DEVS")?);
+    let current = maps.config.get(&0, 0).context("reading CONFIG")?;
+    if current != want.config {
+        maps.config
+            .set(0, want.config, 0)
+            .context("writing CONFIG")?;
+        changes.updated += 1;
+    }
+    Ok(changes)
+}
+
+fn sync_hash<K, V>(map: &mut HashMap<MapData, K, V>, want: &BTreeMap<K, V>) -> Result<Changes>
+where
+    K: Pod + Ord,
+    V: Pod + PartialEq,
+{
+    let mut changes = Changes::default();
+    let current: BTreeMap<K, V> = map.iter().collect::<Result<_, _>>()?;
+    for key in current.keys().filter(|k| !want.contains_key(k)) {
+        map.remove(key)?;
+        changes.removed += 1;
+    }
+    for (key, value) in want {
+        match current.get(key) {
+            Some(v) if v == value => continue,
+            Some(_) => changes.updated += 1,
+            None => changes.added += 1,
+        }
+        map.insert(key, value, 0)?;
+    }
+    Ok(changes)
+}
+
+fn sync_devmap(maps: &mut Maps, want: &BTreeMap<u32, u32>) -> Result<Changes> {
+    let mut changes = Changes::default();
+    let current: BTreeMap<u32, u32> = maps
+        .endpoint_devs
+        .iter()
+        .map(|r| r.map(|(k, v)| (k, v.if_index)))
+        .collect::<Result<_, _>>()?;
+    for key in current.keys().filter(|k| !want.contains_key(k)) {
+        maps.endpoint_devs.remove(*key)?;
+        changes.removed += 1;
+    }
+    for (&key, &ifindex) in want {
+        match current.get(&key) {
+            Some(&v) if v == ifindex => continue,
+            Some(_) => changes.updated += 1,
+            None => changes.added += 1,
+        }
+        maps.endpoint_devs.insert(key, ifindex, None, 0)?;
+    }
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        config::Mac,
+        membership::{LocalEndpoint, RemoteEndpoint},
+    };
+
+    #[test]
+    fn tables_hold_local_and_remote_endpoints() {
+        let state = DesiredState {
+            config: Config::default(),
+            networks: [(4097, 1450)].into(),
+            local: vec![LocalEndpoint {
+                vni: 4097,
+                ip: Ipv4Addr::new(10, 0, 0, 3),
+                mac: Mac::from_ipv4(Ipv4Addr::new(10, 0, 0, 3)),
+                host_ifindex: 7,
+            }],
+            remote: vec![
+                RemoteEndpoint {
+                    vni: 4097,
+                    ip: Ipv4Addr::new(10, 0, 0, 4),
+                    mac: Mac::from_ipv4(Ipv4Addr::new(10, 0, 0, 4)),
+                    vtep: Ipv4Addr::new(192, 168, 1, 5),
+                },
+                RemoteEndpoint {
+                    vni: 4097,
+                    ip: Ipv4Addr::new(10, 0, 0, 5),
+                    mac: Mac::from_ipv4(Ipv4Addr::new(10, 0, 0, 5)),
+                    vtep: Ipv4Addr::new(192, 168, 1, 5),
+                },
+            ],
+        };
+        let t = Tables::from_desired(&state);
+        assert_eq!(t.fdb.len(), 3);
+        assert_eq!(t.neigh.len(), 3);
+        assert_eq!(t.vteps[&[192, 168, 1, 5]].endpoints, 2);
+        assert_eq!(
+            t.fdb[&FdbKey::new(4097, [2, 0x42, 10, 0, 0, 3])],
+            FdbEntry {
+                kind: FDB_KIND_LOCAL,
+                ifindex: 7,
+                remote_vtep: [0; 4]
+            }
+        );
+        assert_eq!(t.endpoint_devs[&7], 7);
+    }
+}
