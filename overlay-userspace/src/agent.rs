@@ -48,6 +48,14 @@ pub async fn run(config_path: PathBuf, pin_dir: Option<PathBuf>) -> Result<()> {
         plan.pin_dir.display()
     );
     warn_if_forwarding_disabled(&plan.underlay.name);
+    if plan.config.decap == DecapMode::Xdp && plan.underlay.is_veth {
+        warn!(
+            "XDP decap on a veth underlay: a veth peer passes checksums it has not computed \
+             (CHECKSUM_PARTIAL) and XDP_REDIRECT cannot carry that, so the sending side must \
+             compute them (`ethtool -K <peer> tx off`), or TCP into containers fails; \
+             TC decap has no such limit"
+        );
+    }
     println!("ready");
     std::io::stdout().flush().ok();
 

@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
-use netlink_packet_route::{address::AddressAttribute, link::LinkAttribute};
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{InfoKind, LinkAttribute, LinkInfo as NlLinkInfo},
+};
 use rtnetlink::Handle;
 
 /// Where `ip netns add NAME` puts a named namespace.
@@ -59,6 +62,8 @@ pub struct LinkInfo {
     pub index: u32,
     pub mtu: u32,
     pub mac: Option<[u8; 6]>,
+    /// A veth pair end (rather than a NIC).
+    pub is_veth: bool,
 }
 
 /// An rtnetlink connection bound to one network namespace.
@@ -212,6 +217,7 @@ fn link_info(msg: netlink_packet_route::link::LinkMessage) -> LinkInfo {
         index: msg.header.index,
         mtu: 0,
         mac: None,
+        is_veth: false,
     };
     for attr in msg.attributes {
         match attr {
@@ -219,6 +225,11 @@ fn link_info(msg: netlink_packet_route::link::LinkMessage) -> LinkInfo {
             LinkAttribute::Mtu(m) => info.mtu = m,
             LinkAttribute::Address(a) if a.len() == 6 => {
                 info.mac = Some(a.try_into().expect("length checked"));
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                info.is_veth = infos
+                    .iter()
+                    .any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Veth)));
             }
             _ => {}
         }

@@ -22,6 +22,7 @@ pub struct Underlay {
     pub index: u32,
     pub mtu: u32,
     pub vtep: Ipv4Addr,
+    pub is_veth: bool,
 }
 
 /// One local endpoint, with every name and number decided.
@@ -108,6 +109,7 @@ pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Resu
         index: link.index,
         mtu: link.mtu,
         vtep,
+        is_veth: link.is_veth,
     };
 
     // The inner MTU leaves room for the outer headers: an inner frame of MTU bytes
