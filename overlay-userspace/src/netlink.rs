@@ -101,16 +101,6 @@ impl Netlink {
         }
     }
 
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        match links.try_next().await {
-            Ok(Some(msg)) => Ok(Some(link_info(msg))),
-            Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("looking up interface #{index}")),
-        }
-    }
-
     /// The IPv4 addresses of an interface, in the kernel's order (primary first).
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
         let mut addrs = self
