@@ -135,7 +135,6 @@ struct Fixture {
     _pins: PinDir,
     underlay_mac: [u8; 6],
     ep0: u32,
-    ep1: u32,
     uplink: u32,
 }
 
@@ -206,7 +205,6 @@ impl Fixture {
             _pins: pins,
             underlay_mac,
             ep0,
-            ep1,
             uplink,
         })
     }

@@ -1,0 +1,111 @@
+//! Interop with the kernel's VXLAN device: node1 runs this dataplane; node2 is
+//! built by hand the way the seed article (002, "Deep dive into Docker overlay
+//! networks, part 3") builds a Docker overlay host: a bridge, a VXLAN device with
+//! `proxy learning`, a veth with MTU 1450, and static neighbour and FDB entries.
+
+mod common;
+
+use anyhow::{Result, ensure};
+use common::{C1, C2, NODE1_VTEP, NODE2_VTEP, Overlay};
+use overlay_tests::{ping, sh, tcp_transfer, write_config};
+
+/// node2 as Docker's kernel datapath, with c2 behind it.
+fn build_kernel_vxlan_node2(o: &Overlay) -> Result<()> {
+    let n2 = o.node_ns(2);
+    let c2 = o.ns(C2);
+    for cmd in [
+        format!("ip -n {n2} link add dev br0 type bridge"),
+        format!("ip -n {n2} link set br0 up"),
+        format!(
+            "ip -n {n2} link add dev vxlan1 type vxlan id 4097 proxy learning dstport 4789 local {NODE2_VTEP} dev eth0"
+        ),
+        format!("ip -n {n2} link set vxlan1 master br0"),
+        format!("ip -n {n2} link set vxlan1 up"),
+        format!(
+            "ip -n {n2} link add dev veth1 mtu 1450 type veth peer name veth2 mtu 1450 netns {c2}"
+        ),
+        format!("ip -n {n2} link set dev veth1 master br0"),
+        format!("ip -n {n2} link set dev veth1 up"),
+        format!(
+            "ip -n {c2} link set dev veth2 name eth0 address {}",
+            C2.mac()
+        ),
+        format!("ip -n {c2} addr add dev eth0 {}/24", C2.ip),
+        format!("ip -n {c2} link set dev eth0 up"),
+        // What Docker's gossip would install: where c1 is, and its MAC for proxy ARP.
+        format!(
+            "ip -n {n2} neighbor add {} lladdr {} dev vxlan1",
+            C1.ip,
+            C1.mac()
+        ),
+        format!(
+            "bridge -n {n2} fdb add {} dev vxlan1 self dst {NODE1_VTEP} vni 4097 port 4789",
+            C1.mac()
+        ),
+    ] {
+        sh(&cmd)?;
+    }
+    Ok(())
+}
+
+fn interop(decap: &'static str) -> Result<()> {
+    let mut o = Overlay::build(decap)?;
+    build_kernel_vxlan_node2(&o)?;
+    let config = format!(
+        "node = \"{}\"\nunderlay = \"eth0\"\ndecap = \"{decap}\"\n\
+         [[network]]\nname = \"uber-net\"\nvni = 4097\nsubnet = \"10.0.0.0/24\"\n\
+         [[endpoint]]\nnetwork = \"uber-net\"\nnetns = \"{}\"\nip = \"{}\"\n\
+         [[remote]]\nnetwork = \"uber-net\"\nip = \"{}\"\nmac = \"{}\"\nvtep = \"{NODE2_VTEP}\"\n",
+        o.node_name(1),
+        o.ns(C1),
+        C1.ip,
+        C2.ip,
+        C2.mac()
+    );
+    write_config(o.dir.path(), "node1.toml", &config)?;
+    o.start_agent(1)?;
+
+    for (from, to) in [(C1, C2), (C2, C1)] {
+        let stats = ping(&o.ns(from), &to.ip.to_string(), 5, &[])?;
+        ensure!(
+            stats.received == 5,
+            "[{decap}] {} -> {}: {stats:?}",
+            from.name,
+            to.name
+        );
+    }
+    const BYTES: u64 = 20 * 1024 * 1024;
+    for (server, client) in [(C2, C1), (C1, C2)] {
+        let report = tcp_transfer(&o.ns(server), &server.ip.to_string(), &o.ns(client), BYTES)?;
+        ensure!(
+            report.bytes == BYTES,
+            "[{decap}] {} -> {}: {report:?}",
+            client.name,
+            server.name
+        );
+    }
+    ensure!(
+        o.counter(1, "decap")? > 0 && o.counter(1, "encap")? > 0,
+        "traffic went through the dataplane"
+    );
+    let drops: Vec<_> = o
+        .nonzero_counters(1)?
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("drop_"))
+        .collect();
+    ensure!(
+        drops.is_empty(),
+        "[{decap}] the kernel peer's traffic was dropped: {drops:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn kernel_vxlan_peer_interoperates_with_tc_decap() -> Result<()> {
+    interop("tc")
+}
+
+#[test]
+fn kernel_vxlan_peer_interoperates_with_xdp_decap() -> Result<()> {
+    interop("xdp")
+}

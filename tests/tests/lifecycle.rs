@@ -1,0 +1,165 @@
+//! Lifecycle: an agent removes everything it made when it exits, and a setup
+//! that fails half-way leaves nothing behind.
+
+mod common;
+
+use anyhow::{Result, ensure};
+use common::{C1, C2, Overlay};
+use overlay_tests::{Agent, overlay_binary, ping, sh, write_config};
+
+/// What an agent can leave behind: interfaces on its node, and BPF links (TCX or
+/// XDP attachments) of the dataplane's programs anywhere on the machine.
+#[derive(Debug, PartialEq)]
+struct NodeFootprint {
+    links: Vec<String>,
+    attached_programs: usize,
+}
+
+const OUR_PROGRAMS: [&str; 4] = [
+    "endpoint_ingress",
+    "underlay_ingress",
+    "underlay_xdp",
+    "endpoint_peer_xdp",
+];
+
+fn footprint(o: &Overlay, node: u8) -> Result<NodeFootprint> {
+    let links: serde_json::Value =
+        serde_json::from_str(&sh(&format!("ip -n {} -j link show", o.node_ns(node)))?)?;
+    let mut links: Vec<String> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect();
+    links.sort();
+    let programs: serde_json::Value = serde_json::from_str(&sh("bpftool -j prog show")?)?;
+    let ours: Vec<u64> = programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| OUR_PROGRAMS.iter().any(|name| p["name"] == *name))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    let bpf_links: serde_json::Value = serde_json::from_str(&sh("bpftool -j link show")?)?;
+    let attached_programs = bpf_links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ours.contains(&id)))
+        .count();
+    Ok(NodeFootprint {
+        links,
+        attached_programs,
+    })
+}
+
+fn container_links(o: &Overlay, ns: &str) -> Result<String> {
+    let _ = o;
+    sh(&format!("ip -n {ns} -br link show"))
+}
+
+fn exit_removes_everything(decap: &'static str, signal: i32) -> Result<()> {
+    let mut o = Overlay::build(decap)?;
+    let before = footprint(&o, 1)?;
+    ensure!(
+        before.attached_programs == 0,
+        "no dataplane program may be attached before: {before:?}"
+    );
+    o.start_agent(1)?;
+    let running = footprint(&o, 1)?;
+    // Three endpoints on node1 (c1, c3, c4): three veths, three TC attachments plus
+    // decap, and in XDP mode an XDP_PASS program on each container-side veth.
+    ensure!(
+        running.links.len() == before.links.len() + 3,
+        "while running: {running:?}"
+    );
+    let expected = if decap == "xdp" { 7 } else { 4 };
+    ensure!(
+        running.attached_programs == expected,
+        "while running, expected {expected} attachments: {running:?}"
+    );
+    ensure!(
+        o.pin_dir(1).join("FDB").exists(),
+        "maps are pinned while running"
+    );
+    ensure!(
+        container_links(&o, &o.ns(C1))?.contains("eth0"),
+        "c1 has its eth0 while running"
+    );
+
+    let status = o.agents.pop().expect("started above").stop_with(signal)?;
+    ensure!(
+        status.success(),
+        "the agent must exit cleanly on signal {signal}: {status:?}"
+    );
+    ensure!(
+        footprint(&o, 1)? == before,
+        "after exit the node must be as before"
+    );
+    ensure!(
+        !o.pin_dir(1).exists(),
+        "pins must be gone: {}",
+        o.pin_dir(1).display()
+    );
+    ensure!(
+        !container_links(&o, &o.ns(C1))?.contains("eth0"),
+        "c1's eth0 must be gone"
+    );
+    Ok(())
+}
+
+#[test]
+fn sigterm_removes_everything_tc() -> Result<()> {
+    exit_removes_everything("tc", libc::SIGTERM)
+}
+
+#[test]
+fn sigint_removes_everything_xdp() -> Result<()> {
+    exit_removes_everything("xdp", libc::SIGINT)
+}
+
+/// A second agent on the same underlay fails to attach XDP decap after it has
+/// created its endpoint: it must undo that, say why, and disturb nothing else.
+#[test]
+fn setup_failing_half_way_is_rolled_back() -> Result<()> {
+    let mut o = Overlay::build("xdp")?;
+    o.start_agent(1)?;
+    o.start_agent(2)?;
+    let before = footprint(&o, 1)?;
+    o.topology.container("c9")?;
+    let c9 = format!("{}c9", o.prefix);
+    let intruder = format!(
+        "node = \"{}-intruder\"\nunderlay = \"eth0\"\ndecap = \"xdp\"\n\
+         [[network]]\nname = \"n\"\nvni = 77\nsubnet = \"10.7.0.0/24\"\n\
+         [[endpoint]]\nnetwork = \"n\"\nnetns = \"{c9}\"\nip = \"10.7.0.9\"\n",
+        o.prefix
+    );
+    let path = write_config(o.dir.path(), "intruder.toml", &intruder)?;
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/overlay/{}-intruder", o.prefix));
+    let (status, stderr) =
+        Agent::run_to_completion(&o.node_ns(1), &overlay_binary()?, &path, &pin_dir, &[])?;
+    ensure!(!status.success(), "the intruder must fail");
+    ensure!(
+        stderr.contains("setup failed; everything it had done was undone"),
+        "stderr: {stderr}"
+    );
+    ensure!(
+        stderr.contains("XDP decap"),
+        "the reason must be given: {stderr}"
+    );
+    ensure!(
+        footprint(&o, 1)? == before,
+        "the node must be as before the intruder"
+    );
+    ensure!(
+        !container_links(&o, &c9)?.contains("eth0"),
+        "c9's veth must be gone"
+    );
+    ensure!(!pin_dir.exists(), "the intruder's pins must be gone");
+    // The running overlay is undisturbed.
+    ensure!(
+        ping(&o.ns(C1), &C2.ip.to_string(), 2, &[])?.received == 2,
+        "the first agents still forward"
+    );
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Topology tests on the seed's shape: two hosts on separate L2 segments joined by
+//! a router, containers behind each, two networks with different VNIs on one
+//! subnet. Each test runs once per decap variant.
+
+mod common;
+
+use anyhow::{Result, ensure};
+use common::{C1, C2, C3, C5, Overlay};
+use overlay_tests::{Capture, is_arp, is_vxlan, ping, sh, tcp_transfer, vxlan_inner};
+
+const VXLAN_PORT: u16 = 4789;
+
+fn ping_both_ways(decap: &'static str) -> Result<()> {
+    let o = Overlay::start(decap)?;
+    for (from, to) in [(C1, C2), (C2, C1)] {
+        let stats = ping(&o.ns(from), &to.ip.to_string(), 5, &[])?;
+        ensure!(
+            stats.received == 5,
+            "{} -> {}: {stats:?}",
+            from.name,
+            to.name
+        );
+    }
+    Ok(())
+}
+
+fn tcp_transfer_of_50_mb_arrives_intact(decap: &'static str) -> Result<()> {
+    let o = Overlay::start(decap)?;
+    const BYTES: u64 = 50 * 1024 * 1024;
+    for (server, client) in [(C2, C1), (C1, C2)] {
+        let report = tcp_transfer(&o.ns(server), &server.ip.to_string(), &o.ns(client), BYTES)?;
+        ensure!(
+            report.bytes == BYTES,
+            "{} -> {}: {report:?}",
+            client.name,
+            server.name
+        );
+        eprintln!("[{decap}] {} -> {}: {report:?}", client.name, server.name);
+    }
+    Ok(())
+}
+
+fn local_switching_never_reaches_the_underlay(decap: &'static str) -> Result<()> {
+    let o = Overlay::start(decap)?;
+    let capture = Capture::start(&o.node_ns(1), "eth0")?;
+    let stats = ping(&o.ns(C1), &C3.ip.to_string(), 20, &["-i", "0.05"])?;
+    let frames = capture.stop()?;
+    ensure!(stats.received == 20, "c1 -> c3: {stats:?}");
+    let vxlan = frames.iter().filter(|f| is_vxlan(f, VXLAN_PORT)).count();
+    ensure!(
+        vxlan == 0,
+        "{vxlan} VXLAN frames on node1's underlay during local traffic"
+    );
+    // 20 requests c1 -> c3 and 20 replies c3 -> c1, all switched in place.
+    let local = o.counter(1, "local_delivery")?;
+    ensure!(
+        local >= 40,
+        "local_delivery is {local}, expected at least 40"
+    );
+    ensure!(o.counter(1, "encap")? == 0, "nothing may be encapsulated");
+    Ok(())
+}
+
+fn no_overlay_arp_crosses_the_underlay(decap: &'static str) -> Result<()> {
+    let o = Overlay::start(decap)?;
+    let captures = [
+        Capture::start(&o.node_ns(1), "eth0")?,
+        Capture::start(&o.node_ns(2), "eth0")?,
+    ];
+    for (from, to) in [(C1, C2), (C2, C1)] {
+        let stats = ping(&o.ns(from), &to.ip.to_string(), 3, &[])?;
+        ensure!(
+            stats.received == 3,
+            "{} -> {}: {stats:?}",
+            from.name,
+            to.name
+        );
+    }
+    for capture in captures {
+        let frames = capture.stop()?;
+        let tunnelled = frames.iter().filter(|f| is_vxlan(f, VXLAN_PORT)).count();
+        ensure!(
+            tunnelled > 0,
+            "the capture saw no VXLAN at all: it proves nothing"
+        );
+        let tunnelled_arp = frames
+            .iter()
+            .filter_map(|f| vxlan_inner(f))
+            .filter(|inner| is_arp(inner))
+            .count();
+        ensure!(
+            tunnelled_arp == 0,
+            "{tunnelled_arp} ARP frames crossed the underlay inside VXLAN"
+        );
+        // The hosts resolve their gateway on the underlay; that is not overlay ARP.
+        let overlay_arp = frames
+            .iter()
+            .filter(|f| is_arp(f) && f.len() >= 42 && (f[28] == 10 || f[38] == 10))
+            .count();
+        ensure!(
+            overlay_arp == 0,
+            "{overlay_arp} ARP frames for overlay addresses on the underlay"
+        );
+    }
+    ensure!(
+        o.counter(1, "arp_reply")? >= 1 && o.counter(2, "arp_reply")? >= 1,
+        "ARP was answered locally"
+    );
+    Ok(())
+}
+
+fn vnis_are_isolated(decap: &'static str) -> Result<()> {
+    let o = Overlay::start(decap)?;
+    // c5 is in other-net on the same subnet: c1 (uber-net) must not reach it.
+    let stats = ping(&o.ns(C1), &C5.ip.to_string(), 2, &[])?;
+    ensure!(
+        stats.received == 0,
+        "c1 reached c5 across VNIs by ARP: {stats:?}"
+    );
+    ensure!(
+        o.counter(1, "drop_arp_miss")? >= 1,
+        "the ARP request must be dropped as a miss"
+    );
+    // Even knowing c5's MAC, c1 cannot send to it: uber-net's FDB has no such MAC.
+    sh(&format!(
+        "ip -n {} neigh replace {} lladdr {} dev eth0",
+        o.ns(C1),
+        C5.ip,
+        C5.mac()
+    ))?;
+    let stats = ping(&o.ns(C1), &C5.ip.to_string(), 2, &[])?;
+    ensure!(
+        stats.received == 0,
+        "c1 reached c5 across VNIs with a static neighbour: {stats:?}"
+    );
+    ensure!(
+        o.counter(1, "drop_no_fdb")? >= 2,
+        "frames to another VNI's MAC must be dropped"
+    );
+    ensure!(
+        o.counter(2, "decap")? == 0,
+        "nothing may have reached node2"
+    );
+    // And within each network traffic still flows.
+    ensure!(
+        ping(&o.ns(C1), &C2.ip.to_string(), 2, &[])?.received == 2,
+        "uber-net is broken"
+    );
+    Ok(())
+}
+
+fn full_size_inner_packet_with_df_passes(decap: &'static str) -> Result<()> {
+    let o = Overlay::start(decap)?;
+    // 1450 (container MTU) - 20 (IPv4) - 8 (ICMP) = 1422 bytes of payload, DF set.
+    let capture = Capture::start(&o.node_ns(1), "eth0")?;
+    let stats = ping(
+        &o.ns(C1),
+        &C2.ip.to_string(),
+        3,
+        &["-M", "do", "-s", "1422"],
+    )?;
+    let frames = capture.stop()?;
+    ensure!(stats.received == 3, "full-size DF ping failed: {stats:?}");
+    let largest = frames
+        .iter()
+        .filter(|f| is_vxlan(f, VXLAN_PORT))
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0);
+    ensure!(
+        largest == 1514,
+        "the largest outer frame is {largest} bytes; 1514 fills a 1500 MTU underlay exactly"
+    );
+    // One byte more cannot leave the container: the MTU is right, not a black hole.
+    ensure!(
+        ping(
+            &o.ns(C1),
+            &C2.ip.to_string(),
+            1,
+            &["-M", "do", "-s", "1423"]
+        )?
+        .received
+            == 0,
+        "oversize passed"
+    );
+    Ok(())
+}
+
+fn counters_match_the_traffic(decap: &'static str) -> Result<()> {
+    let o = Overlay::start(decap)?;
+    const N: u64 = 10;
+    let stats = ping(&o.ns(C1), &C2.ip.to_string(), N as u32, &["-i", "0.05"])?;
+    ensure!(stats.received == N, "{stats:?}");
+    // Each side: N echo frames out (encap) and N in (decap), and one ARP answered
+    // locally (c1 asks for c2 before the first request; c2 for c1 before the
+    // first reply). Nothing else.
+    for node in [1, 2] {
+        let mut counters = o.nonzero_counters(node)?;
+        counters.retain(|(name, _)| name != "encap_neigh_resolve");
+        counters.sort();
+        let expected = vec![
+            ("arp_reply".to_owned(), 1),
+            ("decap".to_owned(), N),
+            ("encap".to_owned(), N),
+        ];
+        ensure!(
+            counters == expected,
+            "node{node} counters {counters:?}, expected {expected:?}"
+        );
+    }
+    Ok(())
+}
+
+macro_rules! per_decap_mode {
+    ($($name:ident),* $(,)?) => {
+        mod tc {
+            $( #[test] fn $name() -> anyhow::Result<()> { super::$name("tc") } )*
+        }
+        mod xdp {
+            $( #[test] fn $name() -> anyhow::Result<()> { super::$name("xdp") } )*
+        }
+    };
+}
+
+per_decap_mode!(
+    ping_both_ways,
+    tcp_transfer_of_50_mb_arrives_intact,
+    local_switching_never_reaches_the_underlay,
+    no_overlay_arp_crosses_the_underlay,
+    vnis_are_isolated,
+    full_size_inner_packet_with_df_passes,
+    counters_match_the_traffic,
+);
