@@ -7,7 +7,7 @@ mod common;
 
 use anyhow::{Result, ensure};
 use common::{C1, C2, NODE1_VTEP, NODE2_VTEP, Overlay};
-use overlay_tests::{ping, sh, tcp_transfer, write_config};
+use overlay_tests::{sh, write_config};
 
 /// node2 as Docker's kernel datapath, with c2 behind it.
 fn build_kernel_vxlan_node2(o: &Overlay) -> Result<()> {
@@ -65,25 +65,8 @@ fn interop(decap: &'static str) -> Result<()> {
     write_config(o.dir.path(), "node1.toml", &config)?;
     o.start_agent(1)?;
 
-    for (from, to) in [(C1, C2), (C2, C1)] {
-        let stats = ping(&o.ns(from), &to.ip.to_string(), 5, &[])?;
-        ensure!(
-            stats.received == 5,
-            "[{decap}] {} -> {}: {stats:?}",
-            from.name,
-            to.name
-        );
-    }
-    const BYTES: u64 = 20 * 1024 * 1024;
-    for (server, client) in [(C2, C1), (C1, C2)] {
-        let report = tcp_transfer(&o.ns(server), &server.ip.to_string(), &o.ns(client), BYTES)?;
-        ensure!(
-            report.bytes == BYTES,
-            "[{decap}] {} -> {}: {report:?}",
-            client.name,
-            server.name
-        );
-    }
+    o.ping_both_ways(C1, C2, 5)?;
+    o.transfer_both_ways(C1, C2, 20 * 1024 * 1024)?;
     ensure!(
         o.counter(1, "decap")? > 0 && o.counter(1, "encap")? > 0,
         "traffic went through the dataplane"

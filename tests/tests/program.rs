@@ -10,13 +10,12 @@ use std::{
     net::Ipv4Addr,
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::Ebpf;
 use overlay_common::{CONFIG_F_READY, Config, Counter, program_names};
+use overlay_tests::{Netns, sh, unique_prefix};
 use overlay_userspace::{
     config::Mac,
     loader::{self, Maps, Programs},
@@ -50,22 +49,14 @@ fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
 
 /// A scratch namespace with the devices the programs look up; deleted on drop.
 struct Scratch {
-    name: String,
+    ns: Netns,
 }
 
 impl Scratch {
     fn create() -> Result<Scratch> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "ovprog{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let scratch = Scratch { name };
-        let n = scratch.name.as_str();
+        let ns = Netns::create(&unique_prefix("ovprog"))?;
+        let n = ns.name.as_str();
         for cmd in [
-            format!("ip netns add {n}"),
-            format!("ip -n {n} link set lo up"),
             format!("ip -n {n} link add uplink type veth peer name uplinkp"),
             format!("ip -n {n} link add ep0 type veth peer name ep0p"),
             format!("ip -n {n} link add ep1 type veth peer name ep1p"),
@@ -80,42 +71,27 @@ impl Scratch {
             ),
             format!("ip netns exec {n} sysctl -qw net.ipv4.conf.all.forwarding=1"),
         ] {
-            run(&cmd)?;
+            sh(&cmd)?;
         }
-        Ok(scratch)
+        Ok(Scratch { ns })
+    }
+
+    fn link(&self, ifname: &str) -> Result<serde_json::Value> {
+        let out = sh(&format!("ip -n {} -j link show dev {ifname}", self.ns.name))?;
+        Ok(serde_json::from_str::<serde_json::Value>(&out)?[0].take())
     }
 
     fn ifindex(&self, ifname: &str) -> Result<u32> {
-        let out = run(&format!("ip -n {} -j link show dev {ifname}", self.name))?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(v[0]["ifindex"].as_u64().context("no ifindex")? as u32)
+        Ok(self.link(ifname)?["ifindex"]
+            .as_u64()
+            .context("no ifindex")? as u32)
     }
 
     fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
-        let out = run(&format!("ip -n {} -j link show dev {ifname}", self.name))?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        let text = v[0]["address"].as_str().context("no address")?;
+        let link = self.link(ifname)?;
+        let text = link["address"].as_str().context("no address")?;
         Ok(text.parse::<Mac>().map_err(anyhow::Error::msg)?.0)
     }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn run(cmd: &str) -> Result<String> {
-    let out = Command::new("sh").args(["-c", cmd]).output()?;
-    ensure!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Removes the test's pins on drop.
@@ -145,7 +121,7 @@ impl Fixture {
             "program tests need root (BPF_PROG_TEST_RUN, namespaces); run them through `cargo xtask test`"
         );
         let scratch = Scratch::create()?;
-        let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", scratch.name)));
+        let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", scratch.ns.name)));
         let mut ebpf = Ebpf::load(loader::ebpf_object()).context("loading the eBPF object")?;
         let mut maps = Maps::take_and_pin(&mut ebpf, &pins.0)?;
         let programs = Programs::load(ebpf)?;
@@ -188,7 +164,7 @@ impl Fixture {
         };
         let tables = Tables::from_desired(&state);
         // DEVMAP entries name interfaces of the updater's namespace.
-        let _inside = NetnsGuard::enter(&netns_path(&scratch.name))?;
+        let _inside = NetnsGuard::enter(&netns_path(&scratch.ns.name))?;
         let first = reconcile(&mut maps, &tables)?;
         ensure!(first.added > 0, "first reconcile added nothing: {first}");
         let second = reconcile(&mut maps, &tables)?;
@@ -238,7 +214,7 @@ impl Fixture {
         } else {
             Some(skb_ctx(ifindex))
         };
-        let path = netns_path(&self.scratch.name);
+        let path = netns_path(&self.scratch.ns.name);
         let (retval, out, _) = {
             let _inside = NetnsGuard::enter(&path)?;
             test_run(fd, frame, ctx.as_ref(), 1)?
@@ -785,7 +761,7 @@ fn program_costs_are_measured() -> Result<()> {
             fx.ep0,
         ),
     ];
-    let path = netns_path(&fx.scratch.name);
+    let path = netns_path(&fx.scratch.ns.name);
     for (label, prog, frame, ifindex) in cases {
         let fd = fx.prog_fd(prog)?;
         let ctx = (prog != program_names::UNDERLAY_XDP).then(|| skb_ctx(ifindex));

@@ -6,7 +6,9 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context as _, Result};
-use overlay_tests::{Agent, SeedTopology, TempDir, overlay_binary, unique_prefix, write_config};
+use overlay_tests::{
+    Agent, SeedTopology, TempDir, overlay_binary, ping, tcp_transfer, unique_prefix, write_config,
+};
 
 pub const NODE1_VTEP: &str = "172.31.1.5";
 pub const NODE2_VTEP: &str = "192.168.1.5";
@@ -222,5 +224,40 @@ pub fn checksummed_wire(decap: &str) -> overlay_tests::TopologyOptions {
     overlay_tests::TopologyOptions {
         wire_checksums: decap == "xdp",
         ..Default::default()
+    }
+}
+
+impl Overlay {
+    /// `count` pings from `a` to `b` and from `b` to `a`; every reply must come back.
+    pub fn ping_both_ways(&self, a: Container, b: Container, count: u32) -> Result<()> {
+        for (from, to) in [(a, b), (b, a)] {
+            let stats = ping(&self.ns(from), &to.ip.to_string(), count, &[])?;
+            anyhow::ensure!(
+                stats.received == u64::from(count),
+                "[{}] {} -> {}: {stats:?}",
+                self.decap,
+                from.name,
+                to.name
+            );
+        }
+        Ok(())
+    }
+
+    /// `bytes` over TCP from `a` to `b` and from `b` to `a`, checked byte for byte.
+    pub fn transfer_both_ways(&self, a: Container, b: Container, bytes: u64) -> Result<()> {
+        for (client, server) in [(a, b), (b, a)] {
+            let report = tcp_transfer(
+                &self.ns(server),
+                &server.ip.to_string(),
+                &self.ns(client),
+                bytes,
+            )
+            .with_context(|| format!("[{}] {} -> {}", self.decap, client.name, server.name))?;
+            eprintln!(
+                "[{}] {} -> {}: {report:?}",
+                self.decap, client.name, server.name
+            );
+        }
+        Ok(())
     }
 }
