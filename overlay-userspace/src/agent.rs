@@ -17,11 +17,14 @@ use crate::{
     reconcile::{Tables, reconcile},
 };
 
-/// Static state is re-applied this often, so entries lost or altered behind the
-/// agent's back heal themselves.
-const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
-
-pub async fn run(config_path: PathBuf, pin_dir: Option<PathBuf>) -> Result<()> {
+/// Runs the agent until SIGINT/SIGTERM. Every `reconcile_interval` the desired
+/// state is re-applied, so entries lost or altered behind the agent's back heal
+/// themselves, and endpoints whose veth vanished are withdrawn.
+pub async fn run(
+    config_path: PathBuf,
+    pin_dir: Option<PathBuf>,
+    reconcile_interval: Duration,
+) -> Result<()> {
     // Take over SIGINT/SIGTERM before touching anything, so a signal during setup
     // cannot kill us half-way; it is acted on once setup is done or undone.
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -59,13 +62,14 @@ pub async fn run(config_path: PathBuf, pin_dir: Option<PathBuf>) -> Result<()> {
     println!("ready");
     std::io::stdout().flush().ok();
 
-    let mut ticker = tokio::time::interval(RECONCILE_INTERVAL);
+    let mut ticker = tokio::time::interval(reconcile_interval);
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = ticker.tick() => {
+                node.forget_vanished_endpoints(&nl).await;
                 match node.reconcile(&plan) {
                     Ok(changes) if !changes.is_empty() => warn!("reconcile healed the maps: {changes}"),
                     Ok(_) => {}
@@ -113,6 +117,29 @@ impl Applied {
             }
         }
         Ok(())
+    }
+
+    /// A container's veth disappears with its namespace. Such an endpoint is
+    /// withdrawn from the tables instead of being reconciled forever.
+    async fn forget_vanished_endpoints(&mut self, nl: &Netlink) {
+        let mut kept = Vec::with_capacity(self.endpoints.len());
+        for endpoint in self.endpoints.drain(..) {
+            match nl.link_by_name(&endpoint.plan.host_ifname).await {
+                Ok(Some(link)) if link.index == endpoint.host_ifindex => kept.push(endpoint),
+                Ok(_) => warn!(
+                    "endpoint {} ({}) vanished with its veth {} (namespace {} deleted?); withdrawing it",
+                    endpoint.plan.ip,
+                    endpoint.plan.mac,
+                    endpoint.plan.host_ifname,
+                    endpoint.plan.netns
+                ),
+                Err(e) => {
+                    warn!("checking {}: {e:#}", endpoint.plan.host_ifname);
+                    kept.push(endpoint);
+                }
+            }
+        }
+        self.endpoints = kept;
     }
 
     fn reconcile(&mut self, plan: &NodePlan) -> Result<crate::reconcile::Changes> {

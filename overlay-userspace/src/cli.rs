@@ -27,6 +27,10 @@ pub enum Command {
         /// Where to pin the maps [default: /sys/fs/bpf/overlay/<node>].
         #[arg(long, value_name = "DIR")]
         pin_dir: Option<PathBuf>,
+        /// How often to re-apply the desired state to the maps and check that the
+        /// endpoints' veths still exist, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        reconcile_interval: u64,
     },
     /// Print the FDB: which MAC of which network lives behind which veth or VTEP.
     Fdb(ShowArgs),

@@ -1,4 +1,4 @@
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use overlay_userspace::{
@@ -15,11 +15,21 @@ fn main() -> ExitCode {
     .init();
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Agent { config, pin_dir } => tokio::runtime::Builder::new_current_thread()
+        Command::Agent {
+            config,
+            pin_dir,
+            reconcile_interval,
+        } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(agent::run(config.clone(), pin_dir.clone()))),
+            .and_then(|rt| {
+                rt.block_on(agent::run(
+                    config.clone(),
+                    pin_dir.clone(),
+                    Duration::from_secs(*reconcile_interval),
+                ))
+            }),
         other => {
             let (table, args) = other.table().expect("every other command shows a table");
             show::resolve_pin_dir(args.node.as_deref(), args.pin_dir.clone())

@@ -224,6 +224,18 @@ impl SeedTopology {
         Ok(topology)
     }
 
+    /// Deletes a container's namespace now, as when a container goes away.
+    pub fn remove_container(&mut self, name: &str) -> Result<()> {
+        let full = format!("{}{name}", self.prefix);
+        let at = self
+            .containers
+            .iter()
+            .position(|ns| ns.name == full)
+            .with_context(|| format!("no container {name}"))?;
+        self.containers.remove(at);
+        Ok(())
+    }
+
     /// An empty namespace `<prefix><name>` for a container; the agent plumbs it.
     pub fn container(&mut self, name: &str) -> Result<String> {
         let ns = Netns::create(&format!("{}{name}", self.prefix))?;

@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::{Result, ensure};
-use common::{C1, C2, Overlay};
+use common::{C1, C2, C3, Overlay};
 use overlay_tests::{Agent, overlay_binary, ping, sh, write_config};
 
 /// What an agent can leave behind: interfaces on its node, and BPF links (TCX or
@@ -161,5 +161,39 @@ fn setup_failing_half_way_is_rolled_back() -> Result<()> {
         ping(&o.ns(C1), &C2.ip.to_string(), 2, &[])?.received == 2,
         "the first agents still forward"
     );
+    Ok(())
+}
+
+/// A container whose namespace is deleted under a running agent is withdrawn from
+/// the tables at the next reconcile, and the agent still exits cleanly.
+#[test]
+fn a_vanished_container_is_withdrawn() -> Result<()> {
+    let mut o = Overlay::build("tc")?;
+    o.start_agent_with(1, &["--reconcile-interval", "1"])?;
+    let fdb_has = |o: &Overlay, mac: &str| -> Result<bool> {
+        Ok(o.table(1, "fdb")?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["mac"] == mac))
+    };
+    ensure!(fdb_has(&o, &C3.mac())?, "c3 is in the FDB while it exists");
+    o.topology.remove_container(C3.name)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while fdb_has(&o, &C3.mac())? {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "c3 was not withdrawn within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let neigh = o.table(1, "neigh")?;
+    ensure!(
+        !neigh.to_string().contains(&C3.ip.to_string()),
+        "c3 must leave NEIGH too: {neigh}"
+    );
+    ensure!(fdb_has(&o, &C1.mac())?, "the other endpoints stay");
+    let status = o.agents.pop().expect("started above").stop()?;
+    ensure!(status.success(), "{status:?}");
     Ok(())
 }

@@ -163,12 +163,16 @@ impl Overlay {
     }
 
     pub fn start_agent(&mut self, node: u8) -> Result<()> {
+        self.start_agent_with(node, &[])
+    }
+
+    pub fn start_agent_with(&mut self, node: u8, extra: &[&str]) -> Result<()> {
         let agent = Agent::start(
             &self.node_ns(node),
             &overlay_binary()?,
             &self.config_path(node),
             &self.pin_dir(node),
-            &[],
+            extra,
         )
         .with_context(|| format!("starting the agent of node{node}"))?;
         self.agents.push(agent);
