@@ -7,50 +7,19 @@ mod common;
 
 use anyhow::{Result, ensure};
 use common::{C1, C2, NODE1_VTEP, NODE2_VTEP, Overlay};
-use overlay_tests::{sh, write_config};
+use overlay_tests::{KernelVxlanNode, write_config};
 
 /// node2 as Docker's kernel datapath, with c2 behind it.
-fn build_kernel_vxlan_node2(o: &Overlay) -> Result<()> {
-    let n2 = o.node_ns(2);
-    let c2 = o.ns(C2);
-    for cmd in [
-        format!("ip -n {n2} link add dev br0 type bridge"),
-        format!("ip -n {n2} link set br0 up"),
-        format!(
-            "ip -n {n2} link add dev vxlan1 type vxlan id 4097 proxy learning dstport 4789 local {NODE2_VTEP} dev eth0"
-        ),
-        format!("ip -n {n2} link set vxlan1 master br0"),
-        format!("ip -n {n2} link set vxlan1 up"),
-        format!(
-            "ip -n {n2} link add dev veth1 mtu 1450 type veth peer name veth2 mtu 1450 netns {c2}"
-        ),
-        format!("ip -n {n2} link set dev veth1 master br0"),
-        format!("ip -n {n2} link set dev veth1 up"),
-        format!(
-            "ip -n {c2} link set dev veth2 name eth0 address {}",
-            C2.mac()
-        ),
-        format!("ip -n {c2} addr add dev eth0 {}/24", C2.ip),
-        format!("ip -n {c2} link set dev eth0 up"),
-        // What Docker's gossip would install: where c1 is, and its MAC for proxy ARP.
-        format!(
-            "ip -n {n2} neighbor add {} lladdr {} dev vxlan1",
-            C1.ip,
-            C1.mac()
-        ),
-        format!(
-            "bridge -n {n2} fdb add {} dev vxlan1 self dst {NODE1_VTEP} vni 4097 port 4789",
-            C1.mac()
-        ),
-    ] {
-        sh(&cmd)?;
-    }
-    Ok(())
+fn build_kernel_vxlan_node2(o: &Overlay) -> Result<KernelVxlanNode> {
+    let mut node2 = KernelVxlanNode::create(&o.node_ns(2), 4097, NODE2_VTEP)?;
+    node2.add_container(&o.ns(C2), &C2.mac(), &format!("{}/24", C2.ip))?;
+    node2.add_remote(&C1.ip.to_string(), &C1.mac(), NODE1_VTEP)?;
+    Ok(node2)
 }
 
 fn interop(decap: &'static str) -> Result<()> {
     let mut o = Overlay::build(decap)?;
-    build_kernel_vxlan_node2(&o)?;
+    let _node2 = build_kernel_vxlan_node2(&o)?;
     let config = format!(
         "node = \"{}\"\nunderlay = \"eth0\"\ndecap = \"{decap}\"\n\
          [[network]]\nname = \"uber-net\"\nvni = 4097\nsubnet = \"10.0.0.0/24\"\n\

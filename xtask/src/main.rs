@@ -5,8 +5,9 @@ mod demo;
 mod prereqs;
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     about = "Build, run, test and demonstrate the overlay dataplane"
 )]
 struct Cli {
@@ -31,14 +33,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run every test: unit, program (BPF_PROG_TEST_RUN), topology,
-    /// interop, lifecycle and config. Needs root; nothing is skipped.
+    /// Build, then run every test: the test bed's self-tests, unit, program
+    /// (BPF_PROG_TEST_RUN), topology, interop, lifecycle and config. Needs root;
+    /// nothing is skipped.
     Test {
-        /// Extra arguments for the test binaries (e.g. a test name filter).
+        /// Extra arguments for the test binaries, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run the overlay across two hosts made of namespaces and tear it down.
+    /// Build, then run the overlay across two hosts made of namespaces, and tear it down.
     Demo,
 }
 
@@ -61,31 +64,19 @@ fn try_main() -> Result<()> {
         }
         Task::Run { args } => {
             let binary = build()?;
-            let status = Command::new(&binary)
-                .args(&args)
-                .status()
-                .with_context(|| format!("running {}", binary.display()))?;
-            if !status.success() {
-                bail!("overlay exited with {status}");
-            }
-            Ok(())
+            // exec: the agent gets the terminal's signals and its exit code is ours.
+            let err = Command::new(&binary).args(&args).exec();
+            Err(err).with_context(|| format!("executing {}", binary.display()))
         }
         Task::Test { args } => {
             build()?;
             // One test at a time: the topology tests each run two agents and move
-            // tens of megabytes on a two-core machine.
+            // tens of megabytes on a two-core machine. overlay-userspace is there
+            // for its own unit tests.
             run(Command::new("cargo")
                 .current_dir(workspace_root())
-                .args([
-                    "test",
-                    "--release",
-                    "-p",
-                    "overlay-userspace",
-                    "-p",
-                    "overlay-tests",
-                    "--",
-                ])
-                .arg("--test-threads=1")
+                .args(["test", "--release", "-p", "overlay-tests"])
+                .args(["-p", "overlay-userspace", "--", "--test-threads=1"])
                 .args(&args))
         }
         Task::Demo => {
@@ -95,6 +86,7 @@ fn try_main() -> Result<()> {
     }
 }
 
+/// Prerequisites, then the release build of the `overlay` binary; its path.
 fn build() -> Result<PathBuf> {
     prereqs::ensure_all()?;
     run(Command::new("cargo").current_dir(workspace_root()).args([
@@ -103,7 +95,11 @@ fn build() -> Result<PathBuf> {
         "-p",
         "overlay-userspace",
     ]))?;
-    Ok(workspace_root().join("target/release/overlay"))
+    let binary = workspace_root().join("target/release/overlay");
+    if !binary.exists() {
+        bail!("the build succeeded but left no {}", binary.display());
+    }
+    Ok(binary)
 }
 
 fn workspace_root() -> PathBuf {
@@ -124,8 +120,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Whether a command runs and succeeds, quietly.
 pub fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }

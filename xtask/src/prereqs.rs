@@ -6,7 +6,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 
 use crate::{run, succeeds};
 
@@ -32,12 +32,14 @@ pub fn ensure_all() -> Result<()> {
     Ok(())
 }
 
-pub fn ensure_root() -> Result<()> {
+fn ensure_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
         unsafe { libc::geteuid() } == 0,
-        "this needs root: loading BPF programs, mounting bpffs, creating network namespaces"
+        "must run as root (euid 0): it mounts bpffs, loads BPF programs and creates \
+         network namespaces, and no test is skipped without them"
     );
+    println!("prereq: running as root");
     Ok(())
 }
 
@@ -84,51 +86,67 @@ fn ensure_nightly_rust_src() -> Result<()> {
 /// is too old and prebuilt downloads are out of reach, so it is built against the
 /// nightly's own libLLVM, through a small prefix of symlinks in the cache.
 fn ensure_bpf_linker() -> Result<()> {
-    if succeeds(Command::new("bpf-linker").arg("--version")) {
-        println!("prereq: bpf-linker already installed");
+    if let Ok(out) = Command::new("bpf-linker").arg("--version").output()
+        && out.status.success()
+    {
+        println!(
+            "prereq: bpf-linker already installed ({})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
         return Ok(());
     }
-    let sysroot = String::from_utf8(
-        Command::new("rustc")
-            .args(["+nightly", "--print", "sysroot"])
-            .output()
-            .context("running rustc")?
-            .stdout,
-    )?;
-    let nightly_lib = Path::new(sysroot.trim()).join("lib");
-    let libllvm = std::fs::read_dir(&nightly_lib)
+    let sysroot = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("running rustc +nightly --print sysroot")?;
+    let nightly_lib = Path::new(String::from_utf8(sysroot.stdout)?.trim()).join("lib");
+    let libllvm = find_libllvm(&nightly_lib)?;
+    let llvm_major = llvm_major_version()?;
+    let prefix = cache_dir()?.join(format!("llvm-{llvm_major}"));
+    link_libllvm(&prefix.join("lib"), &libllvm)?;
+    println!(
+        "prereq: installing bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {llvm_major} (about a minute)..."
+    );
+    run(Command::new("cargo")
+        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+        .args(["--locked", "--no-default-features", "--features"])
+        .arg(format!("llvm-{llvm_major}"))
+        .env("LLVM_PREFIX", &prefix))
+}
+
+/// The nightly's `libLLVM.so.<version>`; the version is not hard-coded.
+fn find_libllvm(nightly_lib: &Path) -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(nightly_lib)
         .with_context(|| format!("reading {}", nightly_lib.display()))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
+        .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
         })
-        .with_context(|| format!("no libLLVM.so.* in {}", nightly_lib.display()))?;
-    let llvm_major = llvm_major_version()?;
-    let prefix = cache_dir()?.join(format!("llvm-{llvm_major}"));
-    let lib = prefix.join("lib");
-    std::fs::create_dir_all(&lib)?;
-    // `libLLVM.so` for the build; the soname itself because the installed binary's
-    // rpath points at this directory and the loader looks the soname up there.
-    let soname = libllvm.file_name().expect("a file");
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .with_context(|| format!("no libLLVM.so.* in {}", nightly_lib.display()))
+}
+
+/// Links `libllvm` into `lib` as `libLLVM.so`, which the build links against, and
+/// under its own soname, because the installed binary's rpath points at `lib` and
+/// the loader looks the soname up there. Idempotent; re-points stale links.
+fn link_libllvm(lib: &Path, libllvm: &Path) -> Result<()> {
+    std::fs::create_dir_all(lib).with_context(|| format!("creating {}", lib.display()))?;
+    let soname = libllvm.file_name().context("libLLVM has no file name")?;
     for link in [lib.join("libLLVM.so"), lib.join(soname)] {
+        if std::fs::read_link(&link).is_ok_and(|to| to == libllvm) {
+            continue;
+        }
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&libllvm, &link)
-            .with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(libllvm, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
     }
-    println!(
-        "prereq: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {llvm_major} (about a minute)"
-    );
-    run(Command::new("cargo")
-        .args([
-            "install",
-            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-            "--locked",
-            "--no-default-features",
-        ])
-        .args(["--features", &format!("llvm-{llvm_major}")])
-        .env("LLVM_PREFIX", &prefix))
+    println!("prereq: {} links to {}", lib.display(), libllvm.display());
+    Ok(())
 }
 
 fn llvm_major_version() -> Result<String> {
@@ -152,26 +170,46 @@ fn cache_dir() -> Result<PathBuf> {
 fn ensure_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(cmd, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {cmd}")])))
+        .filter(|(cmd, _)| !succeeds(Command::new("which").arg(cmd)))
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
         println!(
-            "prereq: packages present ({})",
-            PACKAGES.map(|(_, p)| p).join(", ")
+            "prereq: commands present ({})",
+            PACKAGES.map(|(cmd, _)| cmd).join(", ")
         );
         return Ok(());
     }
     println!("prereq: installing Debian packages: {}", missing.join(" "));
-    run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    let status = Command::new("apt-get")
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
         .args(["install", "-y", "-qq"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get")?;
-    if !status.success() {
-        bail!("apt-get install {} failed", missing.join(" "));
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libllvm_links_are_idempotent_and_follow_the_nightly() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("xtask-llvm-{}", std::process::id()));
+        let (old, new) = (dir.join("libLLVM.so.22.1-a"), dir.join("libLLVM.so.22.1-b"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(&old, "")?;
+        std::fs::write(&new, "")?;
+        assert_eq!(find_libllvm(&dir)?, new);
+        let lib = dir.join("prefix/lib");
+        for _ in 0..2 {
+            link_libllvm(&lib, &old)?;
+        }
+        assert_eq!(std::fs::read_link(lib.join("libLLVM.so"))?, old);
+        assert_eq!(std::fs::read_link(lib.join("libLLVM.so.22.1-a"))?, old);
+        link_libllvm(&lib, &new)?;
+        assert_eq!(std::fs::read_link(lib.join("libLLVM.so"))?, new);
+        assert_eq!(std::fs::read_link(lib.join("libLLVM.so.22.1-b"))?, new);
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
     }
-    Ok(())
 }

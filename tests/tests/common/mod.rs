@@ -10,8 +10,7 @@ use overlay_tests::{
     Agent, SeedTopology, TempDir, overlay_binary, ping, tcp_transfer, unique_prefix, write_config,
 };
 
-pub const NODE1_VTEP: &str = "172.31.1.5";
-pub const NODE2_VTEP: &str = "192.168.1.5";
+pub use overlay_tests::{NODE1_VTEP, NODE2_VTEP};
 
 /// One container of the scenario.
 #[derive(Clone, Copy, Debug)]
@@ -26,8 +25,7 @@ pub struct Container {
 
 impl Container {
     pub fn mac(&self) -> String {
-        let o = self.ip.octets();
-        format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+        overlay_tests::docker_mac(self.ip)
     }
 }
 

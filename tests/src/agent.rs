@@ -1,0 +1,254 @@
+//! `overlay agent` processes, run inside a node's namespace.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::netns::netns_path;
+
+/// The agent binary `cargo xtask build` produces.
+pub fn overlay_binary() -> Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/overlay");
+    ensure!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build` (or `cargo xtask test`)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Where agents pin by default, one directory per node.
+const PIN_ROOT: &str = "/sys/fs/bpf/overlay";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `overlay agent`. Stopped (SIGTERM, then SIGKILL after 10 s) on drop,
+/// and its pin directory removed, since a killed agent cannot unpin.
+pub struct Agent {
+    child: Option<Child>,
+    stderr: StderrLog,
+    pin_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts `binary agent --config CONFIG --pin-dir PIN_DIR EXTRA…` in `node_ns`
+    /// and waits up to 30 s for it to print `ready`.
+    pub fn start(
+        node_ns: &str,
+        binary: &Path,
+        config: &Path,
+        pin_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Agent> {
+        let mut child = spawn(node_ns, binary, config, pin_dir, extra, Stdio::piped())?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut agent = Agent {
+            stderr: StderrLog::collect(&mut child),
+            child: Some(child),
+            pin_dir: pin_dir.to_owned(),
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // Reads stdout for as long as the agent runs, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line == "ready" {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if ready_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                return Ok(agent);
+            }
+            let child = agent.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().context("waiting for the agent")? {
+                bail!(
+                    "the agent exited ({status}) before it was ready:\n{}",
+                    agent.stderr.complete()
+                );
+            }
+            if Instant::now() > deadline {
+                // Dropping `agent` stops it.
+                bail!(
+                    "the agent was not ready within {READY_TIMEOUT:?}:\n{}",
+                    agent.stderr.so_far()
+                );
+            }
+        }
+    }
+
+    /// Runs an agent that is expected to stop by itself, on a bad config for
+    /// instance: its exit status and stderr. An error if it runs for 30 s.
+    pub fn run_to_completion(
+        node_ns: &str,
+        binary: &Path,
+        config: &Path,
+        pin_dir: &Path,
+        extra: &[&str],
+    ) -> Result<(ExitStatus, String)> {
+        let mut child = spawn(node_ns, binary, config, pin_dir, extra, Stdio::null())?;
+        let stderr = StderrLog::collect(&mut child);
+        match wait_for(&mut child, READY_TIMEOUT)? {
+            Some(status) => Ok((status, stderr.complete())),
+            None => {
+                let _ = terminate(&mut child, libc::SIGTERM);
+                let _ = std::fs::remove_dir_all(pin_dir);
+                bail!(
+                    "the agent did not stop by itself within {READY_TIMEOUT:?}:\n{}",
+                    stderr.so_far()
+                )
+            }
+        }
+    }
+
+    /// What the agent has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.so_far()
+    }
+
+    /// Sends SIGTERM and waits for the agent to finish its teardown.
+    pub fn stop(self) -> Result<ExitStatus> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` and waits up to 10 s for the agent to exit; after that it is
+    /// killed, and that is an error. An agent removes its pins when it exits: if
+    /// the pin directory is still there, it is removed here and that is an error
+    /// too, so a leak shows even though the machine is left clean.
+    pub fn stop_with(mut self, signal: i32) -> Result<ExitStatus> {
+        let mut child = self.child.take().expect("running until stopped");
+        let status = match terminate(&mut child, signal)? {
+            Some(status) => status,
+            None => bail!(
+                "the agent ignored signal {signal} for {STOP_TIMEOUT:?} and was killed:\n{}",
+                self.stderr.so_far()
+            ),
+        };
+        if self.pin_dir.exists() {
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+            bail!(
+                "the agent exited ({status}) but left its pins in {}:\n{}",
+                self.pin_dir.display(),
+                self.stderr.complete()
+            );
+        }
+        Ok(status)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = terminate(&mut child, libc::SIGTERM);
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // The default pin root too, once no agent uses it (a no-op until then).
+        if self.pin_dir.parent() == Some(Path::new(PIN_ROOT)) {
+            let _ = std::fs::remove_dir(PIN_ROOT);
+        }
+    }
+}
+
+/// `nsenter --net`, not `ip netns exec`: the latter remounts /sys, which would
+/// hide the bpffs mounted at /sys/fs/bpf from the agent.
+fn spawn(
+    node_ns: &str,
+    binary: &Path,
+    config: &Path,
+    pin_dir: &Path,
+    extra: &[&str],
+    stdout: Stdio,
+) -> Result<Child> {
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns_path(node_ns).display()))
+        .arg(binary)
+        .arg("agent")
+        .arg("--config")
+        .arg(config)
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {} in {node_ns}", binary.display()))
+}
+
+/// The child's exit status, or `None` if it is still running after `timeout`.
+fn wait_for(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for the agent")? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` and waits up to 10 s; then SIGKILL. The exit status if the
+/// child exited by itself, `None` if it had to be killed.
+fn terminate(child: &mut Child, signal: i32) -> Result<Option<ExitStatus>> {
+    // Once reaped, its pid may belong to another process by now.
+    if let Some(status) = child.try_wait().context("waiting for the agent")? {
+        return Ok(Some(status));
+    }
+    let pid = i32::try_from(child.id()).context("pid out of range")?;
+    // SAFETY: plain syscall. Only we reap the child, and it was not reaped above,
+    // so the pid is still its own (a zombie at worst).
+    unsafe { libc::kill(pid, signal) };
+    let status = wait_for(child, STOP_TIMEOUT)?;
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(status)
+}
+
+/// A child's stderr, collected by a thread so the child never blocks on the pipe.
+struct StderrLog {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    reader: JoinHandle<()>,
+}
+
+impl StderrLog {
+    fn collect(child: &mut Child) -> StderrLog {
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let sink = bytes.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                sink.lock()
+                    .expect("stderr buffer")
+                    .extend_from_slice(&buf[..n]);
+            }
+        });
+        StderrLog { bytes, reader }
+    }
+
+    fn so_far(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().expect("stderr buffer")).into_owned()
+    }
+
+    /// Everything, once the child has exited: waits (briefly, in case something
+    /// else holds the pipe open) for the reader to reach the end.
+    fn complete(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.reader.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.so_far()
+    }
+}
