@@ -244,7 +244,7 @@ impl Outcome {
     fn expect(&self, retval: u32, counter: &str) {
         assert_eq!(
             self.retval, retval,
-            "verdict; counters moved: {:?}",
+            "{counter}: verdict; counters moved: {:?}",
             self.moved
         );
         assert_eq!(
@@ -627,13 +627,8 @@ fn endpoint_drop_reasons_each_count_once() -> Result<()> {
         ),
     ];
     for (counter, frame, ifindex) in cases {
-        let out = fx.run(program_names::ENDPOINT_INGRESS, &frame, ifindex)?;
-        assert_eq!(out.retval, TC_ACT_SHOT, "{counter}: verdict");
-        assert_eq!(
-            out.moved,
-            BTreeMap::from([(counter, 1)]),
-            "{counter}: counters"
-        );
+        fx.run(program_names::ENDPOINT_INGRESS, &frame, ifindex)?
+            .expect(TC_ACT_SHOT, counter);
     }
     Ok(())
 }
@@ -674,13 +669,7 @@ fn underlay_drop_reasons_each_count_once_in_both_variants() -> Result<()> {
         (program_names::UNDERLAY_XDP, XDP_DROP),
     ] {
         for (counter, frame) in &cases {
-            let out = fx.run(prog, frame, fx.uplink)?;
-            assert_eq!(out.retval, drop, "{prog} {counter}: verdict");
-            assert_eq!(
-                out.moved,
-                BTreeMap::from([(*counter, 1)]),
-                "{prog} {counter}: counters"
-            );
+            fx.run(prog, frame, fx.uplink)?.expect(drop, counter);
         }
     }
     Ok(())
