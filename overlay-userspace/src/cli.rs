@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::path::PathBuf;
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -18,25 +18,58 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent: create the local endpoints, load and attach the
-    /// dataplane, fill its maps from the cluster file, print `ready`, and run
-    /// until SIGINT/SIGTERM; then remove everything it created.
+    /// dataplane, fill its maps from the cluster file and from gossip (with a
+    /// [cluster] section), serve the local API, print `ready`, and run until
+    /// SIGINT/SIGTERM; then remove everything it created (unless --keep).
+    ///
+    /// A dataplane left by an earlier agent of the same node (--keep, or kill -9)
+    /// is adopted: its pinned maps and links are reused, so traffic keeps flowing.
     Agent {
-        /// The static cluster file (TOML); see README.md for its fields.
+        /// The cluster file (TOML); see README.md for its fields.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
-        /// Where to pin the maps [default: /sys/fs/bpf/overlay/<node>].
+        /// Where to pin maps and links [default: /sys/fs/bpf/overlay/<node>].
         #[arg(long, value_name = "DIR")]
         pin_dir: Option<PathBuf>,
+        /// The local API socket [default: /run/overlay/<node>.sock].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Where networks and endpoints made through the API are saved
+        /// [default: /var/lib/overlay/<node>].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
         /// How often to re-apply the desired state to the maps and check that the
         /// endpoints' veths still exist, in seconds.
         #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         reconcile_interval: u64,
+        /// On exit, leave programs, maps and veths in place: containers keep their
+        /// connectivity until the next agent adopts them.
+        #[arg(long)]
+        keep: bool,
     },
+    /// Write a new cluster key (32 random bytes, as 64 hex digits, mode 0600).
+    /// Every node of a cluster needs the same key.
+    Keygen {
+        /// The file to write; without it, the key is printed.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long, requires = "output")]
+        force: bool,
+    },
+    /// Create, list and remove overlay networks (cluster-wide).
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Add, remove and list endpoints (containers' interfaces).
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Print the cluster's nodes: VTEP, liveness, endpoint count.
+    Members(ApiArgs),
     /// Print the FDB: which MAC of which network lives behind which veth or VTEP.
     Fdb(ShowArgs),
     /// Print the neighbour table that proxy ARP answers from.
     Neigh(ShowArgs),
-    /// Print the local endpoints (host-side veth → network, IP, MAC).
+    /// Print the local endpoints as the maps hold them (host-side veth → network, IP, MAC).
     Endpoints(ShowArgs),
     /// Print the VTEPs accepted as sources of VXLAN traffic.
     Vteps(ShowArgs),
@@ -44,15 +77,86 @@ pub enum Command {
     Stats(ShowArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network on every node: a VNI and a subnet, the same everywhere.
+    Create {
+        name: String,
+        /// VXLAN network identifier, 1..=16777215, unique in the cluster.
+        #[arg(long)]
+        vni: u32,
+        /// The network's IPv4 subnet, e.g. 10.1.0.0/24.
+        #[arg(long)]
+        subnet: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the networks the cluster agrees on, and any conflicting definitions.
+    Ls(ApiArgs),
+    /// Remove a network from every node; refused while it has endpoints.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Connect a network namespace to a network: a veth with eth0 (eth1, ...)
+    /// inside, an address, and a MAC.
+    Add {
+        #[arg(long)]
+        network: String,
+        /// A named network namespace (`ip netns add NAME`).
+        #[arg(long)]
+        netns: String,
+        /// The address; without it one is allocated from this node's address
+        /// blocks, so that no other node can hand out the same one.
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        /// The MAC [default: 02:42 followed by the IPv4 address].
+        #[arg(long)]
+        mac: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Disconnect a namespace from a network.
+    Rm {
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        netns: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List every endpoint in the cluster, with the node it lives on.
+    Ls(ApiArgs),
+}
+
+/// Which agent to ask.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Ask the agent of this node (socket /run/overlay/<NODE>.sock).
+    #[arg(long, short = 'n', conflicts_with = "socket")]
+    pub node: Option<String>,
+    /// Ask the agent listening on this socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 impl Command {
     pub fn table(&self) -> Option<(Table, &ShowArgs)> {
         match self {
-            Command::Agent { .. } => None,
             Command::Fdb(a) => Some((Table::Fdb, a)),
             Command::Neigh(a) => Some((Table::Neigh, a)),
             Command::Endpoints(a) => Some((Table::Endpoints, a)),
             Command::Vteps(a) => Some((Table::Vteps, a)),
             Command::Stats(a) => Some((Table::Stats, a)),
+            _ => None,
         }
     }
 }

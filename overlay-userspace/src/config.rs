@@ -7,9 +7,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
+    time::Duration,
 };
 
 use overlay_common::{DEFAULT_VXLAN_PORT, VNI_MAX};
@@ -76,6 +77,19 @@ struct RawConfig {
     endpoints: Vec<RawEndpoint>,
     #[serde(default, rename = "remote")]
     remotes: Vec<RawRemote>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    listen: String,
+    advertise: Option<String>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    key_file: String,
+    gossip_interval_ms: Option<u64>,
+    cluster_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,14 +120,15 @@ struct RawRemote {
 }
 
 /// An IPv4 prefix with no host bits set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Subnet {
     pub network: Ipv4Addr,
     pub prefix_len: u8,
 }
 
 impl Subnet {
-    fn mask(self) -> u32 {
+    pub fn mask(self) -> u32 {
         if self.prefix_len == 0 {
             0
         } else {
@@ -163,6 +178,19 @@ impl FromStr for Subnet {
     }
 }
 
+impl TryFrom<String> for Subnet {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Subnet> for String {
+    fn from(s: Subnet) -> String {
+        s.to_string()
+    }
+}
+
 impl fmt::Display for Subnet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.prefix_len)
@@ -170,7 +198,8 @@ impl fmt::Display for Subnet {
 }
 
 /// A unicast Ethernet address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Mac(pub [u8; 6]);
 
 impl Mac {
@@ -206,6 +235,19 @@ impl FromStr for Mac {
             return Err("00:00:00:00:00:00 is not a usable MAC".into());
         }
         Ok(Mac(mac))
+    }
+}
+
+impl TryFrom<String> for Mac {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Mac> for String {
+    fn from(m: Mac) -> String {
+        m.to_string()
     }
 }
 
@@ -246,6 +288,39 @@ pub struct RemoteConfig {
     pub vtep: Ipv4Addr,
 }
 
+/// Gossip membership: the `[cluster]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSection {
+    /// Where the gossip socket is bound.
+    pub listen: SocketAddr,
+    /// The address other nodes reach this one at (default: `listen`).
+    pub advertise: SocketAddr,
+    pub seeds: Vec<SocketAddr>,
+    /// Relative paths are taken from the cluster file's directory.
+    pub key_file: PathBuf,
+    pub gossip_interval: Duration,
+    /// Nodes only gossip with nodes of the same cluster id.
+    pub cluster_id: String,
+}
+
+pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 200;
+pub const DEFAULT_CLUSTER_ID: &str = "overlay";
+
+/// Network names appear in gossip keys and table output: keep them plain.
+pub fn check_network_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "{name:?} is not a network name (1-64 of A-Z a-z 0-9 - _ .)"
+        ));
+    }
+    Ok(())
+}
+
 /// A cluster file that passed every check that needs only the file.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -259,6 +334,7 @@ pub struct ClusterConfig {
     pub networks: Vec<NetworkConfig>,
     pub endpoints: Vec<EndpointConfig>,
     pub remotes: Vec<RemoteConfig>,
+    pub cluster: Option<ClusterSection>,
 }
 
 impl ClusterConfig {
@@ -345,9 +421,7 @@ impl Validator<'_> {
         let mut by_name: HashMap<&str, usize> = HashMap::new();
         for (i, n) in raw.networks.iter().enumerate() {
             let field = |f: &str| format!("network[{i}].{f}");
-            if n.name.is_empty() {
-                return Err(self.err(field("name"), "must not be empty"));
-            }
+            check_network_name(&n.name).map_err(|p| self.err(field("name"), p))?;
             if by_name.insert(&n.name, i).is_some() {
                 return Err(self.err(field("name"), format!("{:?} is defined twice", n.name)));
             }
@@ -471,6 +545,8 @@ impl Validator<'_> {
             });
         }
 
+        let cluster = raw.cluster.map(|c| self.cluster(c)).transpose()?;
+
         Ok(ClusterConfig {
             path: self.file.to_owned(),
             node: raw.node,
@@ -482,6 +558,73 @@ impl Validator<'_> {
             networks,
             endpoints,
             remotes,
+            cluster,
+        })
+    }
+
+    fn cluster(&self, raw: RawCluster) -> Result<ClusterSection, ConfigError> {
+        let addr = |field: &str, text: &str| -> Result<SocketAddr, ConfigError> {
+            let addr: SocketAddr = text.parse().map_err(|_| {
+                self.err(
+                    format!("cluster.{field}"),
+                    format!("{text:?} is not an IPv4 address and port such as \"172.31.1.5:7946\""),
+                )
+            })?;
+            if !addr.is_ipv4() || addr.port() == 0 {
+                return Err(self.err(
+                    format!("cluster.{field}"),
+                    format!("{text:?} needs an IPv4 address and a non-zero port"),
+                ));
+            }
+            Ok(addr)
+        };
+        let listen = addr("listen", &raw.listen)?;
+        let advertise = match raw.advertise.as_deref() {
+            Some(a) => addr("advertise", a)?,
+            None if listen.ip().is_unspecified() => {
+                return Err(self.err(
+                    "cluster.advertise",
+                    format!("listen is {listen}, so other nodes need an address to reach this one: set advertise"),
+                ));
+            }
+            None => listen,
+        };
+        if advertise.ip().is_unspecified() {
+            return Err(self.err("cluster.advertise", format!("{advertise} is not reachable")));
+        }
+        let seeds = raw
+            .seeds
+            .iter()
+            .enumerate()
+            .map(|(i, s)| addr(&format!("seeds[{i}]"), s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if raw.key_file.is_empty() {
+            return Err(self.err("cluster.key_file", "must name the cluster key file"));
+        }
+        let key_file = PathBuf::from(&raw.key_file);
+        let key_file = if key_file.is_relative() {
+            self.file.parent().unwrap_or(Path::new(".")).join(key_file)
+        } else {
+            key_file
+        };
+        let interval = raw.gossip_interval_ms.unwrap_or(DEFAULT_GOSSIP_INTERVAL_MS);
+        if !(20..=10_000).contains(&interval) {
+            return Err(self.err(
+                "cluster.gossip_interval_ms",
+                format!("{interval} is outside 20..=10000"),
+            ));
+        }
+        let cluster_id = raw.cluster_id.unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_owned());
+        if cluster_id.is_empty() || cluster_id.len() > 64 {
+            return Err(self.err("cluster.cluster_id", "must be 1-64 characters"));
+        }
+        Ok(ClusterSection {
+            listen,
+            advertise,
+            seeds,
+            key_file,
+            gossip_interval: Duration::from_millis(interval),
+            cluster_id,
         })
     }
 
@@ -543,6 +686,21 @@ vtep = "192.168.1.5"
     }
 
     #[test]
+    fn cluster_section_defaults_and_relative_key_file() {
+        let text = format!(
+            "{GOOD}\n[cluster]\nlisten = \"172.31.1.5:7946\"\nseeds = [\"192.168.1.5:7946\"]\nkey_file = \"cluster.key\"\n"
+        );
+        let c = ClusterConfig::parse(Path::new("/etc/overlay/node.toml"), &text)
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.advertise, c.listen);
+        assert_eq!(c.key_file, Path::new("/etc/overlay/cluster.key"));
+        assert_eq!(c.gossip_interval, Duration::from_millis(DEFAULT_GOSSIP_INTERVAL_MS));
+        assert_eq!(c.seeds, vec!["192.168.1.5:7946".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
     fn errors_name_file_field_and_problem() {
         let cases = [
             (
@@ -586,6 +744,22 @@ vtep = "192.168.1.5"
             (
                 GOOD.replace("ip = \"10.0.0.3\"", "ip = \"10.0.0.255\""),
                 "broadcast address",
+            ),
+            (
+                format!("{GOOD}\n[cluster]\nlisten = \"0.0.0.0:7946\"\nkey_file = \"k\"\n"),
+                "cluster.advertise: listen is 0.0.0.0:7946",
+            ),
+            (
+                format!("{GOOD}\n[cluster]\nlisten = \"1.2.3.4\"\nkey_file = \"k\"\n"),
+                "cluster.listen: \"1.2.3.4\" is not an IPv4 address and port",
+            ),
+            (
+                format!("{GOOD}\n[cluster]\nlisten = \"1.2.3.4:7946\"\nseeds = [\"x\"]\nkey_file = \"k\"\n"),
+                "cluster.seeds[0]: \"x\"",
+            ),
+            (
+                GOOD.replace("name = \"uber-net\"", "name = \"uber:net\""),
+                "network[0].name: \"uber:net\" is not a network name",
             ),
         ];
         for (text, expected) in cases {

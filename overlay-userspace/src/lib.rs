@@ -8,8 +8,12 @@
 //! - [`reconcile`]: desired state → map contents, applied as a diff.
 //! - [`agent`], [`cli`], [`show`]: the agent's life cycle and the commands.
 pub mod agent;
+pub mod api;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod gossip;
+pub mod ipam;
 pub mod loader;
 pub mod membership;
 pub mod netlink;
@@ -17,3 +21,4 @@ pub mod node;
 pub mod plumbing;
 pub mod reconcile;
 pub mod show;
+pub mod state;

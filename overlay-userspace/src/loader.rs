@@ -1,6 +1,7 @@
 //! Loading the eBPF object, pinning its maps, attaching and detaching its programs.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::ErrorKind,
     path::{Path, PathBuf},
@@ -8,10 +9,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, Link as _, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use overlay_common::{
@@ -78,6 +82,24 @@ impl Maps {
         maps
     }
 
+    /// Takes the maps out of an object loaded by [`load_adopting`].
+    fn take(ebpf: &mut Ebpf) -> Result<Maps> {
+        let mut take = |name: &str| -> Result<Map> {
+            ebpf.take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))
+        };
+        Ok(Maps {
+            config: Array::try_from(take(map_names::CONFIG)?)?,
+            networks: HashMap::try_from(take(map_names::NETWORKS)?)?,
+            endpoints: HashMap::try_from(take(map_names::ENDPOINTS)?)?,
+            fdb: HashMap::try_from(take(map_names::FDB)?)?,
+            neigh: HashMap::try_from(take(map_names::NEIGH)?)?,
+            vteps: HashMap::try_from(take(map_names::VTEPS)?)?,
+            stats: PerCpuArray::try_from(take(map_names::STATS)?)?,
+            endpoint_devs: DevMapHash::try_from(take(map_names::ENDPOINT_DEVS)?)?,
+        })
+    }
+
     /// Opens the maps a running (or kept) agent pinned under `dir`.
     pub fn from_pins(dir: &Path) -> Result<Maps> {
         if !dir.is_dir() {
@@ -104,8 +126,85 @@ impl Maps {
     }
 }
 
+/// Whether `dir` holds pins of a previous agent: maps, or program links.
+pub fn holds_pins(dir: &Path) -> bool {
+    map_names::ALL.iter().any(|name| dir.join(name).exists())
+        || fs::read_dir(dir.join(LINKS_DIR)).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Loads the eBPF object with every map pinned under `pin_dir`. Maps a previous
+/// agent left pinned there (it exited with --keep, or was killed) are reused with
+/// their contents, so the dataplane it left running keeps its tables; missing
+/// ones are created and pinned. Returns whether anything was adopted.
+///
+/// A pinned map whose shape differs from this build's (another version of the
+/// ABI) is refused rather than reused.
+pub fn load_adopting(pin_dir: &Path) -> Result<(Ebpf, Maps, bool)> {
+    fs::create_dir_all(pin_dir)
+        .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+    let adopted = holds_pins(pin_dir);
+    if adopted {
+        check_pinned_shapes(pin_dir)?;
+    }
+    let paths: Vec<(&str, PathBuf)> = map_names::ALL
+        .iter()
+        .map(|name| (*name, pin_dir.join(name)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(ebpf_object())
+        .context("loading the eBPF object")?;
+    let maps = Maps::take(&mut ebpf)?;
+    Ok((ebpf, maps, adopted))
+}
+
+/// Compares each pinned map with the map this build would create.
+fn check_pinned_shapes(pin_dir: &Path) -> Result<()> {
+    let mut fresh = Ebpf::load(ebpf_object()).context("loading the eBPF object")?;
+    for name in map_names::ALL {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let pinned = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?
+            .info()?;
+        let Some(map) = fresh.map_mut(name) else {
+            continue;
+        };
+        let ours = match map {
+            Map::Array(m) | Map::HashMap(m) | Map::PerCpuArray(m) | Map::DevMapHash(m) => m.info()?,
+            _ => continue,
+        };
+        if (pinned.map_type().ok(), pinned.key_size(), pinned.value_size(), pinned.max_entries())
+            != (ours.map_type().ok(), ours.key_size(), ours.value_size(), ours.max_entries())
+        {
+            bail!(
+                "the map pinned at {} was made by another version of the dataplane (its shape differs); \
+                 stop that node's dataplane (`overlay agent` without --keep, or remove {}) before starting this one",
+                path.display(),
+                pin_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Where program links are pinned, inside a node's pin directory.
+pub const LINKS_DIR: &str = "links";
+
 /// Removes the pins of every map under `dir`, then `dir` itself if it is empty.
+/// Pinned links go too, which detaches their programs.
 pub fn unpin(dir: &Path) -> Result<()> {
+    if let Ok(links) = fs::read_dir(dir.join(LINKS_DIR)) {
+        for link in links.flatten() {
+            let _ = fs::remove_file(link.path());
+        }
+        let _ = fs::remove_dir(dir.join(LINKS_DIR));
+    }
     for name in map_names::ALL {
         match fs::remove_file(dir.join(name)) {
             Ok(()) => {}
@@ -130,23 +229,58 @@ pub fn unpin(dir: &Path) -> Result<()> {
     }
 }
 
-/// A program attachment this agent made, so it can undo exactly that.
+/// Where a program is attached; names its link's pin.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    /// endpoint_ingress on a host-side veth.
+    Endpoint(String),
+    /// The XDP_PASS program on the container side of the veth whose host side is named.
+    PeerXdp(String),
+    UnderlayTc(String),
+    UnderlayXdp(String),
+}
+
+impl Hook {
+    fn pin_name(&self) -> String {
+        match self {
+            Hook::Endpoint(i) => format!("endpoint-{i}"),
+            Hook::PeerXdp(i) => format!("peer-xdp-{i}"),
+            Hook::UnderlayTc(i) => format!("underlay-tc-{i}"),
+            Hook::UnderlayXdp(i) => format!("underlay-xdp-{i}"),
+        }
+    }
+}
+
+/// One attachment. Links are pinned, so that the dataplane outlives the agent
+/// when it is killed or exits with --keep, and a later agent adopts them.
+/// TC attachments made through netlink (before TCX, kernels < 6.6) have no link
+/// to pin; they stay until removed.
 enum Attachment {
-    EndpointIngress(SchedClassifierLinkId),
-    UnderlayTc(SchedClassifierLinkId),
-    UnderlayXdp(XdpLinkId),
-    PeerXdp(XdpLinkId),
+    Pinned(PinnedLink),
+    TcNetlink(SchedClassifierLink),
+}
+
+impl Attachment {
+    fn detach(self) -> Result<()> {
+        match self {
+            Attachment::Pinned(link) => link.unpin()?.detach()?,
+            Attachment::TcNetlink(link) => link.detach()?,
+        }
+        Ok(())
+    }
 }
 
 /// The loaded programs and what they are attached to.
 pub struct Programs {
     ebpf: Ebpf,
-    attachments: Vec<Attachment>,
+    links_dir: PathBuf,
+    attachments: BTreeMap<Hook, Attachment>,
 }
 
 impl Programs {
-    /// Loads every program into the kernel (the verifier runs here).
-    pub fn load(mut ebpf: Ebpf) -> Result<Programs> {
+    /// Loads every program into the kernel (the verifier runs here). Links are
+    /// pinned under `pin_dir`/links.
+    pub fn load(mut ebpf: Ebpf, pin_dir: &Path) -> Result<Programs> {
         for name in [
             program_names::ENDPOINT_INGRESS,
             program_names::UNDERLAY_INGRESS_TC,
@@ -163,14 +297,54 @@ impl Programs {
                 .load()
                 .with_context(|| format!("loading program {name}"))?;
         }
+        let links_dir = pin_dir.join(LINKS_DIR);
+        fs::create_dir_all(&links_dir)
+            .with_context(|| format!("creating {}", links_dir.display()))?;
         Ok(Programs {
             ebpf,
-            attachments: Vec::new(),
+            links_dir,
+            attachments: BTreeMap::new(),
         })
     }
 
+    /// Takes over a link a previous agent pinned for `hook`; false if there is none.
+    fn adopt(&mut self, hook: &Hook) -> Result<bool> {
+        if self.attachments.contains_key(hook) {
+            return Ok(true);
+        }
+        let path = self.links_dir.join(hook.pin_name());
+        if !path.exists() {
+            return Ok(false);
+        }
+        let link = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening pinned link {}", path.display()))?;
+        self.attachments.insert(hook.clone(), Attachment::Pinned(link));
+        Ok(true)
+    }
+
+    fn pin(&mut self, hook: Hook, link: Result<FdLink, Attachment>) -> Result<()> {
+        let attachment = match link {
+            Ok(fd_link) => {
+                let path = self.links_dir.join(hook.pin_name());
+                Attachment::Pinned(
+                    fd_link
+                        .pin(&path)
+                        .with_context(|| format!("pinning link {}", path.display()))?,
+                )
+            }
+            Err(netlink) => netlink,
+        };
+        self.attachments.insert(hook, attachment);
+        Ok(())
+    }
+
     pub fn attach_endpoint(&mut self, host_ifname: &str) -> Result<()> {
-        let id = classifier(&mut self.ebpf, program_names::ENDPOINT_INGRESS)?
+        let hook = Hook::Endpoint(host_ifname.to_owned());
+        if self.adopt(&hook)? {
+            return Ok(());
+        }
+        let program = classifier(&mut self.ebpf, program_names::ENDPOINT_INGRESS)?;
+        let id = program
             .attach(host_ifname, TcAttachType::Ingress)
             .with_context(|| {
                 format!(
@@ -178,75 +352,126 @@ impl Programs {
                     program_names::ENDPOINT_INGRESS
                 )
             })?;
-        self.attachments.push(Attachment::EndpointIngress(id));
-        Ok(())
+        let link = program.take_link(id)?;
+        self.pin(hook, tc_fd_link(link))
     }
 
     /// Attaches the XDP_PASS program to a container-side veth, from inside the
     /// container's namespace, so XDP-redirected frames are accepted there.
-    pub fn attach_peer_xdp(&mut self, netns: &Path, ifname: &str) -> Result<()> {
-        let _inside = NetnsGuard::enter(netns)?;
-        let id = xdp(&mut self.ebpf, program_names::ENDPOINT_PEER_XDP)?
-            .attach(ifname, XdpMode::Default)
-            .with_context(|| {
+    pub fn attach_peer_xdp(&mut self, host_ifname: &str, netns: &Path, ifname: &str) -> Result<()> {
+        let hook = Hook::PeerXdp(host_ifname.to_owned());
+        if self.adopt(&hook)? {
+            return Ok(());
+        }
+        let link = {
+            let _inside = NetnsGuard::enter(netns)?;
+            let program = xdp(&mut self.ebpf, program_names::ENDPOINT_PEER_XDP)?;
+            let id = program.attach(ifname, XdpMode::Default).with_context(|| {
                 format!(
                     "attaching {} to {ifname} in {}",
                     program_names::ENDPOINT_PEER_XDP,
                     netns.display()
                 )
             })?;
-        self.attachments.push(Attachment::PeerXdp(id));
-        Ok(())
+            program.take_link(id)?
+        };
+        self.pin(hook, Ok(xdp_fd_link(link)?))
     }
 
     pub fn attach_underlay(&mut self, underlay: &str, mode: DecapMode) -> Result<()> {
-        let attachment = match mode {
-            DecapMode::Tc => Attachment::UnderlayTc(
-                classifier(&mut self.ebpf, program_names::UNDERLAY_INGRESS_TC)?
-                    .attach(underlay, TcAttachType::Ingress)
-                    .with_context(|| format!("attaching TC decap to {underlay}"))?,
-            ),
-            DecapMode::Xdp => Attachment::UnderlayXdp(
-                xdp(&mut self.ebpf, program_names::UNDERLAY_XDP)?
-                    .attach(underlay, XdpMode::Default)
-                    .with_context(|| format!("attaching XDP decap to {underlay}"))?,
-            ),
+        let hook = match mode {
+            DecapMode::Tc => Hook::UnderlayTc(underlay.to_owned()),
+            DecapMode::Xdp => Hook::UnderlayXdp(underlay.to_owned()),
         };
-        self.attachments.push(attachment);
-        Ok(())
+        if self.adopt(&hook)? {
+            return Ok(());
+        }
+        let link = match mode {
+            DecapMode::Tc => {
+                let program = classifier(&mut self.ebpf, program_names::UNDERLAY_INGRESS_TC)?;
+                let id = program
+                    .attach(underlay, TcAttachType::Ingress)
+                    .with_context(|| format!("attaching TC decap to {underlay}"))?;
+                tc_fd_link(program.take_link(id)?)
+            }
+            DecapMode::Xdp => {
+                let program = xdp(&mut self.ebpf, program_names::UNDERLAY_XDP)?;
+                let id = program
+                    .attach(underlay, XdpMode::Default)
+                    .with_context(|| format!("attaching XDP decap to {underlay}"))?;
+                Ok(xdp_fd_link(program.take_link(id)?)?)
+            }
+        };
+        self.pin(hook, link)
     }
 
-    /// Detaches everything, newest first. Links whose interface is already gone
-    /// detach as no-ops. Returns the first error after trying them all.
+    /// Detaches what is attached at `hook`, if anything.
+    pub fn detach(&mut self, hook: &Hook) -> Result<()> {
+        match self.attachments.remove(hook) {
+            Some(a) => a.detach(),
+            None => Ok(()),
+        }
+    }
+
+    /// Links pinned by a previous agent that nothing adopted: what it attached
+    /// for endpoints or modes that are gone. Detaches them.
+    pub fn detach_unadopted(&mut self) -> Vec<String> {
+        let adopted: Vec<String> = self.attachments.keys().map(Hook::pin_name).collect();
+        let mut removed = Vec::new();
+        if let Ok(dir) = fs::read_dir(&self.links_dir) {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !adopted.contains(&name) && fs::remove_file(entry.path()).is_ok() {
+                    removed.push(name);
+                }
+            }
+        }
+        removed
+    }
+
+    /// Detaches everything. Links whose interface is already gone detach as
+    /// no-ops. Returns the first error after trying them all.
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first_err = None;
-        while let Some(attachment) = self.attachments.pop() {
-            let result = match attachment {
-                Attachment::EndpointIngress(id) => {
-                    classifier(&mut self.ebpf, program_names::ENDPOINT_INGRESS)
-                        .and_then(|p| Ok(p.detach(id)?))
-                }
-                Attachment::UnderlayTc(id) => {
-                    classifier(&mut self.ebpf, program_names::UNDERLAY_INGRESS_TC)
-                        .and_then(|p| Ok(p.detach(id)?))
-                }
-                Attachment::UnderlayXdp(id) => {
-                    xdp(&mut self.ebpf, program_names::UNDERLAY_XDP).and_then(|p| Ok(p.detach(id)?))
-                }
-                Attachment::PeerXdp(id) => xdp(&mut self.ebpf, program_names::ENDPOINT_PEER_XDP)
-                    .and_then(|p| Ok(p.detach(id)?)),
-            };
-            if let Err(e) = result {
+        while let Some((_, attachment)) = self.attachments.pop_last() {
+            if let Err(e) = attachment.detach() {
                 first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Leaves every attachment in place for a later agent: pinned links stay
+    /// pinned, netlink attachments stay attached.
+    pub fn keep_all(&mut self) {
+        for (_, attachment) in std::mem::take(&mut self.attachments) {
+            match attachment {
+                Attachment::Pinned(_) => {}
+                // Dropping these would detach them.
+                Attachment::TcNetlink(l) => std::mem::forget(l),
+            }
+        }
+    }
+
     /// The underlying object, for tests that run programs directly.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+fn tc_fd_link(link: SchedClassifierLink) -> Result<FdLink, Attachment> {
+    // Only a TCX attachment is a bpf_link; try_from consumes the link, so check first.
+    if <&FdLink>::try_from(&link).is_ok() {
+        Ok(FdLink::try_from(link).expect("checked above"))
+    } else {
+        Err(Attachment::TcNetlink(link))
+    }
+}
+
+/// XDP attaches through a bpf_link on every kernel this dataplane supports (5.9+).
+fn xdp_fd_link(link: XdpLink) -> Result<FdLink> {
+    FdLink::try_from(link)
+        .map_err(|e| anyhow::anyhow!("XDP was attached without a bpf_link ({e}); kernel too old"))
 }
 
 pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

@@ -2,14 +2,10 @@
 //! MTUs, interface names. Every check that needs the system runs here, before
 //! anything is changed, and fails with the file and field it concerns.
 
-use std::{
-    collections::HashMap,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Result;
-use overlay_common::{VXLAN_OVERHEAD, map_names};
+use overlay_common::VXLAN_OVERHEAD;
 
 use crate::{
     config::{ClusterConfig, ConfigError, Mac},
@@ -28,8 +24,7 @@ pub struct Underlay {
 /// One local endpoint, with every name and number decided.
 #[derive(Clone, Debug)]
 pub struct PlannedEndpoint {
-    /// Index of the `[[endpoint]]` entry, for messages.
-    pub entry: usize,
+    pub network: String,
     pub vni: u32,
     pub netns: String,
     pub ip: Ipv4Addr,
@@ -152,26 +147,23 @@ pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Resu
         let container_ifname = format!("eth{n}");
         *n += 1;
         let host_ifname = host_ifname(&config.node, network.vni, e.ip);
-        if nl.link_by_name(&host_ifname).await?.is_some() {
-            return Err(err(
-                &format!("endpoint[{i}]"),
-                format!("interface {host_ifname} already exists here (left by an agent that was killed?); remove it with `ip link del {host_ifname}`"),
-            )
-            .into());
-        }
-        let inside = Netlink::in_netns(&path)?;
-        if inside.link_by_name(&container_ifname).await?.is_some() {
-            return Err(err(
-                &format!("endpoint[{i}].netns"),
-                format!(
-                    "namespace {:?} already has an interface {container_ifname}",
-                    e.netns
-                ),
-            )
-            .into());
+        // A veth of that name was left by an agent that exited with --keep or was
+        // killed: it is adopted, not refused.
+        if nl.link_by_name(&host_ifname).await?.is_none() {
+            let inside = Netlink::in_netns(&path)?;
+            if inside.link_by_name(&container_ifname).await?.is_some() {
+                return Err(err(
+                    &format!("endpoint[{i}].netns"),
+                    format!(
+                        "namespace {:?} already has an interface {container_ifname}",
+                        e.netns
+                    ),
+                )
+                .into());
+            }
         }
         endpoints.push(PlannedEndpoint {
-            entry: i,
+            network: network.name.clone(),
             vni: network.vni,
             netns: e.netns.clone(),
             ip: e.ip,
@@ -183,18 +175,6 @@ pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Resu
         });
     }
 
-    if holds_pins(&pin_dir) {
-        return Err(err(
-            "node",
-            format!(
-                "{} already holds pinned maps: another agent runs for node {:?}, or one was killed; stop it or remove the directory",
-                pin_dir.display(),
-                config.node
-            ),
-        )
-        .into());
-    }
-
     Ok(NodePlan {
         config,
         underlay,
@@ -202,10 +182,6 @@ pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Resu
         endpoints,
         pin_dir,
     })
-}
-
-fn holds_pins(dir: &Path) -> bool {
-    map_names::ALL.iter().any(|name| dir.join(name).exists())
 }
 
 /// A stable, unique-enough name for an endpoint's host-side veth: "ov" and 32 bits
@@ -218,4 +194,15 @@ pub fn host_ifname(node: &str, vni: u32, ip: Ipv4Addr) -> String {
         hash = hash.wrapping_mul(0x0100_0193);
     }
     format!("ov{hash:08x}")
+}
+
+/// The first `ethN` not yet present in a container's namespace.
+pub async fn next_container_ifname(netns: &Netlink) -> Result<String> {
+    for n in 0..1024 {
+        let name = format!("eth{n}");
+        if netns.link_by_name(&name).await?.is_none() {
+            return Ok(name);
+        }
+    }
+    anyhow::bail!("no free ethN name in the namespace")
 }

@@ -74,6 +74,36 @@ async fn configure(
     Ok(moved.index)
 }
 
+/// Takes over an endpoint's veth pair left by an earlier agent, if both ends
+/// exist where planned. A pair with only its host end (the container side was
+/// lost) is deleted, so it can be made again.
+pub async fn adopt_endpoint(nl: &Netlink, plan: &PlannedEndpoint) -> Result<Option<CreatedEndpoint>> {
+    let Some(host) = nl.link_by_name(&plan.host_ifname).await? else {
+        return Ok(None);
+    };
+    let inside = Netlink::in_netns(&netns_path(&plan.netns))?;
+    match inside.link_by_name(&plan.container_ifname).await? {
+        Some(container) if container.is_veth => Ok(Some(CreatedEndpoint {
+            plan: plan.clone(),
+            host_ifindex: host.index,
+            container_ifindex: container.index,
+        })),
+        _ => {
+            nl.delete_link(host.index).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Adopts the endpoint's veth pair if it exists, else creates it. The flag says
+/// which: only a created pair is deleted when setup fails.
+pub async fn ensure_endpoint(nl: &Netlink, plan: &PlannedEndpoint) -> Result<(CreatedEndpoint, bool)> {
+    if let Some(adopted) = adopt_endpoint(nl, plan).await? {
+        return Ok((adopted, false));
+    }
+    Ok((create_endpoint(nl, plan).await?, true))
+}
+
 /// Deletes an endpoint's veth pair; one already gone is fine.
 pub async fn delete_endpoint(nl: &Netlink, endpoint: &CreatedEndpoint) -> Result<()> {
     nl.delete_link(endpoint.host_ifindex)

@@ -126,12 +126,27 @@ impl fmt::Display for Changes {
 /// Brings every map to `want`. CONFIG goes last: the programs act on the tables
 /// only once it says ready, and by then the tables are complete.
 pub fn reconcile(maps: &mut Maps, want: &Tables) -> Result<Changes> {
+    reconcile_with(maps, want, Prune::All)
+}
+
+/// Which stale entries a pass removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prune {
+    All,
+    /// Keep FDB, NEIGH and VTEPS entries the desired state lacks. A restarted
+    /// agent that adopted running maps does this until gossip has told it the
+    /// cluster's state, so it does not withdraw what it simply has not heard yet.
+    KeepStaleRemote,
+}
+
+pub fn reconcile_with(maps: &mut Maps, want: &Tables, prune: Prune) -> Result<Changes> {
+    let prune_remote = prune == Prune::All;
     let mut changes = Changes::default();
-    changes.merge(sync_hash(&mut maps.networks, &want.networks).context("NETWORKS")?);
-    changes.merge(sync_hash(&mut maps.vteps, &want.vteps).context("VTEPS")?);
-    changes.merge(sync_hash(&mut maps.endpoints, &want.endpoints).context("ENDPOINTS")?);
-    changes.merge(sync_hash(&mut maps.fdb, &want.fdb).context("FDB")?);
-    changes.merge(sync_hash(&mut maps.neigh, &want.neigh).context("NEIGH")?);
+    changes.merge(sync_hash(&mut maps.networks, &want.networks, true).context("NETWORKS")?);
+    changes.merge(sync_hash(&mut maps.vteps, &want.vteps, prune_remote).context("VTEPS")?);
+    changes.merge(sync_hash(&mut maps.endpoints, &want.endpoints, true).context("ENDPOINTS")?);
+    changes.merge(sync_fdb(&mut maps.fdb, &want.fdb, prune_remote).context("FDB")?);
+    changes.merge(sync_hash(&mut maps.neigh, &want.neigh, prune_remote).context("NEIGH")?);
     changes.merge(sync_devmap(maps, &want.endpoint_devs).context("ENDPOINT_DEVS")?);
     let current = maps.config.get(&0, 0).context("reading CONFIG")?;
     if current != want.config {
@@ -143,14 +158,35 @@ pub fn reconcile(maps: &mut Maps, want: &Tables) -> Result<Changes> {
     Ok(changes)
 }
 
-fn sync_hash<K, V>(map: &mut HashMap<MapData, K, V>, want: &BTreeMap<K, V>) -> Result<Changes>
+/// Like [`sync_hash`], but local entries (whose veth may be gone) are always pruned.
+fn sync_fdb(
+    map: &mut HashMap<MapData, FdbKey, FdbEntry>,
+    want: &BTreeMap<FdbKey, FdbEntry>,
+    prune_remote: bool,
+) -> Result<Changes> {
+    if !prune_remote {
+        let current: Vec<(FdbKey, FdbEntry)> = map.iter().collect::<Result<_, _>>()?;
+        for (key, entry) in current {
+            if entry.kind == FDB_KIND_LOCAL && !want.contains_key(&key) {
+                map.remove(&key)?;
+            }
+        }
+    }
+    sync_hash(map, want, prune_remote)
+}
+
+fn sync_hash<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    want: &BTreeMap<K, V>,
+    prune: bool,
+) -> Result<Changes>
 where
     K: Pod + Ord,
     V: Pod + PartialEq,
 {
     let mut changes = Changes::default();
     let current: BTreeMap<K, V> = map.iter().collect::<Result<_, _>>()?;
-    for key in current.keys().filter(|k| !want.contains_key(k)) {
+    for key in current.keys().filter(|k| prune && !want.contains_key(k)) {
         map.remove(key)?;
         changes.removed += 1;
     }

@@ -180,7 +180,7 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
     Ok(format_table(&header, &cells))
 }
 
-fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -29,12 +29,63 @@ const PIN_ROOT: &str = "/sys/fs/bpf/overlay";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where an agent keeps its API socket and state file, next to its pins:
+/// `/run/overlay-tests/<pin dir name>/`.
+pub fn run_dir_for(pin_dir: &Path) -> PathBuf {
+    Path::new("/run/overlay-tests").join(pin_dir.file_name().unwrap_or_default())
+}
+
 /// A running `overlay agent`. Stopped (SIGTERM, then SIGKILL after 10 s) on drop,
-/// and its pin directory removed, since a killed agent cannot unpin.
+/// and its pin and run directories removed, since a killed agent cannot unpin.
 pub struct Agent {
     child: Option<Child>,
     stderr: StderrLog,
     pin_dir: PathBuf,
+}
+
+/// The dataplane an agent left running (--keep, or killed): its pins and run
+/// directory, removed on drop unless a new agent takes them over.
+pub struct LeftDataplane {
+    pin_dir: Option<PathBuf>,
+}
+
+impl LeftDataplane {
+    pub fn pin_dir(&self) -> &Path {
+        self.pin_dir.as_deref().expect("not taken over yet")
+    }
+
+    /// Starts an agent on the same pins and state, which adopts the dataplane.
+    pub fn restart(
+        mut self,
+        node_ns: &str,
+        binary: &Path,
+        config: &Path,
+        extra: &[&str],
+    ) -> Result<Agent> {
+        let pin_dir = self.pin_dir.take().expect("not taken over yet");
+        let started = Agent::start(node_ns, binary, config, &pin_dir, extra);
+        if started.is_err() {
+            remove_dirs(&pin_dir);
+        }
+        started
+    }
+}
+
+impl Drop for LeftDataplane {
+    fn drop(&mut self) {
+        if let Some(dir) = self.pin_dir.take() {
+            remove_dirs(&dir);
+        }
+    }
+}
+
+fn remove_dirs(pin_dir: &Path) {
+    let _ = std::fs::remove_dir_all(pin_dir);
+    let _ = std::fs::remove_dir_all(run_dir_for(pin_dir));
+    // The default pin root too, once no agent uses it (a no-op until then).
+    if pin_dir.parent() == Some(Path::new(PIN_ROOT)) {
+        let _ = std::fs::remove_dir(PIN_ROOT);
+    }
 }
 
 impl Agent {
@@ -97,10 +148,13 @@ impl Agent {
         let mut child = spawn(node_ns, binary, config, pin_dir, extra, Stdio::null())?;
         let stderr = StderrLog::collect(&mut child);
         match wait_for(&mut child, READY_TIMEOUT)? {
-            Some(status) => Ok((status, stderr.complete())),
+            Some(status) => {
+                let _ = std::fs::remove_dir_all(run_dir_for(pin_dir));
+                Ok((status, stderr.complete()))
+            }
             None => {
                 let _ = terminate(&mut child, libc::SIGTERM);
-                let _ = std::fs::remove_dir_all(pin_dir);
+                remove_dirs(pin_dir);
                 bail!(
                     "the agent did not stop by itself within {READY_TIMEOUT:?}:\n{}",
                     stderr.so_far()
@@ -112,6 +166,46 @@ impl Agent {
     /// What the agent has written to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.so_far()
+    }
+
+    /// The agent's API socket.
+    pub fn socket(&self) -> PathBuf {
+        run_dir_for(&self.pin_dir).join("api.sock")
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up, and its dataplane stays.
+    pub fn kill(mut self) -> Result<LeftDataplane> {
+        let mut child = self.child.take().expect("running until stopped");
+        child.kill().context("killing the agent")?;
+        child.wait().context("reaping the agent")?;
+        Ok(LeftDataplane {
+            pin_dir: Some(std::mem::take(&mut self.pin_dir)),
+        })
+    }
+
+    /// Stops an agent started with --keep: it must exit cleanly and leave its
+    /// pins for the next agent.
+    pub fn stop_keeping(mut self) -> Result<LeftDataplane> {
+        let mut child = self.child.take().expect("running until stopped");
+        let left = LeftDataplane {
+            pin_dir: Some(std::mem::take(&mut self.pin_dir)),
+        };
+        match terminate(&mut child, libc::SIGTERM)? {
+            Some(status) if status.success() => {}
+            Some(status) => bail!("the agent exited with {status}:\n{}", self.stderr.complete()),
+            None => bail!("the agent ignored SIGTERM and was killed:\n{}", self.stderr.so_far()),
+        }
+        ensure!(
+            left.pin_dir().join("CONFIG").exists(),
+            "the agent was started with --keep but removed its pins:\n{}",
+            self.stderr.complete()
+        );
+        Ok(left)
     }
 
     /// Sends SIGTERM and waits for the agent to finish its teardown.
@@ -132,6 +226,7 @@ impl Agent {
                 self.stderr.so_far()
             ),
         };
+        let _ = std::fs::remove_dir_all(run_dir_for(&self.pin_dir));
         if self.pin_dir.exists() {
             let _ = std::fs::remove_dir_all(&self.pin_dir);
             bail!(
@@ -149,10 +244,8 @@ impl Drop for Agent {
         if let Some(mut child) = self.child.take() {
             let _ = terminate(&mut child, libc::SIGTERM);
         }
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        // The default pin root too, once no agent uses it (a no-op until then).
-        if self.pin_dir.parent() == Some(Path::new(PIN_ROOT)) {
-            let _ = std::fs::remove_dir(PIN_ROOT);
+        if !self.pin_dir.as_os_str().is_empty() {
+            remove_dirs(&self.pin_dir);
         }
     }
 }
@@ -175,6 +268,10 @@ fn spawn(
         .arg(config)
         .arg("--pin-dir")
         .arg(pin_dir)
+        .arg("--socket")
+        .arg(run_dir_for(pin_dir).join("api.sock"))
+        .arg("--state-dir")
+        .arg(run_dir_for(pin_dir).join("state"))
         .args(extra)
         .stdin(Stdio::null())
         .stdout(stdout)

@@ -217,12 +217,13 @@ fn kernel_vxlan_nodes_join_their_containers() -> Result<()> {
     assert_gone(&prefix)
 }
 
-/// A stand-in for `overlay agent --config FILE --pin-dir DIR [MODE]`: it reports
-/// its network namespace on stderr, pins by creating DIR, and behaves per MODE.
+/// A stand-in for `overlay agent --config FILE --pin-dir DIR --socket S
+/// --state-dir D [MODE]`: it reports its network namespace on stderr, pins by
+/// creating DIR, and behaves per MODE.
 const STAND_IN: &str = r#"#!/bin/sh
 pin="$5"
 echo "netns inode $(stat -L -c %i /proc/self/ns/net)" >&2
-case "$6" in
+case "${10}" in
 fail) echo "config is bad: $3" >&2; exit 3 ;;
 stubborn) trap '' TERM ;;
 leaky) trap 'exit 0' TERM ;;

@@ -124,7 +124,7 @@ impl Fixture {
         let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", scratch.ns.name)));
         let mut ebpf = Ebpf::load(loader::ebpf_object()).context("loading the eBPF object")?;
         let mut maps = Maps::take_and_pin(&mut ebpf, &pins.0)?;
-        let programs = Programs::load(ebpf)?;
+        let programs = Programs::load(ebpf, &pins.0)?;
         let (ep0, ep1, uplink) = (
             scratch.ifindex("ep0")?,
             scratch.ifindex("ep1")?,

@@ -1,0 +1,192 @@
+//! The API commands: build a request, ask the agent, print its answer.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::{
+    api::{self, EndpointInfo, MemberList, NetworkInfo, NetworkList, Request},
+    cli::{ApiArgs, EndpointCommand, NetworkCommand},
+    show::format_table,
+};
+
+/// Long enough for an address allocation that has to claim a block or two.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn network(command: &NetworkCommand) -> Result<String> {
+    match command {
+        NetworkCommand::Create {
+            name,
+            vni,
+            subnet,
+            api,
+        } => {
+            let request = Request::NetworkCreate {
+                name: name.clone(),
+                vni: *vni,
+                subnet: subnet.clone(),
+            };
+            let data = ask(api, &request).await?;
+            render(api, &data, |n: NetworkInfo| {
+                format!("network {} created: VNI {}, {}\n", n.name, n.vni, n.subnet)
+            })
+        }
+        NetworkCommand::Ls(api) => {
+            let data = ask(api, &Request::NetworkLs).await?;
+            render(api, &data, |list: NetworkList| {
+                let rows: Vec<Vec<String>> = list
+                    .networks
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.name.clone(),
+                            n.vni.to_string(),
+                            n.subnet.clone(),
+                            if n.from_config {
+                                format!("{} (file)", n.origin)
+                            } else {
+                                n.origin.clone()
+                            },
+                            n.endpoints.to_string(),
+                        ]
+                    })
+                    .collect();
+                let mut out =
+                    format_table(&["NAME", "VNI", "SUBNET", "DEFINED BY", "ENDPOINTS"], &rows);
+                for c in &list.conflicts {
+                    out += &format!("conflict: {c}\n");
+                }
+                out
+            })
+        }
+        NetworkCommand::Rm { name, api } => {
+            ask(api, &Request::NetworkRm { name: name.clone() }).await?;
+            Ok(if api.json {
+                serde_json::json!({ "removed": name }).to_string() + "\n"
+            } else {
+                format!("network {name} removed\n")
+            })
+        }
+    }
+}
+
+pub async fn endpoint(command: &EndpointCommand) -> Result<String> {
+    match command {
+        EndpointCommand::Add {
+            network,
+            netns,
+            ip,
+            mac,
+            api,
+        } => {
+            let request = Request::EndpointAdd {
+                network: network.clone(),
+                netns: netns.clone(),
+                ip: *ip,
+                mac: mac.clone(),
+            };
+            let data = ask(api, &request).await?;
+            render(api, &data, |e: EndpointInfo| {
+                format!(
+                    "endpoint {} ({}) added to network {} in namespace {}\n",
+                    e.ip,
+                    e.mac,
+                    e.network,
+                    e.netns.unwrap_or_default()
+                )
+            })
+        }
+        EndpointCommand::Rm {
+            network,
+            netns,
+            api,
+        } => {
+            let request = Request::EndpointRm {
+                network: network.clone(),
+                netns: netns.clone(),
+            };
+            let data = ask(api, &request).await?;
+            render(api, &data, |e: EndpointInfo| {
+                format!("endpoint {} removed from network {}\n", e.ip, e.network)
+            })
+        }
+        EndpointCommand::Ls(api) => {
+            let data = ask(api, &Request::EndpointLs).await?;
+            render(api, &data, |list: Vec<EndpointInfo>| {
+                let rows: Vec<Vec<String>> = list
+                    .into_iter()
+                    .map(|e| {
+                        vec![
+                            e.network,
+                            e.ip.to_string(),
+                            e.mac,
+                            e.node,
+                            e.netns.unwrap_or_else(|| "-".into()),
+                            e.host_ifname.unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                format_table(&["NETWORK", "IP", "MAC", "NODE", "NETNS", "VETH"], &rows)
+            })
+        }
+    }
+}
+
+pub async fn members(api: &ApiArgs) -> Result<String> {
+    let data = ask(api, &Request::Members).await?;
+    render(api, &data, |m: MemberList| {
+        let rows: Vec<Vec<String>> = m
+            .members
+            .iter()
+            .map(|n| {
+                vec![
+                    if n.is_self {
+                        format!("{} (self)", n.name)
+                    } else {
+                        n.name.clone()
+                    },
+                    n.vtep.map_or_else(|| "-".into(), |v| v.to_string()),
+                    if n.live { "live" } else { "dead" }.into(),
+                    n.endpoints.to_string(),
+                    n.gossip_addr.map_or_else(|| "-".into(), |a| a.to_string()),
+                    n.refused.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        let mut out = format_table(
+            &["NODE", "VTEP", "STATE", "ENDPOINTS", "GOSSIP", "REFUSED"],
+            &rows,
+        );
+        match m.transport {
+            Some(t) => {
+                out += &format!(
+                    "gossip datagrams: {} sent, {} accepted, {} rejected (failed authentication), {} too large\n",
+                    t.sent, t.accepted, t.rejected, t.oversized
+                )
+            }
+            None => out += "gossip: off (no [cluster] section); members are this node only\n",
+        }
+        for c in &m.conflicts {
+            out += &format!("conflict: {c}\n");
+        }
+        out
+    })
+}
+
+async fn ask(api: &ApiArgs, request: &Request) -> Result<serde_json::Value> {
+    let socket = api::resolve_socket(api.node.as_deref(), api.socket.clone())?;
+    api::call(&socket, request, TIMEOUT).await
+}
+
+fn render<T: serde::de::DeserializeOwned>(
+    api: &ApiArgs,
+    data: &serde_json::Value,
+    text: impl FnOnce(T) -> String,
+) -> Result<String> {
+    if api.json {
+        return Ok(serde_json::to_string_pretty(data)? + "\n");
+    }
+    let value: T = serde_json::from_value(data.clone())
+        .map_err(|e| anyhow::anyhow!("unexpected answer from the agent: {e}"))?;
+    Ok(text(value))
+}
