@@ -1,18 +1,21 @@
 //! `cargo xtask demo`: the seed article's two hosts behind a router, as network
-//! namespaces on this machine; an agent per host; traffic across; the tables; a
-//! verdict. Everything is torn down at the end, on failure and on Ctrl-C.
+//! namespaces on this machine; an agent per host that learns the other's
+//! containers through authenticated gossip; a container added at run time
+//! through the CLI; traffic across; the tables; a verdict. Everything is torn
+//! down at the end, on failure and on Ctrl-C.
 
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use overlay_tests::{
-    Agent, NODE1_VTEP, NODE2_VTEP, SeedTopology, TempDir, TopologyOptions, docker_mac, ip,
-    netns_path, output_ok, ping, tcp_transfer, write_config,
+    Agent, GOSSIP_PORT, NODE1_VTEP, NODE2_VTEP, SeedTopology, TempDir, TopologyOptions, cli_at,
+    ip, netns_path, output_ok, ping, run_dir_for, tcp_transfer, wait_until, write_config,
 };
 
 const PREFIX: &str = "demo";
@@ -70,8 +73,17 @@ fn pin_dir(node: u8) -> PathBuf {
     Path::new(PIN_ROOT).join(format!("{PREFIX}-node{node}"))
 }
 
-/// Node `node`'s cluster file: its containers as endpoints, the other node's as remotes.
-fn node_config(node: u8) -> String {
+/// The container added at run time, through node2's API.
+const LATE_CONTAINER: &str = "c5";
+
+/// Node `node`'s cluster file: its networks and containers, and gossip with the
+/// other node; no `[[remote]]`: gossip tells each node the other's containers.
+fn node_config(node: u8, key_file: &Path) -> String {
+    let (own, other) = if node == 1 {
+        (NODE1_VTEP, NODE2_VTEP)
+    } else {
+        (NODE2_VTEP, NODE1_VTEP)
+    };
     let mut s = format!("node = \"{PREFIX}-node{node}\"\nunderlay = \"eth0\"\n");
     s += "\n[[network]]\nname = \"uber-net\"\nvni = 4097\nsubnet = \"10.0.0.0/24\"\n";
     s += "\n[[network]]\nname = \"other-net\"\nvni = 4098\nsubnet = \"10.0.0.0/24\"\n";
@@ -83,16 +95,12 @@ fn node_config(node: u8) -> String {
                 c.ns(),
                 c.ip
             );
-        } else {
-            let vtep = if c.node == 1 { NODE1_VTEP } else { NODE2_VTEP };
-            s += &format!(
-                "\n[[remote]]\nnetwork = \"{}\"\nip = \"{}\"\nmac = \"{}\"\nvtep = \"{vtep}\"\n",
-                c.network,
-                c.ip,
-                docker_mac(c.ip)
-            );
         }
     }
+    s += &format!(
+        "\n[cluster]\nlisten = \"{own}:{GOSSIP_PORT}\"\nseeds = [\"{other}:{GOSSIP_PORT}\"]\nkey_file = \"{}\"\n",
+        key_file.display()
+    );
     s
 }
 
@@ -165,12 +173,13 @@ pub fn run(binary: &Path) -> Result<()> {
 
 /// What this demo creates outside its temporary directory: namespaces and pins.
 fn demo_objects() -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = ["rt", "n1", "n2"]
+    let mut paths: Vec<PathBuf> = ["rt", "n1", "n2", LATE_CONTAINER]
         .into_iter()
         .chain(CONTAINERS.iter().map(|c| c.name))
         .map(|name| netns_path(&format!("{PREFIX}{name}")))
         .collect();
     paths.extend([1, 2].map(pin_dir));
+    paths.extend([1, 2].map(|n| run_dir_for(&pin_dir(n))));
     paths
 }
 
@@ -231,12 +240,19 @@ fn scenario(binary: &Path) -> Result<String> {
         );
     }
     let dir = TempDir::new(PREFIX)?;
+    let key_file = dir.path().join("cluster.key");
+    output_ok(Command::new(binary).args(["keygen", "--output"]).arg(&key_file))?;
 
-    step("agents: one per node")?;
-    print!("node1's cluster file:\n{}", node_config(1));
+    step("agents: one per node, gossiping under a shared cluster key")?;
+    println!("cluster key: {} (overlay keygen)", key_file.display());
+    print!("node1's cluster file:\n{}", node_config(1, &key_file));
     let mut agents = Vec::new();
     for node in [1u8, 2] {
-        let config = write_config(dir.path(), &format!("node{node}.toml"), &node_config(node))?;
+        let config = write_config(
+            dir.path(),
+            &format!("node{node}.toml"),
+            &node_config(node, &key_file),
+        )?;
         agents.push(
             Agent::start(&node_ns(node), binary, &config, &pin_dir(node), &[])
                 .with_context(|| format!("starting node{node}'s agent"))?,
@@ -246,6 +262,24 @@ fn scenario(binary: &Path) -> Result<String> {
             pin_dir(node).display()
         );
     }
+
+    let api = |node: u8, args: &[&str]| cli_at(&agents[usize::from(node) - 1].socket(), args);
+    step("gossip: each node learns the other's containers")?;
+    let learned = wait_until(Duration::from_secs(10), "both nodes know all 4 containers", || {
+        for node in [1u8, 2] {
+            let list: serde_json::Value =
+                serde_json::from_str(&api(node, &["endpoint", "ls", "--json"])?)?;
+            if list.as_array().map_or(0, Vec::len) != CONTAINERS.len() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    println!("converged {learned:.1?} after the second agent was ready");
+    println!("$ overlay members   (on node1)");
+    print!("{}", api(1, &["members"])?);
+    println!("$ overlay endpoint ls   (on node1)");
+    print!("{}", api(1, &["endpoint", "ls"])?);
 
     let [c1, c2, c3, c4] = &CONTAINERS;
     step("ping across the overlay, both ways, in both networks")?;
@@ -273,6 +307,24 @@ fn scenario(binary: &Path) -> Result<String> {
         stats.received == 0,
         "c1 reached another network's container"
     );
+
+    step("a container joins at run time: `overlay endpoint add` on node2, address allocated")?;
+    let late = topology.container(LATE_CONTAINER)?.name.clone();
+    let added: serde_json::Value = serde_json::from_str(&api(
+        2,
+        &["endpoint", "add", "--network", "uber-net", "--netns", &late, "--json"],
+    )?)?;
+    let late_ip = added["ip"].as_str().context("no ip in the answer")?.to_owned();
+    println!(
+        "{late}: {late_ip} ({}) on node2, from node2's address block",
+        added["mac"].as_str().unwrap_or("?")
+    );
+    let stats = wait_until(Duration::from_secs(5), "c1 reaches the new container", || {
+        Ok(ping(&c1.ns(), &late_ip, 1, &[])?.received == 1)
+    })?;
+    println!("c1 -> {late} ({late_ip}): reachable {stats:.1?} after the add");
+    api(2, &["endpoint", "rm", "--network", "uber-net", "--netns", &late])?;
+    println!("$ overlay endpoint rm --network uber-net --netns {late}: removed");
 
     step("TCP: 200 MB from c1 to c2, every byte checked")?;
     let report = tcp_transfer(&c2.ns(), &c2.ip.to_string(), &c1.ns(), TRANSFER_BYTES)?;
@@ -305,6 +357,7 @@ fn scenario(binary: &Path) -> Result<String> {
     drop(topology);
     println!("agents stopped (veths, programs and pins removed), namespaces deleted");
     Ok(format!(
-        "ping both ways, isolation holds, 200 MB TCP intact at {gbit:.2} Gbit/s"
+        "gossip converged, ping both ways, isolation holds, a run-time container joined, \
+         200 MB TCP intact at {gbit:.2} Gbit/s"
     ))
 }

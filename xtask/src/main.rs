@@ -34,14 +34,15 @@ enum Task {
         args: Vec<String>,
     },
     /// Build, then run every test: the test bed's self-tests, unit, program
-    /// (BPF_PROG_TEST_RUN), topology, interop, lifecycle and config. Needs root;
-    /// nothing is skipped.
+    /// (BPF_PROG_TEST_RUN), topology, interop, lifecycle, config and gossip cluster.
+    /// Needs root; nothing is skipped.
     Test {
         /// Extra arguments for the test binaries, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run the overlay across two hosts made of namespaces, and tear it down.
+    /// Build, then run the overlay in gossip mode across two hosts made of namespaces,
+    /// add a container through the CLI, and tear it all down.
     Demo,
 }
 
