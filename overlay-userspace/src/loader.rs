@@ -55,26 +55,15 @@ impl Maps {
     pub fn take_and_pin(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<Maps> {
         fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-        let mut take = |name: &str| -> Result<Map> {
-            let map = ebpf
-                .take_map(name)
-                .with_context(|| format!("the eBPF object has no map {name}"))?;
-            let path = pin_dir.join(name);
-            map.pin(&path)
-                .with_context(|| format!("pinning {}", path.display()))?;
-            Ok(map)
-        };
         let maps = (|| -> Result<Maps> {
-            Ok(Maps {
-                config: Array::try_from(take(map_names::CONFIG)?)?,
-                networks: HashMap::try_from(take(map_names::NETWORKS)?)?,
-                endpoints: HashMap::try_from(take(map_names::ENDPOINTS)?)?,
-                fdb: HashMap::try_from(take(map_names::FDB)?)?,
-                neigh: HashMap::try_from(take(map_names::NEIGH)?)?,
-                vteps: HashMap::try_from(take(map_names::VTEPS)?)?,
-                stats: PerCpuArray::try_from(take(map_names::STATS)?)?,
-                endpoint_devs: DevMapHash::try_from(take(map_names::ENDPOINT_DEVS)?)?,
-            })
+            for name in map_names::ALL {
+                let path = pin_dir.join(name);
+                ebpf.map(name)
+                    .with_context(|| format!("the eBPF object has no map {name}"))?
+                    .pin(&path)
+                    .with_context(|| format!("pinning {}", path.display()))?;
+            }
+            Maps::take(ebpf)
         })();
         if maps.is_err() {
             let _ = unpin(pin_dir);
@@ -82,7 +71,7 @@ impl Maps {
         maps
     }
 
-    /// Takes the maps out of an object loaded by [`load_adopting`].
+    /// Takes the maps out of a loaded object.
     fn take(ebpf: &mut Ebpf) -> Result<Maps> {
         let mut take = |name: &str| -> Result<Map> {
             ebpf.take_map(name)
