@@ -59,6 +59,10 @@ enum Task {
         /// Leave README.md as it is.
         #[arg(long)]
         no_readme: bool,
+        /// Also measure the eBPF cases with this agent binary (a before/after
+        /// comparison, interleaved in the same run).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
 }
 
@@ -113,6 +117,7 @@ fn try_main() -> Result<()> {
                         rounds: None,
                         out: None,
                         update_readme: false,
+                        baseline: None,
                     },
                 )?;
             }
@@ -127,6 +132,7 @@ fn try_main() -> Result<()> {
             rounds,
             out,
             no_readme,
+            baseline,
         } => {
             let binary = build()?;
             bench::run(
@@ -135,7 +141,8 @@ fn try_main() -> Result<()> {
                     quick,
                     rounds,
                     out,
-                    update_readme: !no_readme,
+                    update_readme: !no_readme && baseline.is_none(),
+                    baseline,
                 },
             )
             .map(|_| ())

@@ -48,6 +48,8 @@ pub struct Spec {
     /// For the eBPF cases: FDB entries per node, padded with remote endpoints that
     /// never send (`None`: just the containers of the topology).
     pub fdb_entries: Option<u32>,
+    /// Runs the `--baseline` agent binary: a before/after comparison in one run.
+    pub baseline: bool,
 }
 
 impl Spec {
@@ -59,6 +61,9 @@ impl Spec {
         let mut s = format!("{} [{}]", self.kind.name(), self.wire());
         if let Some(n) = self.fdb_entries {
             s += &format!(" fdb={n}");
+        }
+        if self.baseline {
+            s += " baseline";
         }
         s
     }
@@ -310,6 +315,7 @@ mod tests {
                 kind: Kind::EbpfTc,
                 wire_checksums: false,
                 fdb_entries: Some(n),
+                baseline: false,
             };
             let config = ebpf_config(&spec, "x", node, false);
             let entries =

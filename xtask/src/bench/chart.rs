@@ -28,7 +28,13 @@ pub fn draw(summary: &Summary, path: &Path) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
     let wires: Vec<bool> = [false, true]
         .into_iter()
-        .filter(|w| summary.cases.iter().any(|c| c.spec.wire_checksums == *w))
+        // Ratios need the routed case of that wire (a quick run has one wire only).
+        .filter(|w| {
+            summary
+                .cases
+                .iter()
+                .any(|c| c.spec.wire_checksums == *w && c.spec.kind == Kind::Routed)
+        })
         .collect();
     let root = SVGBackend::new(path, (560 * wires.len() as u32, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -109,13 +115,22 @@ pub fn draw(summary: &Summary, path: &Path) -> Result<()> {
         let width = 0.8 / n;
         for (i, (case, r)) in cases.iter().zip(&ratios).enumerate() {
             let c = color(case.spec.kind);
+            let c = if case.spec.baseline {
+                RGBColor(c.0 / 2 + 110, c.1 / 2 + 110, c.2 / 2 + 110)
+            } else {
+                c
+            };
             let x0 = |g: usize| g as f64 + 0.1 + width * i as f64;
             chart
                 .draw_series(r.iter().enumerate().map(|(g, (med, _, _))| {
                     Rectangle::new([(x0(g), 0.0), (x0(g) + width * 0.9, *med)], c.filled())
                 }))
                 .map_err(|e| err(&e))?
-                .label(case.spec.kind.name())
+                .label(if case.spec.baseline {
+                    format!("{} (baseline)", case.spec.kind.name())
+                } else {
+                    case.spec.kind.name().to_owned()
+                })
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
             chart
                 .draw_series(r.iter().enumerate().map(|(g, (_, lo, hi))| {

@@ -33,6 +33,8 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Rewrite the README's benchmark section (full runs only).
     pub update_readme: bool,
+    /// Another build of the agent, measured as an extra ebpf-tc case.
+    pub baseline: Option<PathBuf>,
 }
 
 /// Durations and sizes of one run.
@@ -86,11 +88,12 @@ pub const METRICS: [(&str, &str, &str, bool); 8] = [
     ),
 ];
 
-fn specs(quick: bool) -> Vec<Spec> {
+fn specs(quick: bool, baseline: bool) -> Vec<Spec> {
     let spec = |kind, wire_checksums| Spec {
         kind,
         wire_checksums,
         fdb_entries: None,
+        baseline: false,
     };
     let mut v = vec![
         spec(Kind::Routed, false),
@@ -107,6 +110,17 @@ fn specs(quick: bool) -> Vec<Spec> {
         ]);
     }
     v.push(spec(Kind::EbpfXdp, true));
+    if baseline {
+        let base: Vec<Spec> = v
+            .iter()
+            .filter(|s| s.kind.is_ebpf())
+            .map(|s| Spec {
+                baseline: true,
+                ..*s
+            })
+            .collect();
+        v.extend(base);
+    }
     v
 }
 
@@ -124,9 +138,13 @@ pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
     );
 
     let mut cases = Vec::new();
-    for spec in specs(opts.quick) {
+    for spec in specs(opts.quick, opts.baseline.is_some()) {
         println!("bench: building {}", spec.label());
-        cases.push(Case::build(spec, binary)?);
+        let agent = match (&opts.baseline, spec.baseline) {
+            (Some(base), true) => base.as_path(),
+            _ => binary,
+        };
+        cases.push(Case::build(spec, agent)?);
     }
     let mut scale_cases = Vec::new();
     for &n in plan.scale {
@@ -134,21 +152,48 @@ pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
             kind: Kind::EbpfTc,
             wire_checksums: false,
             fdb_entries: Some(n),
+            baseline: false,
         };
         println!("bench: building {}", spec.label());
         scale_cases.push(Case::build(spec, binary)?);
     }
 
     println!("bench: program costs (BPF_PROG_TEST_RUN)");
-    let tc = cases
-        .iter()
-        .find(|c| c.spec.kind == Kind::EbpfTc)
-        .expect("planned");
-    let xdp = cases
-        .iter()
-        .find(|c| c.spec.kind == Kind::EbpfXdp)
-        .expect("planned");
-    let (costs, insns) = progcost::measure(tc, xdp, plan.prog_samples)?;
+    let mut costs = Vec::new();
+    let mut insns = Vec::new();
+    for baseline in [false, true] {
+        let find = |kind| {
+            cases
+                .iter()
+                .find(|c| c.spec.kind == kind && c.spec.baseline == baseline)
+        };
+        if let (Some(tc), Some(xdp)) = (find(Kind::EbpfTc), find(Kind::EbpfXdp)) {
+            let (mut c, mut i) = progcost::measure(tc, xdp, plan.prog_samples)?;
+            if baseline {
+                c.iter_mut().for_each(|c| c.program += " (baseline)");
+                i.iter_mut().for_each(|i| i.program += " (baseline)");
+            }
+            costs.extend(c);
+            insns.extend(i);
+        }
+    }
+
+    println!("bench: programs in traffic (kernel.bpf_stats_enabled, briefly)");
+    let live = {
+        let _stats = progcost::BpfStats::enable()?;
+        let mut v = Vec::new();
+        for case in cases.iter().filter(|c| c.spec.kind.is_ebpf()) {
+            let (client, server, ip) = (case.client_ns(), case.server_ns(), case.server_ip);
+            let secs = plan.tcp_secs.min(2);
+            v.extend(progcost::live(case, "TCP 1 stream", || {
+                metrics::iperf_tcp(&client, ip, cases::IPERF_PORT, secs, 1).map(|_| ())
+            })?);
+            v.extend(progcost::live(case, "UDP 64 B", || {
+                metrics::udp64(&client, &server, ip, cases::UDP_PORT, f64::from(secs)).map(|_| ())
+            })?);
+        }
+        v
+    };
 
     let mut samples: Vec<BTreeMap<&'static str, Vec<f64>>> = vec![BTreeMap::new(); cases.len()];
     let mut scale_samples: Vec<Vec<f64>> = vec![Vec::new(); scale_cases.len()];
@@ -232,6 +277,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
         memory,
         costs,
         insns,
+        live,
         counters,
         load_before,
         load_average(),

@@ -40,6 +40,9 @@ pub struct Insns {
     pub verified_insns: u64,
     pub xlated_bytes: u64,
     pub jited_bytes: u64,
+    /// Time spent in the program and runs, while kernel.bpf_stats_enabled is on.
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
 }
 
 const TC_ACT_OK: u32 = 0;
@@ -119,6 +122,7 @@ pub fn insns(id: u32) -> Result<Insns> {
     // SAFETY: reinterpreting plain integers as bytes.
     let bytes: &[u8] =
         unsafe { std::slice::from_raw_parts(info.as_ptr().cast(), size_of_val(&info)) };
+    let u64_at = |off: usize| u64::from_ne_bytes(bytes[off..off + 8].try_into().expect("8 bytes"));
     let u32_at = |off: usize| u32::from_ne_bytes(bytes[off..off + 4].try_into().expect("4 bytes"));
     ensure!(
         attr.info_len >= 220,
@@ -132,6 +136,8 @@ pub fn insns(id: u32) -> Result<Insns> {
         verified_insns: u64::from(u32_at(216)),
         xlated_bytes: u64::from(u32_at(20)),
         jited_bytes: u64::from(u32_at(16)),
+        run_time_ns: u64_at(192),
+        run_cnt: u64_at(200),
     })
 }
 
@@ -492,4 +498,74 @@ pub fn measure(tc_case: &Case, xdp_case: &Case, samples: u32) -> Result<(Vec<Cos
         ensure!(c.single_ns > 0, "{}: the kernel measured no time", c.path);
     }
     Ok((costs, insn))
+}
+
+/// Turns kernel.bpf_stats_enabled on, and back to what it was on drop. It costs
+/// every BPF program on the machine two clock reads per run, so it is on only
+/// for the in-traffic profile, never during the comparison rounds.
+pub struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub fn enable() -> Result<BpfStats> {
+        let was = std::fs::read_to_string(BPF_STATS).context("reading bpf_stats_enabled")?;
+        std::fs::write(BPF_STATS, "1").context("enabling bpf_stats")?;
+        Ok(BpfStats(was.trim().to_owned()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.0);
+    }
+}
+
+/// Average ns per run of each program of a case while `traffic` runs, as the
+/// kernel's own run-time statistics count them: real packets, not crafted ones.
+#[derive(Clone, Debug)]
+pub struct Live {
+    pub case: String,
+    pub traffic: &'static str,
+    pub node: u8,
+    pub program: String,
+    pub runs: u64,
+    pub ns_per_run: f64,
+}
+
+pub fn live(
+    case: &Case,
+    traffic: &'static str,
+    run: impl FnOnce() -> Result<()>,
+) -> Result<Vec<Live>> {
+    let mut ids = Vec::new();
+    for (node, pins) in case.pin_dirs.iter().enumerate() {
+        for name in ["endpoint_ingress", "underlay_ingress", "underlay_xdp"] {
+            if let Ok(id) = prog_id(pins, name) {
+                ids.push((node as u8 + 1, id));
+            }
+        }
+    }
+    let before: Vec<Insns> = ids
+        .iter()
+        .map(|(_, id)| insns(*id))
+        .collect::<Result<_>>()?;
+    run()?;
+    let mut out = Vec::new();
+    for ((node, id), b) in ids.iter().zip(before) {
+        let a = insns(*id)?;
+        let runs = a.run_cnt - b.run_cnt;
+        if runs == 0 {
+            continue;
+        }
+        out.push(Live {
+            case: case.spec.label(),
+            traffic,
+            node: *node,
+            program: a.program,
+            runs,
+            ns_per_run: (a.run_time_ns - b.run_time_ns) as f64 / runs as f64,
+        });
+    }
+    Ok(out)
 }

@@ -10,7 +10,7 @@ use super::{
     METRICS, MapMemory,
     cases::{Kind, Spec},
     chart,
-    progcost::{Cost, Insns},
+    progcost::{Cost, Insns, Live},
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -68,6 +68,7 @@ pub struct Summary {
     pub memory: Vec<MapMemory>,
     pub costs: Vec<Cost>,
     pub insns: Vec<Insns>,
+    pub live: Vec<Live>,
     pub counters: BTreeMap<String, (u64, u64, u64)>,
     pub load: (String, String),
     pub secs: f64,
@@ -85,6 +86,7 @@ impl Summary {
         memory: Vec<MapMemory>,
         costs: Vec<Cost>,
         insns: Vec<Insns>,
+        live: Vec<Live>,
         counters: BTreeMap<String, (u64, u64, u64)>,
         load_before: String,
         load_after: String,
@@ -114,6 +116,7 @@ impl Summary {
             memory,
             costs,
             insns,
+            live,
             counters,
             load: (load_before, load_after),
             secs,
@@ -121,9 +124,9 @@ impl Summary {
     }
 
     fn find(&self, kind: Kind, wire_checksums: bool) -> Option<&CaseResult> {
-        self.cases
-            .iter()
-            .find(|c| c.spec.kind == kind && c.spec.wire_checksums == wire_checksums)
+        self.cases.iter().find(|c| {
+            c.spec.kind == kind && c.spec.wire_checksums == wire_checksums && !c.spec.baseline
+        })
     }
 
     /// `metric` of `case` over the same metric of `base` (same wire), medians.
@@ -134,7 +137,11 @@ impl Summary {
 
     pub fn targets(&self) -> Vec<Target> {
         let mut t = Vec::new();
-        for case in self.cases.iter().filter(|c| c.spec.kind.is_ebpf()) {
+        for case in self
+            .cases
+            .iter()
+            .filter(|c| c.spec.kind.is_ebpf() && !c.spec.baseline)
+        {
             let label = case.spec.label();
             for (metric, base, goal) in [
                 ("tcp1_gbps", Kind::Routed, 0.95),
@@ -206,7 +213,7 @@ impl Summary {
         s += &"---|".repeat(METRICS.len());
         s += "\n";
         for c in &self.cases {
-            s += &format!("| {} | {} |", c.spec.kind.name(), c.spec.wire());
+            s += &format!("| {} | {} |", case_name(&c.spec), c.spec.wire());
             for (m, ..) in METRICS {
                 let st = c.stats[m];
                 s += &format!(" {} ({}–{}) |", fmt(st.median), fmt(st.min), fmt(st.max));
@@ -217,7 +224,7 @@ impl Summary {
               (higher is better for all four):\n\n";
         s += "| case | wire | TCP 1 stream | TCP 4 streams | TCP RR trans/s | UDP 64 B pps |\n|---|---|---|---|---|---|\n";
         for c in self.cases.iter().filter(|c| c.spec.kind != Kind::Routed) {
-            s += &format!("| {} | {} |", c.spec.kind.name(), c.spec.wire());
+            s += &format!("| {} | {} |", case_name(&c.spec), c.spec.wire());
             for m in ["tcp1_gbps", "tcp4_gbps", "rr_tps", "udp64_kpps"] {
                 let kv = self.ratio(c, Kind::KernelVxlan, m);
                 let rt = self.ratio(c, Kind::Routed, m);
@@ -280,6 +287,16 @@ impl Summary {
                 i.program, i.verified_insns, i.xlated_bytes, i.jited_bytes
             );
         }
+        s += "\nPrograms on real traffic (kernel.bpf_stats_enabled for this phase only; \
+              c1 sends to c2, so node1 encapsulates and node2 decapsulates; the runs on \
+              the other node are the ACKs):\n\n\
+              | case | traffic | node | program | runs | ns per run |\n|---|---|---|---|---|---|\n";
+        for l in &self.live {
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {:.0} |\n",
+                l.case, l.traffic, l.node, l.program, l.runs, l.ns_per_run
+            );
+        }
         s += "\nTargets (medians of this run):\n\n| target | ratio | |\n|---|---|---|\n";
         for t in self.targets() {
             s += &format!(
@@ -307,7 +324,7 @@ impl Summary {
             "seconds": self.secs,
             "load_average": {"before": self.load.0, "after": self.load.1},
             "cases": self.cases.iter().map(|c| json!({
-                "case": c.spec.kind.name(),
+                "case": case_name(&c.spec),
                 "wire": c.spec.wire(),
                 "metrics": c.samples.iter().map(|(k, v)| (k.to_string(), json!({
                     "samples": v,
@@ -329,6 +346,10 @@ impl Summary {
             "verifier": self.insns.iter().map(|i| json!({
                 "program": i.program, "verified_insns": i.verified_insns,
                 "xlated_bytes": i.xlated_bytes, "jited_bytes": i.jited_bytes,
+            })).collect::<Vec<_>>(),
+            "live_program_costs": self.live.iter().map(|l| json!({
+                "case": l.case, "traffic": l.traffic, "node": l.node, "program": l.program,
+                "runs": l.runs, "ns_per_run": l.ns_per_run,
             })).collect::<Vec<_>>(),
             "counters": self.counters.iter().map(|(k, (e, d, x))| (k.clone(), json!({
                 "encap": e, "decap": d, "drops": x,
@@ -381,6 +402,14 @@ fn update_readme(readme: &Path, md: &str, dir: &Path) -> Result<()> {
     std::fs::write(readme, new)?;
     println!("bench: README updated");
     Ok(())
+}
+
+fn case_name(spec: &Spec) -> String {
+    let mut s = spec.kind.name().to_owned();
+    if spec.baseline {
+        s += " (baseline)";
+    }
+    s
 }
 
 fn fmt(v: f64) -> String {
