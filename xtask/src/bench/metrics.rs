@@ -106,8 +106,21 @@ pub fn udp64(
             let sock =
                 std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
             sock.set_read_timeout(Some(Duration::from_millis(50)))?;
-            bound_tx.send(()).ok();
             let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+            // A deep buffer, so that the receiving thread losing the CPU for a
+            // moment (two cores, shared) does not count as the path dropping.
+            let rcvbuf: libc::c_int = 64 << 20;
+            // SAFETY: a valid socket and an int option.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&rcvbuf as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            bound_tx.send(()).ok();
             let mut bufs = vec![[0u8; 2048]; BATCH];
             let mut iov: Vec<libc::iovec> = bufs
                 .iter_mut()

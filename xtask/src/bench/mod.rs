@@ -182,7 +182,13 @@ pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
     let live = {
         let _stats = progcost::BpfStats::enable()?;
         let mut v = Vec::new();
-        for case in cases.iter().filter(|c| c.spec.kind.is_ebpf()) {
+        // The scale cases too: their programs' cost per packet with 10 and with
+        // 100 000 entries is the dataplane's own share of any difference.
+        for case in cases
+            .iter()
+            .chain(&scale_cases)
+            .filter(|c| c.spec.kind.is_ebpf())
+        {
             let (client, server, ip) = (case.client_ns(), case.server_ns(), case.server_ip);
             let secs = plan.tcp_secs.min(2);
             v.extend(progcost::live(case, "TCP 1 stream", || {
