@@ -300,7 +300,7 @@ impl Summary {
         s += "\nTargets (medians of this run):\n\n| target | ratio | |\n|---|---|---|\n";
         for t in self.targets() {
             s += &format!(
-                "| {} | {:.2} | {} |\n",
+                "| {} | {:.3} | {} |\n",
                 t.what,
                 t.ratio,
                 if t.met() { "met" } else { "missed" }
