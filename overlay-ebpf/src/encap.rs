@@ -11,7 +11,8 @@ use aya_ebpf::{
         bpf_redir_neigh,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh,
+        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_ktime_get_coarse_ns, bpf_redirect,
+        bpf_redirect_neigh,
     },
     programs::TcContext,
 };
@@ -19,6 +20,7 @@ use overlay_common::{Config, Counter, VXLAN_OVERHEAD};
 
 use crate::{
     counters::count,
+    maps::{NEXT_HOPS, NextHop},
     parse::{ETH_LEN, ETH_P_IP, Eth, IPPROTO_UDP, IPV4_VIHL_NO_OPTIONS, Ipv4, Packet, Udp, Vxlan},
 };
 
@@ -67,25 +69,19 @@ pub fn to_remote(ctx: &TcContext, cfg: &Config, vni: u32, remote_vtep: [u8; 4]) 
     let flow_hash = unsafe { bpf_get_hash_recalc(ctx.as_ptr().cast()) };
 
     // Route first, so a failure leaves the packet untouched.
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.ifindex = cfg.underlay_ifindex;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.vtep_ip);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(remote_vtep);
-    // SAFETY: fib is a properly sized bpf_fib_lookup on our stack.
-    let fib_rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut fib,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
-        )
-    } as u32;
-
+    let via = match cached_next_hop(remote_vtep) {
+        Some(hop) => Via::Hop(hop),
+        None => route(ctx, cfg, remote_vtep),
+    };
+    let (dmac, smac) = match via {
+        Via::Hop(hop) => (hop.dmac, hop.smac),
+        // Filled in by the neighbour subsystem.
+        _ => ([0; 6], [0; 6]),
+    };
     let head = VxlanFrameHead {
         outer_eth: Eth {
-            dst_addr: fib.dmac,
-            src_addr: fib.smac,
+            dst_addr: dmac,
+            src_addr: smac,
             ether_type: ETH_P_IP,
         },
         outer_ip: outer_ipv4(cfg.vtep_ip, remote_vtep, frame_len),
@@ -118,29 +114,94 @@ pub fn to_remote(ctx: &TcContext, cfg: &Config, vni: u32, remote_vtep: [u8; 4]) 
 
     // SAFETY: plain helper calls; the neighbour parameters live on our stack.
     unsafe {
-        match fib_rc {
-            BPF_FIB_LKUP_RET_SUCCESS => bpf_redirect(fib.ifindex, 0) as i32,
-            BPF_FIB_LKUP_RET_NO_NEIGH => {
+        match via {
+            Via::Hop(hop) => bpf_redirect(hop.ifindex, 0) as i32,
+            Via::Neigh { ifindex, gateway } => {
                 // The next hop is known but not yet resolved: let the kernel's
                 // neighbour subsystem resolve it and fill in the MACs.
                 count(Counter::EncapNeighResolve, frame_len);
                 let mut nh: bpf_redir_neigh = core::mem::zeroed();
                 nh.nh_family = u32::from(AF_INET);
-                nh.__bindgen_anon_1.ipv4_nh = fib.__bindgen_anon_4.ipv4_dst;
+                nh.__bindgen_anon_1.ipv4_nh = gateway;
                 bpf_redirect_neigh(
-                    fib.ifindex,
+                    ifindex,
                     &mut nh,
                     core::mem::size_of::<bpf_redir_neigh>() as i32,
                     0,
                 ) as i32
             }
-            _ => {
+            Via::Kernel => {
                 // No usable FIB answer (e.g. forwarding disabled on the underlay):
                 // let the kernel route and resolve from the outer header.
                 count(Counter::EncapRouteFallback, frame_len);
                 bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) as i32
             }
         }
+    }
+}
+
+/// Where an encapsulated packet goes.
+#[derive(Clone, Copy)]
+enum Via {
+    /// A resolved next hop: the outer MACs are known.
+    Hop(NextHop),
+    /// The FIB knows the next hop but not its MAC yet.
+    Neigh { ifindex: u32, gateway: u32 },
+    /// The FIB could not answer; the kernel routes.
+    Kernel,
+}
+
+/// How long a next hop from the FIB is used without asking again. Routes and
+/// neighbours of the underlay change rarely; a second bounds how long a change
+/// goes unnoticed, while the FIB lookup per packet it saves was the largest
+/// single cost of the encapsulation path.
+const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn cached_next_hop(vtep: [u8; 4]) -> Option<NextHop> {
+    // SAFETY: copied out at once; the map is not preallocated, so an element is
+    // freed only after an RCU grace period, never reused under a reader.
+    let hop = unsafe { *NEXT_HOPS.get(&vtep)? };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    (now.wrapping_sub(hop.looked_up_ns) < NEXT_HOP_TTL_NS).then_some(hop)
+}
+
+/// The next hop towards `remote_vtep` from the FIB; remembered when resolved.
+#[inline(always)]
+fn route(ctx: &TcContext, cfg: &Config, remote_vtep: [u8; 4]) -> Via {
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.ifindex = cfg.underlay_ifindex;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.vtep_ip);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(remote_vtep);
+    // SAFETY: fib is a properly sized bpf_fib_lookup on our stack.
+    let fib_rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    } as u32;
+    match fib_rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let hop = NextHop {
+                dmac: fib.dmac,
+                smac: fib.smac,
+                ifindex: fib.ifindex,
+                // SAFETY: plain helper call.
+                looked_up_ns: unsafe { bpf_ktime_get_coarse_ns() },
+            };
+            let _ = NEXT_HOPS.insert(&remote_vtep, &hop, 0);
+            Via::Hop(hop)
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => Via::Neigh {
+            ifindex: fib.ifindex,
+            // SAFETY: for IPv4 the FIB writes the gateway into ipv4_dst.
+            gateway: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+        },
+        _ => Via::Kernel,
     }
 }
 

@@ -40,5 +40,22 @@ pub static VTEPS: HashMap<[u8; 4], Vtep, { MAX_VTEPS as usize }, NO_PREALLOC> = 
 #[btf_map]
 pub static STATS: PerCpuArray<CounterValue, { Counter::COUNT as usize }> = PerCpuArray::new();
 
+/// The encapsulation's next hop per remote VTEP, written by the programs
+/// themselves after a successful FIB lookup and trusted for `NEXT_HOP_TTL_NS`.
+/// Internal: not pinned, not part of the ABI, gone with the programs.
+#[btf_map]
+pub static NEXT_HOPS: HashMap<[u8; 4], NextHop, { MAX_VTEPS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub ifindex: u32,
+    /// bpf_ktime_get_coarse_ns() of the FIB lookup that produced it.
+    pub looked_up_ns: u64,
+}
+
 #[btf_map]
 pub static ENDPOINT_DEVS: DevMapHash<{ MAX_ENDPOINTS as usize }> = DevMapHash::new();

@@ -796,3 +796,36 @@ fn program_costs_are_measured() -> Result<()> {
     eprintln!("{report}");
     Ok(())
 }
+
+/// Encapsulation remembers the next hop per VTEP for a second instead of asking
+/// the FIB for every packet: a remembered hop writes the same frame, and a
+/// neighbour change is picked up once the second is over.
+#[test]
+fn the_next_hop_is_remembered_for_a_second_only() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let inner = inner_frame(C1_IP, C2_IP, mac_of(C2_IP));
+    let first = fx.run(program_names::ENDPOINT_INGRESS, &inner, fx.ep0)?;
+    first.expect(TC_ACT_REDIRECT, "encap");
+    let cached = fx.run(program_names::ENDPOINT_INGRESS, &inner, fx.ep0)?;
+    cached.expect(TC_ACT_REDIRECT, "encap");
+    assert_eq!(
+        cached.frame, first.frame,
+        "a remembered hop writes the same frame"
+    );
+
+    let new_gateway_mac = [0x02, 0, 0, 0, 0, 0x02];
+    sh(&format!(
+        "ip -n {} neigh replace 172.31.1.1 lladdr 02:00:00:00:00:02 dev uplink nud permanent",
+        fx.scratch.ns.name
+    ))?;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let later = fx.run(program_names::ENDPOINT_INGRESS, &inner, fx.ep0)?;
+    later.expect(TC_ACT_REDIRECT, "encap");
+    assert_eq!(
+        later.frame[0..6],
+        new_gateway_mac,
+        "the FIB is asked again after a second"
+    );
+    assert_eq!(later.frame[6..], first.frame[6..], "nothing else changes");
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The project's runner: `cargo xtask build|run|test|demo`. Each first makes sure
 //! of its prerequisites (see `prereqs`), so a fresh machine needs nothing else.
 
+mod bench;
 mod demo;
 mod prereqs;
 
@@ -44,6 +45,25 @@ enum Task {
     /// Build, then run the overlay in gossip mode across two hosts made of namespaces,
     /// add a container through the CLI, and tear it all down.
     Demo,
+    /// Build, then benchmark routed, kernel VXLAN and this dataplane side by side.
+    Bench {
+        /// A small run (about two minutes) that checks every case delivers.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds per case (default 5, quick 2).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Results directory (default bench/results, quick: target/bench-quick).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Leave README.md as it is.
+        #[arg(long)]
+        no_readme: bool,
+        /// Also measure the eBPF cases with this agent binary (a before/after
+        /// comparison, interleaved in the same run).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,19 +90,62 @@ fn try_main() -> Result<()> {
             Err(err).with_context(|| format!("executing {}", binary.display()))
         }
         Task::Test { args } => {
-            build()?;
+            let binary = build()?;
             // One test at a time: the topology tests each run two agents and move
             // tens of megabytes on a two-core machine. overlay-userspace is there
             // for its own unit tests.
             run(Command::new("cargo")
                 .current_dir(workspace_root())
                 .args(["test", "--release", "-p", "overlay-tests"])
-                .args(["-p", "overlay-userspace", "--", "--test-threads=1"])
-                .args(&args))
+                .args([
+                    "-p",
+                    "overlay-userspace",
+                    "-p",
+                    "xtask",
+                    "--",
+                    "--test-threads=1",
+                ])
+                .args(&args))?;
+            // The quick bench keeps the harness from rotting: it fails if a case
+            // measures nothing or the overlay did not carry the traffic. The
+            // performance targets are reported, not asserted: timings here are noisy.
+            if args.is_empty() {
+                bench::run(
+                    &binary,
+                    &bench::Options {
+                        quick: true,
+                        rounds: None,
+                        out: None,
+                        update_readme: false,
+                        baseline: None,
+                    },
+                )?;
+            }
+            Ok(())
         }
         Task::Demo => {
             let binary = build()?;
             demo::run(&binary)
+        }
+        Task::Bench {
+            quick,
+            rounds,
+            out,
+            no_readme,
+            baseline,
+        } => {
+            let binary = build()?;
+            bench::run(
+                &binary,
+                &bench::Options {
+                    quick,
+                    rounds,
+                    out,
+                    update_readme: !no_readme && baseline.is_none(),
+                    baseline,
+                },
+            )
+            .map(|_| ())
         }
     }
 }

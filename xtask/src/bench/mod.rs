@@ -1,0 +1,421 @@
+//! `cargo xtask bench`: this dataplane side by side with no overlay (routed) and
+//! with Docker's kernel VXLAN datapath, in one run, interleaved, on this machine.
+//!
+//! Every case is built once, in its own namespaces, and the rounds visit the
+//! cases in a rotating order, so that a burst of load from elsewhere on the
+//! machine is spread over all of them instead of landing on one. Only ratios
+//! taken within one run are meaningful; absolute figures move with the load.
+
+mod cases;
+mod chart;
+mod metrics;
+mod progcost;
+mod report;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use cases::{Case, Kind, Spec};
+
+pub use report::Summary;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub quick: bool,
+    pub rounds: Option<u32>,
+    /// Where the results go; default `bench/results` (full) or
+    /// `target/bench-quick` (quick).
+    pub out: Option<PathBuf>,
+    /// Rewrite the README's benchmark section (full runs only).
+    pub update_readme: bool,
+    /// Another build of the agent, measured as an extra ebpf-tc case.
+    pub baseline: Option<PathBuf>,
+}
+
+/// Durations and sizes of one run.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    rounds: u32,
+    tcp_secs: u32,
+    rr_secs: f64,
+    udp_secs: f64,
+    prog_samples: u32,
+    scale: &'static [u32],
+}
+
+const FULL: Plan = Plan {
+    rounds: 5,
+    tcp_secs: 4,
+    rr_secs: 3.0,
+    udp_secs: 3.0,
+    prog_samples: 5000,
+    scale: &[10, 10_000, 100_000],
+};
+
+const QUICK: Plan = Plan {
+    rounds: 2,
+    tcp_secs: 1,
+    rr_secs: 1.0,
+    udp_secs: 1.0,
+    prog_samples: 500,
+    scale: &[10, 100_000],
+};
+
+/// The metrics, in table order: (key, heading, unit, higher is better).
+pub const METRICS: [(&str, &str, &str, bool); 8] = [
+    ("tcp1_gbps", "TCP 1 stream", "Gbit/s", true),
+    ("tcp4_gbps", "TCP 4 streams", "Gbit/s", true),
+    ("rr_tps", "TCP RR 1 B", "trans/s", true),
+    ("rr_p50_us", "RR p50", "µs", false),
+    ("rr_p99_us", "RR p99", "µs", false),
+    ("udp64_kpps", "UDP 64 B delivered", "kpps", true),
+    (
+        "tcp1_cpu_s_per_gbit",
+        "CPU per Gbit (TCP 1)",
+        "CPU-s",
+        false,
+    ),
+    (
+        "udp64_cpu_ns_per_pkt",
+        "CPU per packet (UDP)",
+        "CPU-ns",
+        false,
+    ),
+];
+
+fn specs(quick: bool, baseline: bool) -> Vec<Spec> {
+    let spec = |kind, wire_checksums| Spec {
+        kind,
+        wire_checksums,
+        fdb_entries: None,
+        baseline: false,
+    };
+    let mut v = vec![
+        spec(Kind::Routed, false),
+        spec(Kind::KernelVxlan, false),
+        spec(Kind::EbpfTc, false),
+    ];
+    if !quick {
+        // The same on a wire that computes checksums as a NIC does: the only wire
+        // XDP decap works on (see README, Troubleshooting), so its fair comparison.
+        v.extend([
+            spec(Kind::Routed, true),
+            spec(Kind::KernelVxlan, true),
+            spec(Kind::EbpfTc, true),
+        ]);
+    }
+    v.push(spec(Kind::EbpfXdp, true));
+    if baseline {
+        let base: Vec<Spec> = v
+            .iter()
+            .filter(|s| s.kind.is_ebpf())
+            .map(|s| Spec {
+                baseline: true,
+                ..*s
+            })
+            .collect();
+        v.extend(base);
+    }
+    v
+}
+
+pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
+    let started = Instant::now();
+    let mut plan = if opts.quick { QUICK } else { FULL };
+    if let Some(r) = opts.rounds {
+        plan.rounds = r;
+    }
+    let load_before = load_average();
+    println!(
+        "bench: {} run, {} rounds, load average {load_before}",
+        if opts.quick { "quick" } else { "full" },
+        plan.rounds
+    );
+
+    let mut cases = Vec::new();
+    for spec in specs(opts.quick, opts.baseline.is_some()) {
+        println!("bench: building {}", spec.label());
+        let agent = match (&opts.baseline, spec.baseline) {
+            (Some(base), true) => base.as_path(),
+            _ => binary,
+        };
+        cases.push(Case::build(spec, agent)?);
+    }
+    let mut scale_cases = Vec::new();
+    for &n in plan.scale {
+        let spec = Spec {
+            kind: Kind::EbpfTc,
+            wire_checksums: false,
+            fdb_entries: Some(n),
+            baseline: false,
+        };
+        println!("bench: building {}", spec.label());
+        scale_cases.push(Case::build(spec, binary)?);
+    }
+
+    println!("bench: program costs (BPF_PROG_TEST_RUN)");
+    let mut costs = Vec::new();
+    let mut insns = Vec::new();
+    for baseline in [false, true] {
+        let find = |kind| {
+            cases
+                .iter()
+                .find(|c| c.spec.kind == kind && c.spec.baseline == baseline)
+        };
+        if let (Some(tc), Some(xdp)) = (find(Kind::EbpfTc), find(Kind::EbpfXdp)) {
+            let (mut c, mut i) = progcost::measure(tc, xdp, plan.prog_samples)?;
+            if baseline {
+                c.iter_mut().for_each(|c| c.program += " (baseline)");
+                i.iter_mut().for_each(|i| i.program += " (baseline)");
+            }
+            costs.extend(c);
+            insns.extend(i);
+        }
+    }
+
+    println!("bench: programs in traffic (kernel.bpf_stats_enabled, briefly)");
+    let live = {
+        let _stats = progcost::BpfStats::enable()?;
+        let mut v = Vec::new();
+        // The scale cases too: their programs' cost per packet with 10 and with
+        // 100 000 entries is the dataplane's own share of any difference.
+        for case in cases
+            .iter()
+            .chain(&scale_cases)
+            .filter(|c| c.spec.kind.is_ebpf())
+        {
+            let (client, server, ip) = (case.client_ns(), case.server_ns(), case.server_ip);
+            let secs = plan.tcp_secs.min(2);
+            v.extend(progcost::live(case, "TCP 1 stream", || {
+                metrics::iperf_tcp(&client, ip, cases::IPERF_PORT, secs, 1).map(|_| ())
+            })?);
+            v.extend(progcost::live(case, "UDP 64 B", || {
+                metrics::udp64(&client, &server, ip, cases::UDP_PORT, f64::from(secs)).map(|_| ())
+            })?);
+        }
+        v
+    };
+
+    let mut samples: Vec<BTreeMap<&'static str, Vec<f64>>> = vec![BTreeMap::new(); cases.len()];
+    let mut scale_samples: Vec<Vec<f64>> = vec![Vec::new(); scale_cases.len()];
+    for round in 0..plan.rounds {
+        let n = cases.len();
+        for k in 0..n {
+            // Rotating order: each case goes first once every n rounds.
+            let i = (k + round as usize) % n;
+            let case = &mut cases[i];
+            measure_case(case, &plan, &mut samples[i])
+                .with_context(|| format!("round {}: {}", round + 1, case.spec.label()))?;
+        }
+        for k in 0..scale_cases.len() {
+            let i = (k + round as usize) % scale_cases.len();
+            let case = &scale_cases[i];
+            let t = metrics::iperf_tcp(
+                &case.client_ns(),
+                case.server_ip,
+                cases::IPERF_PORT,
+                plan.tcp_secs,
+                1,
+            )
+            .with_context(|| format!("round {}: {}", round + 1, case.spec.label()))?;
+            scale_samples[i].push(t.gbit_per_s);
+        }
+        println!(
+            "bench: round {}/{} done ({:.0} s so far)",
+            round + 1,
+            plan.rounds,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    // The overlay cases must have carried the traffic themselves: their counters
+    // prove the packets went through the programs, not around them.
+    let mut counters = BTreeMap::new();
+    for case in cases
+        .iter()
+        .chain(&scale_cases)
+        .filter(|c| c.spec.kind.is_ebpf())
+    {
+        for (node, pin) in case.pin_dirs.iter().enumerate() {
+            let stats = overlay_stats(binary, pin)?;
+            let get = |name: &str| stats.get(name).copied().unwrap_or(0);
+            ensure!(
+                get("encap") > 0 && get("decap") > 0,
+                "{}: node{} encapsulated {} and decapsulated {} packets: the overlay did not carry the traffic",
+                case.spec.label(),
+                node + 1,
+                get("encap"),
+                get("decap")
+            );
+            let drops: u64 = stats
+                .iter()
+                .filter(|(k, _)| k.starts_with("drop_"))
+                .map(|(_, v)| v)
+                .sum();
+            counters.insert(
+                format!("{} node{}", case.spec.label(), node + 1),
+                (get("encap"), get("decap"), drops),
+            );
+        }
+    }
+
+    let memory = scale_cases
+        .iter()
+        .map(|c| map_memory(c, binary))
+        .collect::<Result<Vec<_>>>()?;
+
+    drop(scale_cases);
+    let specs: Vec<Spec> = cases.iter().map(|c| c.spec).collect();
+    drop(cases);
+
+    let summary = Summary::new(
+        opts.quick,
+        plan.rounds,
+        &specs,
+        samples,
+        plan.scale,
+        scale_samples,
+        memory,
+        costs,
+        insns,
+        live,
+        counters,
+        load_before,
+        load_average(),
+        started.elapsed().as_secs_f64(),
+    );
+    let out = opts.out.clone().unwrap_or_else(|| {
+        crate::workspace_root().join(if opts.quick {
+            "target/bench-quick"
+        } else {
+            "bench/results"
+        })
+    });
+    summary.write(&out, opts.update_readme && !opts.quick)?;
+    println!("{}", summary.markdown());
+    println!(
+        "bench: finished in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(summary)
+}
+
+fn measure_case(
+    case: &mut Case,
+    plan: &Plan,
+    into: &mut BTreeMap<&'static str, Vec<f64>>,
+) -> Result<()> {
+    case.check_server()?;
+    let (client, server, ip) = (case.client_ns(), case.server_ns(), case.server_ip);
+    let mut put = |k: &'static str, v: f64| into.entry(k).or_default().push(v);
+    let t1 = metrics::iperf_tcp(&client, ip, cases::IPERF_PORT, plan.tcp_secs, 1)
+        .context("TCP, 1 stream")?;
+    put("tcp1_gbps", t1.gbit_per_s);
+    put("tcp1_cpu_s_per_gbit", t1.cpu_s_per_gbit);
+    put("tcp1_retransmits", t1.retransmits as f64);
+    let t4 = metrics::iperf_tcp(&client, ip, cases::IPERF_PORT, plan.tcp_secs, 4)
+        .context("TCP, 4 streams")?;
+    put("tcp4_gbps", t4.gbit_per_s);
+    let rr =
+        metrics::tcp_rr(&client, &server, ip, cases::RR_PORT, plan.rr_secs).context("TCP RR")?;
+    put("rr_tps", rr.transactions_per_s);
+    put("rr_p50_us", rr.p50_us);
+    put("rr_p99_us", rr.p99_us);
+    let u =
+        metrics::udp64(&client, &server, ip, cases::UDP_PORT, plan.udp_secs).context("UDP 64 B")?;
+    put("udp64_kpps", u.delivered_pps / 1e3);
+    put("udp64_cpu_ns_per_pkt", u.cpu_ns_per_packet);
+    println!(
+        "bench:   {:<22} tcp1 {:6.2} Gbit/s  tcp4 {:6.2}  rr {:7.0}/s p50 {:5.1} µs p99 {:6.1}  udp {:6.0} kpps (sent {:.0})",
+        case.spec.label(),
+        t1.gbit_per_s,
+        t4.gbit_per_s,
+        rr.transactions_per_s,
+        rr.p50_us,
+        rr.p99_us,
+        u.delivered_pps / 1e3,
+        u.sent_pps / 1e3
+    );
+    Ok(())
+}
+
+/// `overlay stats --json` of a pin directory: counter name → packets.
+fn overlay_stats(binary: &Path, pin: &Path) -> Result<BTreeMap<String, u64>> {
+    let out = Command::new(binary)
+        .args(["stats", "--json", "--pin-dir"])
+        .arg(pin)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "overlay stats: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(json
+        .as_array()
+        .context("stats is not a list")?
+        .iter()
+        .filter_map(|r| Some((r["counter"].as_str()?.to_owned(), r["packets"].as_u64()?)))
+        .collect())
+}
+
+#[derive(Clone, Debug)]
+pub struct MapMemory {
+    /// Counted in the pinned FDB of node1.
+    pub fdb_entries: u64,
+    /// Kernel-accounted memory (`memlock`) of each table of node1.
+    pub bytes: BTreeMap<String, u64>,
+}
+
+fn map_memory(case: &Case, binary: &Path) -> Result<MapMemory> {
+    let pin = &case.pin_dirs[0];
+    let mut bytes = BTreeMap::new();
+    for map in ["FDB", "NEIGH", "VTEPS", "ENDPOINTS", "NETWORKS"] {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(pin.join(map))
+            .output()?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "bpftool map show {map}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        bytes.insert(
+            map.to_owned(),
+            json["bytes_memlock"].as_u64().context("no bytes_memlock")?,
+        );
+    }
+    let out = Command::new(binary)
+        .args(["fdb", "--json", "--pin-dir"])
+        .arg(pin)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "overlay fdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fdb: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let entries = fdb.as_array().context("fdb is not a list")?.len() as u64;
+    let requested = case.spec.fdb_entries.unwrap_or(0);
+    ensure!(
+        entries == u64::from(requested),
+        "{}: node1's FDB holds {entries} entries",
+        case.spec.label()
+    );
+    Ok(MapMemory {
+        fdb_entries: entries,
+        bytes,
+    })
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
