@@ -145,6 +145,19 @@ pub fn run(args: Args, overlay: &Path) -> Result<()> {
     for o in &outcomes {
         println!("{o}");
     }
+    // The plain closing line CI's log readers understand.
+    let count = |f: fn(&SuiteResult) -> u64| -> u64 {
+        outcomes
+            .iter()
+            .flat_map(|o| o.suites.values())
+            .map(f)
+            .sum()
+    };
+    println!(
+        "vmtest: {} passed, {} failed",
+        count(|s| s.passed),
+        count(|s| s.failed)
+    );
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|o| !o.passed())
