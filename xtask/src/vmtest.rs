@@ -147,11 +147,7 @@ pub fn run(args: Args, overlay: &Path) -> Result<()> {
     }
     // The plain closing line CI's log readers understand.
     let count = |f: fn(&SuiteResult) -> u64| -> u64 {
-        outcomes
-            .iter()
-            .flat_map(|o| o.suites.values())
-            .map(f)
-            .sum()
+        outcomes.iter().flat_map(|o| o.suites.values()).map(f).sum()
     };
     println!(
         "vmtest: {} passed, {} failed",
@@ -227,7 +223,7 @@ fn common_archive(
     }
     a.symlink("/var/run", "../run");
     a.file("/bin/busybox", &std::fs::read("/bin/busybox")?, 0o755);
-    // Every applet but `sh`: Debian's busybox shell runs its own applets before
+    // Every applet but `sh` (and `busybox`, which would link to itself): Debian's busybox shell runs its own applets before
     // anything in PATH, so `sh -c "ip …"` would get busybox's `ip`, which lacks
     // most of what the tests ask of iproute2. The host's dash is `sh` instead,
     // and the carried tools come first in PATH.
@@ -236,7 +232,7 @@ fn common_archive(
         .output()
         .context("running busybox --list")?;
     for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
-        if !TOOLS.contains(&applet) {
+        if applet != "busybox" && !TOOLS.contains(&applet) {
             a.symlink(&format!("/bin/{applet}"), "busybox");
         }
     }
