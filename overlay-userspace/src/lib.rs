@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod gossip;
 pub mod ipam;
+pub mod kernel;
 pub mod loader;
 pub mod membership;
 pub mod netlink;

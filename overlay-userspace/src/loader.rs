@@ -12,9 +12,11 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, Link as _, PinnedLink},
-        tc::SchedClassifierLink,
+        tc::{
+            self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
+        },
         xdp::XdpLink,
     },
 };
@@ -23,7 +25,11 @@ use overlay_common::{
     map_names, program_names,
 };
 
-use crate::{config::DecapMode, netlink::NetnsGuard};
+use crate::{
+    config::DecapMode,
+    kernel::{self, TcAttach},
+    netlink::NetnsGuard,
+};
 
 /// The compiled eBPF object, embedded at build time.
 pub fn ebpf_object() -> &'static [u8] {
@@ -267,9 +273,12 @@ pub struct Programs {
 }
 
 impl Programs {
-    /// Loads every program into the kernel (the verifier runs here). Links are
-    /// pinned under `pin_dir`/links.
+    /// Loads every program into the kernel (the verifier runs here), after
+    /// checking that the kernel has what they use. Links are pinned under
+    /// `pin_dir`/links.
     pub fn load(mut ebpf: Ebpf, pin_dir: &Path) -> Result<Programs> {
+        kernel::check_features()?;
+        kernel::tc_attach();
         for name in [
             program_names::ENDPOINT_INGRESS,
             program_names::UNDERLAY_INGRESS_TC,
@@ -333,8 +342,7 @@ impl Programs {
             return Ok(());
         }
         let program = classifier(&mut self.ebpf, program_names::ENDPOINT_INGRESS)?;
-        let id = program
-            .attach(host_ifname, TcAttachType::Ingress)
+        let id = attach_tc_ingress(program, program_names::ENDPOINT_INGRESS, host_ifname)
             .with_context(|| {
                 format!(
                     "attaching {} to {host_ifname}",
@@ -378,8 +386,7 @@ impl Programs {
         let link = match mode {
             DecapMode::Tc => {
                 let program = classifier(&mut self.ebpf, program_names::UNDERLAY_INGRESS_TC)?;
-                let id = program
-                    .attach(underlay, TcAttachType::Ingress)
+                let id = attach_tc_ingress(program, program_names::UNDERLAY_INGRESS_TC, underlay)
                     .with_context(|| format!("attaching TC decap to {underlay}"))?;
                 tc_fd_link(program.take_link(id)?)
             }
@@ -446,6 +453,43 @@ impl Programs {
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// Attaches classifier `name` at `ifname`'s ingress the way
+/// [`kernel::tc_attach`] chose. A netlink filter needs the clsact qdisc first;
+/// one already there (another TC user's, or ours for an earlier hook) is shared,
+/// and stays when the agent leaves, as `tc` leaves it. Netlink filters have no
+/// link to pin and adopt, so a filter of ours that a kept or killed agent left
+/// on the interface is replaced rather than doubled.
+fn attach_tc_ingress(
+    program: &mut SchedClassifier,
+    name: &str,
+    ifname: &str,
+) -> Result<SchedClassifierLinkId> {
+    let options = match kernel::tc_attach() {
+        TcAttach::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+        TcAttach::NetlinkClsact => {
+            match tc::qdisc_add_clsact(ifname) {
+                Ok(()) => {}
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("adding a clsact qdisc to {ifname}"));
+                }
+            }
+            match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, name) {
+                Ok(()) => {
+                    log::info!("replaced the {name} filter a previous agent left on {ifname}")
+                }
+                Err(TcError::IoError(e)) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("removing a stale {name} filter from {ifname}"));
+                }
+            }
+            TcAttachOptions::Netlink(NlOptions::default())
+        }
+    };
+    Ok(program.attach_with_options(ifname, TcAttachType::Ingress, options)?)
 }
 
 fn tc_fd_link(link: SchedClassifierLink) -> Result<FdLink, Attachment> {

@@ -11,11 +11,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::netns::netns_path;
+use crate::{netns::netns_path, scale::scaled};
 
-/// The agent binary `cargo xtask build` produces.
+/// The agent binary `cargo xtask build` produces; `OVERLAY_BINARY` overrides the
+/// path, for test binaries run elsewhere (inside `cargo xtask vmtest`'s VMs).
 pub fn overlay_binary() -> Result<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/overlay");
+    let path = std::env::var_os("OVERLAY_BINARY").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/overlay"),
+        PathBuf::from,
+    );
     ensure!(
         path.exists(),
         "{} is missing: run `cargo xtask build` (or `cargo xtask test`)",
@@ -26,8 +30,12 @@ pub fn overlay_binary() -> Result<PathBuf> {
 
 /// Where agents pin by default, one directory per node.
 const PIN_ROOT: &str = "/sys/fs/bpf/overlay";
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+fn ready_timeout() -> Duration {
+    scaled(Duration::from_secs(30))
+}
+fn stop_timeout() -> Duration {
+    scaled(Duration::from_secs(10))
+}
 
 /// Where an agent keeps its API socket and state file, next to its pins:
 /// `/run/overlay-tests/<pin dir name>/`.
@@ -114,7 +122,7 @@ impl Agent {
                 }
             }
         });
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + ready_timeout();
         loop {
             if ready_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
                 return Ok(agent);
@@ -129,7 +137,8 @@ impl Agent {
             if Instant::now() > deadline {
                 // Dropping `agent` stops it.
                 bail!(
-                    "the agent was not ready within {READY_TIMEOUT:?}:\n{}",
+                    "the agent was not ready within {:?}:\n{}",
+                    ready_timeout(),
                     agent.stderr.so_far()
                 );
             }
@@ -147,7 +156,7 @@ impl Agent {
     ) -> Result<(ExitStatus, String)> {
         let mut child = spawn(node_ns, binary, config, pin_dir, extra, Stdio::null())?;
         let stderr = StderrLog::collect(&mut child);
-        match wait_for(&mut child, READY_TIMEOUT)? {
+        match wait_for(&mut child, ready_timeout())? {
             Some(status) => {
                 let _ = std::fs::remove_dir_all(run_dir_for(pin_dir));
                 Ok((status, stderr.complete()))
@@ -156,7 +165,8 @@ impl Agent {
                 let _ = terminate(&mut child, libc::SIGTERM);
                 remove_dirs(pin_dir);
                 bail!(
-                    "the agent did not stop by itself within {READY_TIMEOUT:?}:\n{}",
+                    "the agent did not stop by itself within {:?}:\n{}",
+                    ready_timeout(),
                     stderr.so_far()
                 )
             }
@@ -222,7 +232,8 @@ impl Agent {
         let status = match terminate(&mut child, signal)? {
             Some(status) => status,
             None => bail!(
-                "the agent ignored signal {signal} for {STOP_TIMEOUT:?} and was killed:\n{}",
+                "the agent ignored signal {signal} for {:?} and was killed:\n{}",
+                stop_timeout(),
                 self.stderr.so_far()
             ),
         };
@@ -305,7 +316,7 @@ fn terminate(child: &mut Child, signal: i32) -> Result<Option<ExitStatus>> {
     // SAFETY: plain syscall. Only we reap the child, and it was not reaped above,
     // so the pid is still its own (a zombie at worst).
     unsafe { libc::kill(pid, signal) };
-    let status = wait_for(child, STOP_TIMEOUT)?;
+    let status = wait_for(child, stop_timeout())?;
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();

@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, ensure};
 
-use crate::netns::{in_netns, join};
+use crate::{
+    netns::{in_netns, join},
+    scale::scaled,
+};
 
 /// Every frame seen on an interface, both directions, read by an AF_PACKET socket
 /// opened inside the interface's namespace. Stops on drop if not stopped.
@@ -35,7 +38,7 @@ impl Capture {
             ready_tx.send(()).ok();
             Ok(capture_loop(&socket, &flag))
         });
-        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+        match ready_rx.recv_timeout(scaled(Duration::from_secs(5))) {
             Ok(()) => Ok(Capture {
                 stop,
                 worker: Some(worker),

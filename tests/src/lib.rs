@@ -12,6 +12,7 @@ mod cluster;
 mod cmd;
 mod kernel_vxlan;
 mod netns;
+mod scale;
 mod topology;
 mod traffic;
 
@@ -24,5 +25,6 @@ pub use capture::{Capture, is_arp, is_vxlan, vxlan_inner};
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT, docker_mac};
 pub use netns::{Netns, in_netns, netns_path};
+pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use topology::{NODE1_VTEP, NODE2_VTEP, SeedTopology, TopologyOptions};
 pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer};

@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use crate::{
     cmd::ip,
     netns::{in_netns, join},
+    scale::scaled,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,12 +26,13 @@ pub struct PingStats {
     pub received: u64,
 }
 
-/// `ping -c count -i 0.2 -W 1 EXTRA… dst` from inside `ns`. Lost replies are a
+/// `ping -c count -i 0.2 -W 1 EXTRA… dst` from inside `ns` (-W scaled). Lost replies are a
 /// result, not an error; a ping that prints no summary is an error.
 pub fn ping(ns: &str, dst: &str, count: u32, extra: &[&str]) -> Result<PingStats> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "ping", "-n", "-c", &count.to_string()])
-        .args(["-i", "0.2", "-W", "1"])
+        .args(["-i", "0.2", "-W"])
+        .arg(scaled(Duration::from_secs(1)).as_secs().max(1).to_string())
         .args(extra)
         .arg(dst)
         .output()
@@ -136,10 +138,16 @@ impl Pattern {
 }
 
 /// The whole transfer, connection included, must fit in this.
-const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
+fn transfer_timeout() -> Duration {
+    scaled(Duration::from_secs(60))
+}
 /// No progress for this long in a namespace testbed means traffic is black-holed.
-const STALL_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+fn stall_timeout() -> Duration {
+    scaled(Duration::from_secs(10))
+}
+fn connect_timeout() -> Duration {
+    scaled(Duration::from_secs(10))
+}
 /// Per read or write; larger buffers measured no faster.
 const BUF: usize = 1 << 16;
 
@@ -172,7 +180,7 @@ pub fn tcp_transfer(
             receive(&listener, seed, &abandoned)
         })
     };
-    if bound_rx.recv_timeout(CONNECT_TIMEOUT).is_err() {
+    if bound_rx.recv_timeout(connect_timeout()).is_err() {
         abandoned.store(true, Ordering::Relaxed);
         return Err(join(server)
             .err()
@@ -202,8 +210,9 @@ pub fn tcp_transfer(
 }
 
 fn send(addr: SocketAddr, seed: u64, bytes: u64) -> Result<()> {
-    let deadline = Instant::now() + TRANSFER_TIMEOUT;
-    let connect_deadline = Instant::now() + CONNECT_TIMEOUT;
+    let transfer_timeout = transfer_timeout();
+    let deadline = Instant::now() + transfer_timeout;
+    let connect_deadline = Instant::now() + connect_timeout();
     // Retried: the first attempt can fail fast while the path is being resolved.
     let mut conn = loop {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
@@ -214,14 +223,14 @@ fn send(addr: SocketAddr, seed: u64, bytes: u64) -> Result<()> {
             Err(e) => return Err(anyhow!(e).context(format!("connecting to {addr}"))),
         }
     };
-    conn.set_write_timeout(Some(STALL_TIMEOUT))?;
+    conn.set_write_timeout(Some(stall_timeout()))?;
     let mut pattern = Pattern::new(seed);
     let mut buf = vec![0u8; BUF];
     let mut left = bytes;
     while left > 0 {
         ensure!(
             Instant::now() < deadline,
-            "{} bytes left after {TRANSFER_TIMEOUT:?}",
+            "{} bytes left after {transfer_timeout:?}",
             left
         );
         let n = left.min(buf.len() as u64) as usize;
@@ -237,7 +246,8 @@ fn send(addr: SocketAddr, seed: u64, bytes: u64) -> Result<()> {
 /// Accepts one connection and checks what arrives against the pattern; the
 /// number of bytes that arrived, all of them correct.
 fn receive(listener: &TcpListener, seed: u64, abandoned: &AtomicBool) -> Result<u64> {
-    let deadline = Instant::now() + TRANSFER_TIMEOUT;
+    let transfer_timeout = transfer_timeout();
+    let deadline = Instant::now() + transfer_timeout;
     // Non-blocking, so that an abandoned transfer stops waiting.
     listener.set_nonblocking(true)?;
     let mut conn = loop {
@@ -249,7 +259,7 @@ fn receive(listener: &TcpListener, seed: u64, abandoned: &AtomicBool) -> Result<
                 }
                 ensure!(
                     Instant::now() < deadline,
-                    "no client within {TRANSFER_TIMEOUT:?}"
+                    "no client within {transfer_timeout:?}"
                 );
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -257,14 +267,14 @@ fn receive(listener: &TcpListener, seed: u64, abandoned: &AtomicBool) -> Result<
         }
     };
     conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(STALL_TIMEOUT))?;
+    conn.set_read_timeout(Some(stall_timeout()))?;
     let mut expected = Pattern::new(seed);
     let mut got = vec![0u8; BUF];
     let mut total = 0u64;
     loop {
         ensure!(
             Instant::now() < deadline,
-            "only {total} bytes within {TRANSFER_TIMEOUT:?}"
+            "only {total} bytes within {transfer_timeout:?}"
         );
         let n = conn
             .read(&mut got)

@@ -8,7 +8,8 @@ use common::{C1, C2, C3, Overlay};
 use overlay_tests::{Agent, overlay_binary, ping, sh, write_config};
 
 /// What an agent can leave behind: interfaces on its node, and BPF links (TCX or
-/// XDP attachments) of the dataplane's programs anywhere on the machine.
+/// XDP attachments) of the dataplane's programs anywhere on the machine, or its
+/// netlink TC filters on the node.
 #[derive(Debug, PartialEq)]
 struct NodeFootprint {
     links: Vec<String>,
@@ -41,11 +42,27 @@ fn footprint(o: &Overlay, node: u8) -> Result<NodeFootprint> {
         .filter_map(|p| p["id"].as_u64())
         .collect();
     let bpf_links: serde_json::Value = serde_json::from_str(&sh("bpftool -j link show")?)?;
-    let attached_programs = bpf_links
+    let mut attached_programs = bpf_links
         .as_array()
         .into_iter()
         .flatten()
         .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ours.contains(&id)))
+        .count();
+    // Before 6.6 TC programs attach as netlink filters, not links (see
+    // overlay_userspace::kernel); they are listed per namespace.
+    let net: serde_json::Value = serde_json::from_str(&sh(&format!(
+        "ip netns exec {} bpftool -j net show",
+        o.node_ns(node)
+    ))?)?;
+    attached_programs += net
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["tc"].as_array())
+        .flatten()
+        // A newer bpftool lists TCX links here too, already counted above.
+        .filter(|f| f["kind"].as_str().is_some_and(|k| k.starts_with("clsact")))
+        .filter(|f| f["id"].as_u64().is_some_and(|id| ours.contains(&id)))
         .count();
     Ok(NodeFootprint {
         links,

@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod prereqs;
+mod vmtest;
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -42,6 +43,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build, then run the kernel tests inside qemu VMs on Debian's 6.1 and 6.12
+    /// kernels (fetched with apt-get, cached under target/vmtest).
+    Vmtest(vmtest::Args),
     /// Build, then run the overlay in gossip mode across two hosts made of namespaces,
     /// add a container through the CLI, and tear it all down.
     Demo,
@@ -122,6 +126,10 @@ fn try_main() -> Result<()> {
                 )?;
             }
             Ok(())
+        }
+        Task::Vmtest(args) => {
+            let binary = build()?;
+            vmtest::run(args, &binary)
         }
         Task::Demo => {
             let binary = build()?;

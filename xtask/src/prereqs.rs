@@ -188,6 +188,40 @@ fn ensure_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Installs whichever of `packages` are not installed, for `purpose`. By package
+/// rather than by command, where a command does not tell the package apart (the
+/// static busybox from the dynamic one).
+pub fn ensure_debian_packages(purpose: &str, packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            Command::new("dpkg-query")
+                .args(["-W", "-f", "${Status}", p])
+                .output()
+                .map_or(true, |out| {
+                    !String::from_utf8_lossy(&out.stdout).ends_with(" installed")
+                })
+        })
+        .collect();
+    if missing.is_empty() {
+        println!(
+            "prereq: packages for {purpose} present ({})",
+            packages.join(", ")
+        );
+        return Ok(());
+    }
+    println!(
+        "prereq: installing Debian packages for {purpose}: {}",
+        missing.join(" ")
+    );
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

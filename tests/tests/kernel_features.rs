@@ -1,0 +1,69 @@
+//! The loader's choices on the running kernel, checked against the kernel: TC
+//! programs attach as TCX links from 6.6 and as cls_bpf filters under a clsact
+//! qdisc (netlink) before, the choice is logged once per agent, and the kernel
+//! shows the attachments the log claims. `cargo xtask vmtest` runs this on 6.1
+//! and 6.12; `cargo xtask test` on the host's kernel.
+
+mod common;
+
+use anyhow::{Context as _, Result, ensure};
+use common::Overlay;
+
+const TCX_LOG: &str = "TC programs attach as TCX links";
+const NETLINK_LOG: &str = "falling back to cls_bpf filters under a clsact qdisc";
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> Result<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let mut parts = release.trim().split(['.', '-']);
+    let mut next = || -> Result<u32> {
+        parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("kernel release {release:?}"))
+    };
+    Ok((next()?, next()?))
+}
+
+/// The cls_bpf filters (netlink attachments) in namespace `ns`, as bpftool
+/// lists them: one per interface and direction.
+fn netlink_tc_filters(ns: &str) -> Result<Vec<String>> {
+    let out = overlay_tests::sh(&format!("ip netns exec {ns} bpftool -j net show"))?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(json
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["tc"].as_array())
+        .flatten()
+        .filter(|f| f["kind"].as_str().is_some_and(|k| k.starts_with("clsact")))
+        .map(|f| format!("{} {}", f["devname"], f["kind"]))
+        .collect())
+}
+
+#[test]
+fn tc_attach_mode_follows_the_kernel_and_is_logged_once() -> Result<()> {
+    let tcx = kernel_version()? >= (6, 6);
+    let o = Overlay::start("tc")?;
+    // node1 has three endpoints (c1, c3, c4), node2 two (c2, c5); each node
+    // also has TC decap on its underlay.
+    for (node, attachments) in [(1u8, 4usize), (2, 3)] {
+        let log = o.agents[usize::from(node) - 1].stderr();
+        let (said, unsaid) = if tcx {
+            (TCX_LOG, NETLINK_LOG)
+        } else {
+            (NETLINK_LOG, TCX_LOG)
+        };
+        ensure!(
+            log.matches(said).count() == 1 && !log.contains(unsaid),
+            "node{node}: expected {said:?} logged once, and not {unsaid:?}:\n{log}"
+        );
+        let filters = netlink_tc_filters(&o.node_ns(node))?;
+        let expected = if tcx { 0 } else { attachments };
+        ensure!(
+            filters.len() == expected,
+            "node{node}: expected {expected} netlink TC filters, found {filters:?}"
+        );
+    }
+    Ok(())
+}
