@@ -27,8 +27,8 @@ use crate::{
     ipam::{self, Allocation},
     loader::{self, Hook, Maps, Programs},
     membership::{
-        BlockClaim, DesiredState, LocalEndpoint, NetworkDef, NodeRecord, RemoteEndpoint,
-        Resolved, dataplane_config, resolve,
+        BlockClaim, DesiredState, LocalEndpoint, NetworkDef, NodeRecord, RemoteEndpoint, Resolved,
+        dataplane_config, resolve,
     },
     netlink::{Netlink, netns_path},
     node::{self, NodePlan, PlannedEndpoint, host_ifname, next_container_ifname},
@@ -188,7 +188,15 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     if let Some(g) = node.gossip.take() {
         g.shutdown().await;
     }
-    node.teardown(&nl, if opts.keep { Teardown::Keep } else { Teardown::All }).await;
+    node.teardown(
+        &nl,
+        if opts.keep {
+            Teardown::Keep
+        } else {
+            Teardown::All
+        },
+    )
+    .await;
     Ok(())
 }
 
@@ -877,14 +885,23 @@ impl Node {
         let ip = match ip {
             Some(ip) => {
                 if !def.subnet.contains(ip) || def.subnet.is_reserved(ip) {
-                    bail!("{ip} is not a host address of network {network} ({})", def.subnet);
+                    bail!(
+                        "{ip} is not a host address of network {network} ({})",
+                        def.subnet
+                    );
                 }
                 if used.contains(&ip) {
                     bail!("{ip} is already in use in network {network}");
                 }
                 ip
             }
-            None => match ipam::allocate(network, def.subnet, self.name(), &self.resolved.claims, &used) {
+            None => match ipam::allocate(
+                network,
+                def.subnet,
+                self.name(),
+                &self.resolved.claims,
+                &used,
+            ) {
                 Allocation::Address(ip) => ip,
                 Allocation::Claim(index) if attempt < MAX_CLAIMS => {
                     self.runtime.blocks.push(BlockClaim {
@@ -896,7 +913,15 @@ impl Node {
                     self.publish_and_apply().await;
                     if self.gossip.is_none() {
                         // Alone: nobody to wait for.
-                        return Box::pin(self.endpoint_add_inner(nl, def, netns, None, mac, attempt + 1)).await;
+                        return Box::pin(self.endpoint_add_inner(
+                            nl,
+                            def,
+                            netns,
+                            None,
+                            mac,
+                            attempt + 1,
+                        ))
+                        .await;
                     }
                     return Ok(Added::AfterClaim);
                 }
@@ -904,7 +929,10 @@ impl Node {
                     "could not claim an address block in network {network}: other nodes kept winning the claims"
                 ),
                 Allocation::Exhausted => {
-                    bail!("network {network} ({}) has no free address block left", def.subnet)
+                    bail!(
+                        "network {network} ({}) has no free address block left",
+                        def.subnet
+                    )
                 }
             },
         };
@@ -912,11 +940,7 @@ impl Node {
             Some(m) => m.parse().map_err(anyhow::Error::msg)?,
             None => Mac::from_ipv4(ip),
         };
-        if self
-            .resolved
-            .used_macs
-            .contains(&(network.to_owned(), mac))
-        {
+        if self.resolved.used_macs.contains(&(network.to_owned(), mac)) {
             bail!("MAC {mac} is already in use in network {network}");
         }
         let inside = Netlink::in_netns(&netns_path(netns))?;
@@ -953,7 +977,9 @@ impl Node {
         });
         self.publish_and_apply().await;
         info!("endpoint {ip} ({mac}) added in network {network}, namespace {netns}");
-        Ok(Added::Done(self.local_info(self.endpoints.last().expect("just pushed"))))
+        Ok(Added::Done(
+            self.local_info(self.endpoints.last().expect("just pushed")),
+        ))
     }
 
     async fn endpoint_rm(&mut self, nl: &Netlink, network: &str, netns: &str) -> Result<Response> {
@@ -961,7 +987,9 @@ impl Node {
             .endpoints
             .iter()
             .position(|l| l.network() == network && l.netns() == netns)
-            .with_context(|| format!("namespace {netns} has no endpoint in network {network} on this node"))?;
+            .with_context(|| {
+                format!("namespace {netns} has no endpoint in network {network} on this node")
+            })?;
         if self.endpoints[index].from_config {
             bail!(
                 "the endpoint of namespace {netns} in network {network} is defined in the cluster file {}; remove it there",
@@ -981,7 +1009,10 @@ impl Node {
         }
         plumbing::delete_endpoint(nl, e).await?;
         self.state_file.save(&self.runtime)?;
-        info!("endpoint {} removed from network {network}, namespace {netns}", e.plan.ip);
+        info!(
+            "endpoint {} removed from network {network}, namespace {netns}",
+            e.plan.ip
+        );
         Ok(Response::ok(self.local_info(&local)))
     }
 
@@ -997,7 +1028,8 @@ impl Node {
     }
 
     fn endpoint_list(&self) -> Vec<EndpointInfo> {
-        let mut list: Vec<EndpointInfo> = self.endpoints.iter().map(|l| self.local_info(l)).collect();
+        let mut list: Vec<EndpointInfo> =
+            self.endpoints.iter().map(|l| self.local_info(l)).collect();
         list.extend(self.resolved.remote.iter().map(|r| EndpointInfo {
             network: r.network.clone(),
             ip: r.endpoint.ip,

@@ -167,7 +167,11 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
 use tokio::io::AsyncReadExt as _;
 
 /// Sends one request to the agent behind `socket` and returns its data.
-pub async fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<serde_json::Value> {
+pub async fn call(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
     let exchange = async {
         let stream = UnixStream::connect(socket).await.map_err(|e| {
             anyhow::anyhow!(

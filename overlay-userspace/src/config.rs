@@ -198,7 +198,9 @@ impl fmt::Display for Subnet {
 }
 
 /// A unicast Ethernet address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Mac(pub [u8; 6]);
 
@@ -614,7 +616,9 @@ impl Validator<'_> {
                 format!("{interval} is outside 20..=10000"),
             ));
         }
-        let cluster_id = raw.cluster_id.unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_owned());
+        let cluster_id = raw
+            .cluster_id
+            .unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_owned());
         if cluster_id.is_empty() || cluster_id.len() > 64 {
             return Err(self.err("cluster.cluster_id", "must be 1-64 characters"));
         }
@@ -696,8 +700,14 @@ vtep = "192.168.1.5"
             .unwrap();
         assert_eq!(c.advertise, c.listen);
         assert_eq!(c.key_file, Path::new("/etc/overlay/cluster.key"));
-        assert_eq!(c.gossip_interval, Duration::from_millis(DEFAULT_GOSSIP_INTERVAL_MS));
-        assert_eq!(c.seeds, vec!["192.168.1.5:7946".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.gossip_interval,
+            Duration::from_millis(DEFAULT_GOSSIP_INTERVAL_MS)
+        );
+        assert_eq!(
+            c.seeds,
+            vec!["192.168.1.5:7946".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     #[test]
@@ -754,7 +764,9 @@ vtep = "192.168.1.5"
                 "cluster.listen: \"1.2.3.4\" is not an IPv4 address and port",
             ),
             (
-                format!("{GOOD}\n[cluster]\nlisten = \"1.2.3.4:7946\"\nseeds = [\"x\"]\nkey_file = \"k\"\n"),
+                format!(
+                    "{GOOD}\n[cluster]\nlisten = \"1.2.3.4:7946\"\nseeds = [\"x\"]\nkey_file = \"k\"\n"
+                ),
                 "cluster.seeds[0]: \"x\"",
             ),
             (

@@ -70,8 +70,8 @@ pub fn allocate(
         if owner(claims, network, index) != Some(me) {
             continue;
         }
-        if let Some(ip) = block_addresses(subnet, index)
-            .find(|ip| !subnet.is_reserved(*ip) && !used.contains(ip))
+        if let Some(ip) =
+            block_addresses(subnet, index).find(|ip| !subnet.is_reserved(*ip) && !used.contains(ip))
         {
             return Allocation::Address(ip);
         }
@@ -122,7 +122,10 @@ mod tests {
             Allocation::Address(Ipv4Addr::new(10, 0, 0, 1))
         );
         let full: BTreeSet<_> = (16..32).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
-        assert_eq!(allocate("red", s, "a", &claims, &full), Allocation::Claim(2));
+        assert_eq!(
+            allocate("red", s, "a", &claims, &full),
+            Allocation::Claim(2)
+        );
     }
 
     #[test]

@@ -171,12 +171,22 @@ fn check_pinned_shapes(pin_dir: &Path) -> Result<()> {
             continue;
         };
         let ours = match map {
-            Map::Array(m) | Map::HashMap(m) | Map::PerCpuArray(m) | Map::DevMapHash(m) => m.info()?,
+            Map::Array(m) | Map::HashMap(m) | Map::PerCpuArray(m) | Map::DevMapHash(m) => {
+                m.info()?
+            }
             _ => continue,
         };
-        if (pinned.map_type().ok(), pinned.key_size(), pinned.value_size(), pinned.max_entries())
-            != (ours.map_type().ok(), ours.key_size(), ours.value_size(), ours.max_entries())
-        {
+        if (
+            pinned.map_type().ok(),
+            pinned.key_size(),
+            pinned.value_size(),
+            pinned.max_entries(),
+        ) != (
+            ours.map_type().ok(),
+            ours.key_size(),
+            ours.value_size(),
+            ours.max_entries(),
+        ) {
             bail!(
                 "the map pinned at {} was made by another version of the dataplane (its shape differs); \
                  stop that node's dataplane (`overlay agent` without --keep, or remove {}) before starting this one",
@@ -316,7 +326,8 @@ impl Programs {
         }
         let link = PinnedLink::from_pin(&path)
             .with_context(|| format!("opening pinned link {}", path.display()))?;
-        self.attachments.insert(hook.clone(), Attachment::Pinned(link));
+        self.attachments
+            .insert(hook.clone(), Attachment::Pinned(link));
         Ok(true)
     }
 

@@ -12,7 +12,8 @@ use overlay_userspace::{
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,netlink_packet_route=error,chitchat=warn"),
+        env_logger::Env::default()
+            .default_filter_or("info,netlink_packet_route=error,chitchat=warn"),
     )
     .format_timestamp_millis()
     .init();

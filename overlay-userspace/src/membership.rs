@@ -238,8 +238,7 @@ impl NodeRecord {
             let Some((network, ip)) = rest.rsplit_once(':') else {
                 return false;
             };
-            let (Ok(ip), Ok(v)) = (ip.parse(), serde_json::from_str::<EndpointValue>(value))
-            else {
+            let (Ok(ip), Ok(v)) = (ip.parse(), serde_json::from_str::<EndpointValue>(value)) else {
                 return false;
             };
             self.endpoints.push(EndpointRecord {
@@ -454,7 +453,8 @@ pub fn resolve(own: &NodeRecord, others: &[NodeRecord], now_ms: u64) -> Resolved
             return Some("announces no VTEP".into());
         };
         let (_, owner) = vtep_owners[&vtep];
-        (owner != r.name).then(|| format!("VTEP {vtep} belongs to {owner}, which announced it first"))
+        (owner != r.name)
+            .then(|| format!("VTEP {vtep} belongs to {owner}, which announced it first"))
     };
     let mut ips: BTreeMap<(&str, Ipv4Addr), &str> = BTreeMap::new();
     let mut macs: BTreeMap<(&str, Mac), &str> = BTreeMap::new();
@@ -679,11 +679,19 @@ mod tests {
         c.networks
             .insert("red".into(), net("red", 11, "10.1.0.0/24", 120, "c"));
         b.removed.insert("red".into(), 150);
-        assert!(resolve(&a, &[b.clone(), c.clone()], NOW).networks.is_empty());
+        assert!(
+            resolve(&a, &[b.clone(), c.clone()], NOW)
+                .networks
+                .is_empty()
+        );
         // Created again later: not covered by the old removal.
         a.networks
             .insert("red".into(), net("red", 10, "10.0.0.0/24", 200, "a"));
-        assert!(resolve(&a, &[b.clone(), c], NOW).networks.contains_key("red"));
+        assert!(
+            resolve(&a, &[b.clone(), c], NOW)
+                .networks
+                .contains_key("red")
+        );
         // A file's definition is never removed at run time.
         a.networks
             .insert("red".into(), net("red", 10, "10.0.0.0/24", 0, "a"));
@@ -721,7 +729,11 @@ mod tests {
         let r = resolve(&own, &[c.clone(), b.clone()], NOW);
         assert_eq!(r.remote.len(), 1);
         assert_eq!(r.remote[0].node, "b");
-        assert!(r.conflicts.iter().any(|m| m.contains("VTEP 2.2.2.2 belongs to b")));
+        assert!(
+            r.conflicts
+                .iter()
+                .any(|m| m.contains("VTEP 2.2.2.2 belongs to b"))
+        );
     }
 
     #[test]

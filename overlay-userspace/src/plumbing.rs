@@ -77,7 +77,10 @@ async fn configure(
 /// Takes over an endpoint's veth pair left by an earlier agent, if both ends
 /// exist where planned. A pair with only its host end (the container side was
 /// lost) is deleted, so it can be made again.
-pub async fn adopt_endpoint(nl: &Netlink, plan: &PlannedEndpoint) -> Result<Option<CreatedEndpoint>> {
+pub async fn adopt_endpoint(
+    nl: &Netlink,
+    plan: &PlannedEndpoint,
+) -> Result<Option<CreatedEndpoint>> {
     let Some(host) = nl.link_by_name(&plan.host_ifname).await? else {
         return Ok(None);
     };
@@ -97,7 +100,10 @@ pub async fn adopt_endpoint(nl: &Netlink, plan: &PlannedEndpoint) -> Result<Opti
 
 /// Adopts the endpoint's veth pair if it exists, else creates it. The flag says
 /// which: only a created pair is deleted when setup fails.
-pub async fn ensure_endpoint(nl: &Netlink, plan: &PlannedEndpoint) -> Result<(CreatedEndpoint, bool)> {
+pub async fn ensure_endpoint(
+    nl: &Netlink,
+    plan: &PlannedEndpoint,
+) -> Result<(CreatedEndpoint, bool)> {
     if let Some(adopted) = adopt_endpoint(nl, plan).await? {
         return Ok((adopted, false));
     }

@@ -85,5 +85,4 @@ impl StateFile {
             .with_context(|| format!("replacing {}", self.path.display()))?;
         Ok(())
     }
-
 }

@@ -207,8 +207,14 @@ impl Agent {
         };
         match terminate(&mut child, libc::SIGTERM)? {
             Some(status) if status.success() => {}
-            Some(status) => bail!("the agent exited with {status}:\n{}", self.stderr.complete()),
-            None => bail!("the agent ignored SIGTERM and was killed:\n{}", self.stderr.so_far()),
+            Some(status) => bail!(
+                "the agent exited with {status}:\n{}",
+                self.stderr.complete()
+            ),
+            None => bail!(
+                "the agent ignored SIGTERM and was killed:\n{}",
+                self.stderr.so_far()
+            ),
         }
         ensure!(
             left.pin_dir().join("CONFIG").exists(),

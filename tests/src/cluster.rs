@@ -73,7 +73,11 @@ impl Cluster {
                 ns.name
             ))?;
             ip(&format!("-n {sw} link set {port} master br0 up"))?;
-            ip(&format!("-n {} addr add {}/24 dev eth0", ns.name, node_ip(i)))?;
+            ip(&format!(
+                "-n {} addr add {}/24 dev eth0",
+                ns.name,
+                node_ip(i)
+            ))?;
             ip(&format!("-n {} link set eth0 up", ns.name))?;
             ns.run_ok(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])?;
             cluster.hosts.push(ClusterHost {

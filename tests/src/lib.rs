@@ -20,8 +20,8 @@ mod traffic;
 mod selftest;
 
 pub use agent::{Agent, LeftDataplane, overlay_binary, run_dir_for};
-pub use cluster::{Cluster, ClusterHost, GOSSIP_PORT, cli_at, node_ip, rss_kib, wait_until};
 pub use capture::{Capture, is_arp, is_vxlan, vxlan_inner};
+pub use cluster::{Cluster, ClusterHost, GOSSIP_PORT, cli_at, node_ip, rss_kib, wait_until};
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT, docker_mac};
 pub use netns::{Netns, in_netns, netns_path};

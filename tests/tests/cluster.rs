@@ -48,7 +48,15 @@ fn mac_bytes(mac: &str) -> Result<[u8; 6]> {
 fn add_endpoint(c: &Cluster, i: usize, network: &str, netns: &str) -> Result<(Ipv4Addr, [u8; 6])> {
     let out: Value = serde_json::from_str(&c.cli(
         i,
-        &["endpoint", "add", "--network", network, "--netns", netns, "--json"],
+        &[
+            "endpoint",
+            "add",
+            "--network",
+            network,
+            "--netns",
+            netns,
+            "--json",
+        ],
     )?)?;
     let ip = out["ip"].as_str().context("ip")?.parse()?;
     Ok((ip, mac_bytes(out["mac"].as_str().context("mac")?)?))
@@ -85,14 +93,18 @@ fn five_nodes_learn_a_new_endpoint_within_a_second() -> Result<()> {
         let (ip, mac) = add_endpoint(&c, owner, "red", &ns)?;
         let added = Instant::now();
         let others: Vec<usize> = (1..=5).filter(|&i| i != owner).collect();
-        wait_until(Duration::from_secs(10), &format!("{ip} in every FDB"), || {
-            for &i in &others {
-                if !has_remote(&c, i, 100, mac)? {
-                    return Ok(false);
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{ip} in every FDB"),
+            || {
+                for &i in &others {
+                    if !has_remote(&c, i, 100, mac)? {
+                        return Ok(false);
+                    }
                 }
-            }
-            Ok(true)
-        })?;
+                Ok(true)
+            },
+        )?;
         delays.push(added.elapsed());
     }
     delays.sort();
@@ -183,9 +195,11 @@ fn a_sender_with_the_wrong_key_changes_nothing() -> Result<()> {
     let ns2 = c.container("e2")?;
     add_endpoint(&c, 1, "red", &ns1)?;
     let (_, mac2) = add_endpoint(&c, 2, "red", &ns2)?;
-    wait_until(Duration::from_secs(10), "node1 learns node2's endpoint", || {
-        has_remote(&c, 1, 100, mac2)
-    })?;
+    wait_until(
+        Duration::from_secs(10),
+        "node1 learns node2's endpoint",
+        || has_remote(&c, 1, 100, mac2),
+    )?;
     let fdb_before = [remote_fdb(&c.pin_dir(1))?, remote_fdb(&c.pin_dir(2))?];
 
     // node3 holds another key and announces an endpoint of its own.
@@ -196,18 +210,12 @@ fn a_sender_with_the_wrong_key_changes_nothing() -> Result<()> {
             .arg(&other_key),
     )?;
     let ns3 = c.container("e3")?;
-    let body = format!(
-        "{RED}[[endpoint]]\nnetwork = \"red\"\nnetns = \"{ns3}\"\nip = \"10.9.0.200\"\n"
-    );
+    let body =
+        format!("{RED}[[endpoint]]\nnetwork = \"red\"\nnetns = \"{ns3}\"\nip = \"10.9.0.200\"\n");
     let text = c.config(3, &other_key, &body);
     let path = overlay_tests::write_config(c.dir.path(), "node3.toml", &text)?;
-    let intruder = overlay_tests::Agent::start(
-        c.host_ns(3),
-        &overlay_binary()?,
-        &path,
-        &c.pin_dir(3),
-        &[],
-    )?;
+    let intruder =
+        overlay_tests::Agent::start(c.host_ns(3), &overlay_binary()?, &path, &c.pin_dir(3), &[])?;
     // Long enough for many gossip rounds and a failure-detector timeout.
     std::thread::sleep(Duration::from_secs(3));
     ensure!(
@@ -217,7 +225,11 @@ fn a_sender_with_the_wrong_key_changes_nothing() -> Result<()> {
     for i in 1..=2 {
         let m = members(&c, i)?;
         ensure!(
-            !m["members"].as_array().into_iter().flatten().any(|n| n["name"] == c.node_name(3)),
+            !m["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["name"] == c.node_name(3)),
             "node{i} lists the intruder: {m}"
         );
         let rejected = m["transport"]["rejected"].as_u64().unwrap_or(0);
@@ -244,9 +256,11 @@ fn a_vtep_announced_twice_stays_with_its_first_owner() -> Result<()> {
     }
     let ns2 = c.container("e2")?;
     let (_, mac2) = add_endpoint(&c, 2, "red", &ns2)?;
-    wait_until(Duration::from_secs(10), "node1 learns node2's endpoint", || {
-        has_remote(&c, 1, 100, mac2)
-    })?;
+    wait_until(
+        Duration::from_secs(10),
+        "node1 learns node2's endpoint",
+        || has_remote(&c, 1, 100, mac2),
+    )?;
 
     // node3 also holds node2's address (as a /32 it never answers ARP for) and
     // announces it as its VTEP, with an endpoint behind it.
@@ -262,12 +276,16 @@ fn a_vtep_announced_twice_stays_with_its_first_owner() -> Result<()> {
     );
     c.start_agent(3, &body, &[])?;
     let impostor_mac = [0x02, 0x42, 10, 9, 0, 201];
-    let refused = wait_until(Duration::from_secs(10), "node1 reports node3 refused", || {
-        let m = members(&c, 1)?;
-        Ok(m["members"].as_array().into_iter().flatten().any(|n| {
-            n["name"] == c.node_name(3) && n["live"] == true && n["refused"].is_string()
-        }))
-    })?;
+    let refused = wait_until(
+        Duration::from_secs(10),
+        "node1 reports node3 refused",
+        || {
+            let m = members(&c, 1)?;
+            Ok(m["members"].as_array().into_iter().flatten().any(|n| {
+                n["name"] == c.node_name(3) && n["live"] == true && n["refused"].is_string()
+            }))
+        },
+    )?;
     std::thread::sleep(Duration::from_secs(1));
     let fdb = remote_fdb(&c.pin_dir(1))?;
     ensure!(
@@ -278,12 +296,17 @@ fn a_vtep_announced_twice_stays_with_its_first_owner() -> Result<()> {
         fdb.get(&(100, mac2)) == Some(&node_ip(2).parse::<Ipv4Addr>()?.octets()),
         "node2's endpoint must stay, behind node2's VTEP: {fdb:?}"
     );
-    eprintln!("node3 refused after {refused:?}: {}", members(&c, 1)?["members"]);
+    eprintln!(
+        "node3 refused after {refused:?}: {}",
+        members(&c, 1)?["members"]
+    );
     Ok(())
 }
 
 fn networks(c: &Cluster, i: usize) -> Result<Value> {
-    Ok(serde_json::from_str(&c.cli(i, &["network", "ls", "--json"])?)?)
+    Ok(serde_json::from_str(
+        &c.cli(i, &["network", "ls", "--json"])?,
+    )?)
 }
 
 #[test]
@@ -292,9 +315,31 @@ fn conflicting_networks_resolve_the_same_on_every_node() -> Result<()> {
     start_all(&mut c, 3, "")?;
     // Created on both sides of a partition, with different VNIs.
     c.set_link(2, false)?;
-    c.cli(1, &["network", "create", "blue", "--vni", "300", "--subnet", "10.30.0.0/24"])?;
+    c.cli(
+        1,
+        &[
+            "network",
+            "create",
+            "blue",
+            "--vni",
+            "300",
+            "--subnet",
+            "10.30.0.0/24",
+        ],
+    )?;
     std::thread::sleep(Duration::from_millis(20));
-    c.cli(2, &["network", "create", "blue", "--vni", "301", "--subnet", "10.31.0.0/24"])?;
+    c.cli(
+        2,
+        &[
+            "network",
+            "create",
+            "blue",
+            "--vni",
+            "301",
+            "--subnet",
+            "10.31.0.0/24",
+        ],
+    )?;
     c.set_link(2, true)?;
     wait_until(Duration::from_secs(15), "every node agrees on blue", || {
         let mut views = BTreeSet::new();
@@ -313,15 +358,40 @@ fn conflicting_networks_resolve_the_same_on_every_node() -> Result<()> {
         }
         Ok(views == BTreeSet::from([Some(300)]))
     })?;
-    eprintln!("conflict as node3 reports it: {}", networks(&c, 3)?["conflicts"]);
+    eprintln!(
+        "conflict as node3 reports it: {}",
+        networks(&c, 3)?["conflicts"]
+    );
 
     // Refusals with clear errors.
     let err = c
-        .cli(3, &["network", "create", "blue", "--vni", "302", "--subnet", "10.32.0.0/24"])
+        .cli(
+            3,
+            &[
+                "network",
+                "create",
+                "blue",
+                "--vni",
+                "302",
+                "--subnet",
+                "10.32.0.0/24",
+            ],
+        )
         .expect_err("a duplicate name");
     ensure!(format!("{err:#}").contains("already exists"), "{err:#}");
     let err = c
-        .cli(3, &["network", "create", "green", "--vni", "300", "--subnet", "10.33.0.0/24"])
+        .cli(
+            3,
+            &[
+                "network",
+                "create",
+                "green",
+                "--vni",
+                "300",
+                "--subnet",
+                "10.33.0.0/24",
+            ],
+        )
         .expect_err("a duplicate VNI");
     ensure!(format!("{err:#}").contains("VNI 300"), "{err:#}");
 
@@ -332,7 +402,10 @@ fn conflicting_networks_resolve_the_same_on_every_node() -> Result<()> {
         has_remote(&c, 1, 300, mac)
     })?;
     let err = c.cli(1, &["network", "rm", "blue"]).expect_err("in use");
-    ensure!(format!("{err:#}").contains("still has endpoints"), "{err:#}");
+    ensure!(
+        format!("{err:#}").contains("still has endpoints"),
+        "{err:#}"
+    );
     c.cli(3, &["endpoint", "rm", "--network", "blue", "--netns", &ns])?;
     wait_until(Duration::from_secs(5), "node1 forgets the endpoint", || {
         Ok(!has_remote(&c, 1, 300, mac)?)
@@ -341,7 +414,12 @@ fn conflicting_networks_resolve_the_same_on_every_node() -> Result<()> {
     wait_until(Duration::from_secs(5), "blue gone everywhere", || {
         for i in 1..=3 {
             let n = networks(&c, i)?;
-            if n["networks"].as_array().into_iter().flatten().any(|x| x["name"] == "blue") {
+            if n["networks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["name"] == "blue")
+            {
                 return Ok(false);
             }
         }
@@ -363,7 +441,15 @@ fn concurrent_allocations_never_collide() -> Result<()> {
             jobs.push(std::thread::spawn(move || -> Result<(usize, String)> {
                 let out = cli_at(
                     &socket,
-                    &["endpoint", "add", "--network", "red", "--netns", &ns, "--json"],
+                    &[
+                        "endpoint",
+                        "add",
+                        "--network",
+                        "red",
+                        "--netns",
+                        &ns,
+                        "--json",
+                    ],
                 )?;
                 let v: Value = serde_json::from_str(&out)?;
                 Ok((i, v["ip"].as_str().context("ip")?.to_owned()))
@@ -379,15 +465,19 @@ fn concurrent_allocations_never_collide() -> Result<()> {
     }
     ensure!(by_ip.len() == 3 * PER_NODE);
     // Every node sees the same 30 endpoints, none refused.
-    wait_until(Duration::from_secs(10), "every node lists all endpoints", || {
-        for i in 1..=3 {
-            let list: Value = serde_json::from_str(&c.cli(i, &["endpoint", "ls", "--json"])?)?;
-            if list.as_array().map_or(0, Vec::len) != 3 * PER_NODE {
-                return Ok(false);
+    wait_until(
+        Duration::from_secs(10),
+        "every node lists all endpoints",
+        || {
+            for i in 1..=3 {
+                let list: Value = serde_json::from_str(&c.cli(i, &["endpoint", "ls", "--json"])?)?;
+                if list.as_array().map_or(0, Vec::len) != 3 * PER_NODE {
+                    return Ok(false);
+                }
             }
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        },
+    )?;
     let conflicts = networks(&c, 1)?["conflicts"].clone();
     ensure!(
         conflicts.as_array().is_some_and(Vec::is_empty),
@@ -401,15 +491,30 @@ fn concurrent_allocations_never_collide() -> Result<()> {
 fn endpoints_come_and_go_while_traffic_flows() -> Result<()> {
     let mut c = Cluster::create(&unique_prefix("gt"), 2)?;
     start_all(&mut c, 2, "")?;
-    c.cli(1, &["network", "create", "green", "--vni", "500", "--subnet", "10.50.0.0/24"])?;
+    c.cli(
+        1,
+        &[
+            "network",
+            "create",
+            "green",
+            "--vni",
+            "500",
+            "--subnet",
+            "10.50.0.0/24",
+        ],
+    )?;
     wait_until(Duration::from_secs(5), "node2 knows green", || {
-        Ok(networks(&c, 2)?["networks"].as_array().is_some_and(|n| n.len() == 1))
+        Ok(networks(&c, 2)?["networks"]
+            .as_array()
+            .is_some_and(|n| n.len() == 1))
     })?;
     let a = c.container("a")?;
     let b = c.container("b")?;
     let (_, _) = add_endpoint(&c, 1, "green", &a)?;
     let (ip_b, mac_b) = add_endpoint(&c, 2, "green", &b)?;
-    wait_until(Duration::from_secs(5), "node1 learns b", || has_remote(&c, 1, 500, mac_b))?;
+    wait_until(Duration::from_secs(5), "node1 learns b", || {
+        has_remote(&c, 1, 500, mac_b)
+    })?;
 
     // A steady ping a → b while other endpoints are added and removed.
     let (a2, dst) = (a.clone(), ip_b.to_string());
@@ -419,8 +524,14 @@ fn endpoints_come_and_go_while_traffic_flows() -> Result<()> {
     let extra2 = c.container("x2")?;
     add_endpoint(&c, 1, "green", &extra1)?;
     add_endpoint(&c, 2, "green", &extra2)?;
-    c.cli(1, &["endpoint", "rm", "--network", "green", "--netns", &extra1])?;
-    c.cli(2, &["endpoint", "rm", "--network", "green", "--netns", &extra2])?;
+    c.cli(
+        1,
+        &["endpoint", "rm", "--network", "green", "--netns", &extra1],
+    )?;
+    c.cli(
+        2,
+        &["endpoint", "rm", "--network", "green", "--netns", &extra2],
+    )?;
     let stats = pinger.join().expect("thread")?;
     ensure!(
         stats.received == stats.transmitted,
@@ -428,10 +539,16 @@ fn endpoints_come_and_go_while_traffic_flows() -> Result<()> {
     );
 
     let err = c.cli(1, &["network", "rm", "green"]).expect_err("in use");
-    ensure!(format!("{err:#}").contains("still has endpoints"), "{err:#}");
+    ensure!(
+        format!("{err:#}").contains("still has endpoints"),
+        "{err:#}"
+    );
     c.cli(2, &["endpoint", "rm", "--network", "green", "--netns", &b])?;
     let after = ping(&a, &ip_b.to_string(), 2, &[])?;
-    ensure!(after.received == 0, "b was removed but still answers: {after:?}");
+    ensure!(
+        after.received == 0,
+        "b was removed but still answers: {after:?}"
+    );
     Ok(())
 }
 
@@ -440,24 +557,88 @@ fn cli_errors_are_clear() -> Result<()> {
     let mut c = Cluster::create(&unique_prefix("ge"), 1)?;
     let nowhere = c.dir.path().join("nowhere.sock");
     let err = cli_at(&nowhere, &["network", "ls"]).expect_err("no agent");
-    ensure!(format!("{err:#}").contains("is `overlay agent` running"), "{err:#}");
+    ensure!(
+        format!("{err:#}").contains("is `overlay agent` running"),
+        "{err:#}"
+    );
     c.start_agent(1, RED, &[])?;
     for (args, expected) in [
-        (vec!["network", "create", "x", "--vni", "0", "--subnet", "10.1.0.0/24"], "VNI 0 is outside"),
-        (vec!["network", "create", "x", "--vni", "7", "--subnet", "10.1.0.1/24"], "host bits set"),
-        (vec!["network", "create", "a:b", "--vni", "7", "--subnet", "10.1.0.0/24"], "not a network name"),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--vni",
+                "0",
+                "--subnet",
+                "10.1.0.0/24",
+            ],
+            "VNI 0 is outside",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--vni",
+                "7",
+                "--subnet",
+                "10.1.0.1/24",
+            ],
+            "host bits set",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "a:b",
+                "--vni",
+                "7",
+                "--subnet",
+                "10.1.0.0/24",
+            ],
+            "not a network name",
+        ),
         (vec!["network", "rm", "red"], "cluster file"),
         (vec!["network", "rm", "nope"], "no network named nope"),
-        (vec!["endpoint", "add", "--network", "nope", "--netns", "x"], "no network named nope"),
-        (vec!["endpoint", "add", "--network", "red", "--netns", "no-such-ns"], "does not exist"),
-        (vec!["endpoint", "rm", "--network", "red", "--netns", "x"], "has no endpoint"),
+        (
+            vec!["endpoint", "add", "--network", "nope", "--netns", "x"],
+            "no network named nope",
+        ),
+        (
+            vec![
+                "endpoint",
+                "add",
+                "--network",
+                "red",
+                "--netns",
+                "no-such-ns",
+            ],
+            "does not exist",
+        ),
+        (
+            vec!["endpoint", "rm", "--network", "red", "--netns", "x"],
+            "has no endpoint",
+        ),
     ] {
         let err = c.cli(1, &args).expect_err(expected);
         ensure!(format!("{err:#}").contains(expected), "{args:?}: {err:#}");
     }
     let ns = c.container("e")?;
     let err = c
-        .cli(1, &["endpoint", "add", "--network", "red", "--netns", &ns, "--ip", "10.9.1.1"])
+        .cli(
+            1,
+            &[
+                "endpoint",
+                "add",
+                "--network",
+                "red",
+                "--netns",
+                &ns,
+                "--ip",
+                "10.9.1.1",
+            ],
+        )
         .expect_err("outside");
     ensure!(format!("{err:#}").contains("not a host address"), "{err:#}");
     Ok(())
@@ -475,18 +656,32 @@ fn restarts_lose_at_most_one_ping() -> Result<()> {
     let b = c.container("b")?;
     add_endpoint(&c, 1, "red", &a)?;
     let (ip_b, mac_b) = add_endpoint(&c, 2, "red", &b)?;
-    wait_until(Duration::from_secs(5), "node1 learns b", || has_remote(&c, 1, 100, mac_b))?;
-    ensure!(ping(&a, &ip_b.to_string(), 2, &[])?.received == 2, "a reaches b");
+    wait_until(Duration::from_secs(5), "node1 learns b", || {
+        has_remote(&c, 1, 100, mac_b)
+    })?;
+    ensure!(
+        ping(&a, &ip_b.to_string(), 2, &[])?.received == 2,
+        "a reaches b"
+    );
 
     for (phase, node) in [("restart with --keep", 1), ("kill -9 and a new agent", 2)] {
         let (a2, dst) = (a.clone(), ip_b.to_string());
         let pinger = std::thread::spawn(move || ping(&a2, &dst, 60, &["-i", "0.1"]));
         std::thread::sleep(Duration::from_secs(1));
         let agent = c.agents.remove(&node).expect("started");
-        let left = if node == 1 { agent.stop_keeping()? } else { agent.kill()? };
+        let left = if node == 1 {
+            agent.stop_keeping()?
+        } else {
+            agent.kill()?
+        };
         // Also long enough for the other node to notice if it were going to.
         std::thread::sleep(Duration::from_millis(500));
-        let agent = left.restart(c.host_ns(node), &overlay_binary()?, &c.config_path(node), &["--keep"])?;
+        let agent = left.restart(
+            c.host_ns(node),
+            &overlay_binary()?,
+            &c.config_path(node),
+            &["--keep"],
+        )?;
         c.agents.insert(node, agent);
         let stats = pinger.join().expect("thread")?;
         let lost = stats.transmitted - stats.received;
@@ -499,8 +694,13 @@ fn restarts_lose_at_most_one_ping() -> Result<()> {
     for node in [1, 2] {
         let agent = c.agents.remove(&node).expect("started");
         let left = agent.stop_keeping()?;
-        left.restart(c.host_ns(node), &overlay_binary()?, &c.config_path(node), &[])?
-            .stop()?;
+        left.restart(
+            c.host_ns(node),
+            &overlay_binary()?,
+            &c.config_path(node),
+            &[],
+        )?
+        .stop()?;
     }
     Ok(())
 }
@@ -522,15 +722,23 @@ fn twenty_nodes_converge_and_report_their_memory() -> Result<()> {
         c.start_agent(i, &bodies[i - 1], &[])?;
     }
     let all_started = started.elapsed();
-    let converged = wait_until(Duration::from_secs(60), "every node has 19 remote entries", || {
-        for i in 1..=N {
-            if remote_fdb(&c.pin_dir(i))?.len() != N - 1 {
-                return Ok(false);
+    let converged = wait_until(
+        Duration::from_secs(60),
+        "every node has 19 remote entries",
+        || {
+            for i in 1..=N {
+                if remote_fdb(&c.pin_dir(i))?.len() != N - 1 {
+                    return Ok(false);
+                }
             }
-        }
-        Ok(true)
-    })?;
-    let mut rss: Vec<u64> = c.agents.values().map(|a| rss_kib(a.pid())).collect::<Result<_>>()?;
+            Ok(true)
+        },
+    )?;
+    let mut rss: Vec<u64> = c
+        .agents
+        .values()
+        .map(|a| rss_kib(a.pid()))
+        .collect::<Result<_>>()?;
     rss.sort();
     eprintln!(
         "{N} nodes: agents started in {all_started:?}, converged {converged:?} later; \

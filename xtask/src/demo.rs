@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use overlay_tests::{
-    Agent, GOSSIP_PORT, NODE1_VTEP, NODE2_VTEP, SeedTopology, TempDir, TopologyOptions, cli_at,
-    ip, netns_path, output_ok, ping, run_dir_for, tcp_transfer, wait_until, write_config,
+    Agent, GOSSIP_PORT, NODE1_VTEP, NODE2_VTEP, SeedTopology, TempDir, TopologyOptions, cli_at, ip,
+    netns_path, output_ok, ping, run_dir_for, tcp_transfer, wait_until, write_config,
 };
 
 const PREFIX: &str = "demo";
@@ -241,7 +241,11 @@ fn scenario(binary: &Path) -> Result<String> {
     }
     let dir = TempDir::new(PREFIX)?;
     let key_file = dir.path().join("cluster.key");
-    output_ok(Command::new(binary).args(["keygen", "--output"]).arg(&key_file))?;
+    output_ok(
+        Command::new(binary)
+            .args(["keygen", "--output"])
+            .arg(&key_file),
+    )?;
 
     step("agents: one per node, gossiping under a shared cluster key")?;
     println!("cluster key: {} (overlay keygen)", key_file.display());
@@ -265,16 +269,20 @@ fn scenario(binary: &Path) -> Result<String> {
 
     let api = |node: u8, args: &[&str]| cli_at(&agents[usize::from(node) - 1].socket(), args);
     step("gossip: each node learns the other's containers")?;
-    let learned = wait_until(Duration::from_secs(10), "both nodes know all 4 containers", || {
-        for node in [1u8, 2] {
-            let list: serde_json::Value =
-                serde_json::from_str(&api(node, &["endpoint", "ls", "--json"])?)?;
-            if list.as_array().map_or(0, Vec::len) != CONTAINERS.len() {
-                return Ok(false);
+    let learned = wait_until(
+        Duration::from_secs(10),
+        "both nodes know all 4 containers",
+        || {
+            for node in [1u8, 2] {
+                let list: serde_json::Value =
+                    serde_json::from_str(&api(node, &["endpoint", "ls", "--json"])?)?;
+                if list.as_array().map_or(0, Vec::len) != CONTAINERS.len() {
+                    return Ok(false);
+                }
             }
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        },
+    )?;
     println!("converged {learned:.1?} after the second agent was ready");
     println!("$ overlay members   (on node1)");
     print!("{}", api(1, &["members"])?);
@@ -312,18 +320,34 @@ fn scenario(binary: &Path) -> Result<String> {
     let late = topology.container(LATE_CONTAINER)?.name.clone();
     let added: serde_json::Value = serde_json::from_str(&api(
         2,
-        &["endpoint", "add", "--network", "uber-net", "--netns", &late, "--json"],
+        &[
+            "endpoint",
+            "add",
+            "--network",
+            "uber-net",
+            "--netns",
+            &late,
+            "--json",
+        ],
     )?)?;
-    let late_ip = added["ip"].as_str().context("no ip in the answer")?.to_owned();
+    let late_ip = added["ip"]
+        .as_str()
+        .context("no ip in the answer")?
+        .to_owned();
     println!(
         "{late}: {late_ip} ({}) on node2, from node2's address block",
         added["mac"].as_str().unwrap_or("?")
     );
-    let stats = wait_until(Duration::from_secs(5), "c1 reaches the new container", || {
-        Ok(ping(&c1.ns(), &late_ip, 1, &[])?.received == 1)
-    })?;
+    let stats = wait_until(
+        Duration::from_secs(5),
+        "c1 reaches the new container",
+        || Ok(ping(&c1.ns(), &late_ip, 1, &[])?.received == 1),
+    )?;
     println!("c1 -> {late} ({late_ip}): reachable {stats:.1?} after the add");
-    api(2, &["endpoint", "rm", "--network", "uber-net", "--netns", &late])?;
+    api(
+        2,
+        &["endpoint", "rm", "--network", "uber-net", "--netns", &late],
+    )?;
     println!("$ overlay endpoint rm --network uber-net --netns {late}: removed");
 
     step("TCP: 200 MB from c1 to c2, every byte checked")?;

@@ -36,8 +36,8 @@ impl ClusterKey {
     pub fn load(path: &Path) -> Result<ClusterKey> {
         let bytes =
             fs::read(path).with_context(|| format!("reading cluster key {}", path.display()))?;
-        let key = ClusterKey::parse(&bytes)
-            .with_context(|| format!("cluster key {}", path.display()))?;
+        let key =
+            ClusterKey::parse(&bytes).with_context(|| format!("cluster key {}", path.display()))?;
         if let Ok(meta) = fs::metadata(path)
             && meta.permissions().mode() & 0o077 != 0
         {
@@ -100,7 +100,8 @@ impl ClusterKey {
                 anyhow::Error::new(e).context(format!("creating {}", path.display()))
             }
         })?;
-        writeln!(file, "{}", key.to_hex()).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(file, "{}", key.to_hex())
+            .with_context(|| format!("writing {}", path.display()))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
         Ok(key)
     }
@@ -115,7 +116,9 @@ mod tests {
         let key = ClusterKey::generate();
         assert_eq!(ClusterKey::parse(key.to_hex().as_bytes()).unwrap().0, key.0);
         assert_eq!(
-            ClusterKey::parse(format!("{}\n", key.to_hex()).as_bytes()).unwrap().0,
+            ClusterKey::parse(format!("{}\n", key.to_hex()).as_bytes())
+                .unwrap()
+                .0,
             key.0
         );
         assert_eq!(ClusterKey::parse(&key.0).unwrap().0, key.0);

@@ -78,13 +78,9 @@ impl Gossip {
         let stats = Arc::new(TransportStats::default());
         let transport = SealedTransport::new(key, stats.clone());
         let published = record.to_kv();
-        let handle = spawn_chitchat(
-            config,
-            published.clone().into_iter().collect(),
-            &transport,
-        )
-        .await
-        .with_context(|| format!("starting gossip on {}", section.listen))?;
+        let handle = spawn_chitchat(config, published.clone().into_iter().collect(), &transport)
+            .await
+            .with_context(|| format!("starting gossip on {}", section.listen))?;
         let changed = Arc::new(Notify::new());
         let (listener, live_nodes) = handle
             .with_chitchat(|c| {
