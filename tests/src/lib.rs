@@ -12,6 +12,7 @@ mod cluster;
 mod cmd;
 mod kernel_vxlan;
 mod netns;
+pub mod prog_run;
 mod scale;
 mod topology;
 mod traffic;

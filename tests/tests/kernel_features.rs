@@ -25,18 +25,10 @@ fn kernel_version() -> Result<(u32, u32)> {
     Ok((next()?, next()?))
 }
 
-/// The cls_bpf filters (netlink attachments) in namespace `ns`, as bpftool
-/// lists them: one per interface and direction.
+/// The netlink filters in namespace `ns`, as "<dev> <kind>".
 fn netlink_tc_filters(ns: &str) -> Result<Vec<String>> {
-    let out = overlay_tests::sh(&format!("ip netns exec {ns} bpftool -j net show"))?;
-    let json: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(json
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry["tc"].as_array())
-        .flatten()
-        .filter(|f| f["kind"].as_str().is_some_and(|k| k.starts_with("clsact")))
+    Ok(common::netlink_tc_filters(ns)?
+        .iter()
         .map(|f| format!("{} {}", f["devname"], f["kind"]))
         .collect())
 }

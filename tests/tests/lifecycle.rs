@@ -50,18 +50,8 @@ fn footprint(o: &Overlay, node: u8) -> Result<NodeFootprint> {
         .count();
     // Before 6.6 TC programs attach as netlink filters, not links (see
     // overlay_userspace::kernel); they are listed per namespace.
-    let net: serde_json::Value = serde_json::from_str(&sh(&format!(
-        "ip netns exec {} bpftool -j net show",
-        o.node_ns(node)
-    ))?)?;
-    attached_programs += net
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry["tc"].as_array())
-        .flatten()
-        // A newer bpftool lists TCX links here too, already counted above.
-        .filter(|f| f["kind"].as_str().is_some_and(|k| k.starts_with("clsact")))
+    attached_programs += common::netlink_tc_filters(&o.node_ns(node))?
+        .iter()
         .filter(|f| f["id"].as_u64().is_some_and(|id| ours.contains(&id)))
         .count();
     Ok(NodeFootprint {

@@ -17,7 +17,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use overlay_tests::{NODE1_VTEP, NODE2_VTEP, in_netns, ip};
+use overlay_tests::{
+    NODE1_VTEP, NODE2_VTEP, in_netns, ip,
+    prog_run::{eth, ipv4_udp, skb_ctx, test_run},
+};
 
 use super::cases::Case;
 
@@ -171,105 +174,6 @@ fn prog_fd(id: u32) -> Result<OwnedFd> {
     }
     // SAFETY: a fresh fd we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// `union bpf_attr`, the BPF_PROG_TEST_RUN member.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-/// sizeof(struct __sk_buff); `ifindex` is at offset 40.
-const SKB_CTX_LEN: usize = 192;
-
-fn skb_ctx(ifindex: u32) -> [u8; SKB_CTX_LEN] {
-    let mut ctx = [0u8; SKB_CTX_LEN];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
-}
-
-/// (verdict, kernel-timed mean ns per run).
-fn test_run(
-    fd: i32,
-    frame: &[u8],
-    ctx: Option<&[u8; SKB_CTX_LEN]>,
-    repeat: u32,
-) -> Result<(u32, u32)> {
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: fd as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..TestRunAttr::default()
-    };
-    if let Some(ctx) = ctx {
-        attr.ctx_size_in = ctx.len() as u32;
-        attr.ctx_in = ctx.as_ptr() as u64;
-    }
-    // SAFETY: attr points at buffers that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            size_of::<TestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
-    Ok((attr.retval, attr.duration))
-}
-
-fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let udp_len = 8 + payload.len();
-    let mut p = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0];
-    p[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let mut sum: u32 = p
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p.extend_from_slice(&sport.to_be_bytes());
-    p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
-    p
 }
 
 fn mac(ip: Ipv4Addr) -> [u8; 6] {
@@ -451,7 +355,7 @@ pub fn measure(tc_case: &Case, xdp_case: &Case, samples: u32) -> Result<(Vec<Cos
                 let mut times = Vec::with_capacity(samples as usize);
                 let mut verdict = 0;
                 for _ in 0..samples {
-                    let (v, ns) = test_run(fd.as_raw_fd(), &frame, ctx.as_ref(), 1)?;
+                    let (v, _, ns) = test_run(fd.as_raw_fd(), &frame, ctx.as_ref(), 1)?;
                     verdict = v;
                     times.push(ns);
                 }
@@ -461,7 +365,7 @@ pub fn measure(tc_case: &Case, xdp_case: &Case, samples: u32) -> Result<(Vec<Cos
                 );
                 times.sort_unstable();
                 let repeat = if repeatable {
-                    Some(test_run(fd.as_raw_fd(), &frame, ctx.as_ref(), 100_000)?.1)
+                    Some(test_run(fd.as_raw_fd(), &frame, ctx.as_ref(), 100_000)?.2)
                 } else {
                     None
                 };
