@@ -479,12 +479,13 @@ impl Node {
                 || self.started.elapsed() > WARMUP;
         }
         let resolved = resolve(&self.own_record(), &others, now_ms());
+        // Taking over only copies definitions and removals that are already in
+        // some record, so resolving again would give the same view.
         if self.take_over_networks(&resolved)
             && let Err(e) = self.state_file.save(&self.runtime)
         {
             warn!("saving {}: {e:#}", self.state_file.path().display());
         }
-        let resolved = resolve(&self.own_record(), &others, now_ms());
         for c in resolved
             .conflicts
             .iter()
@@ -577,15 +578,20 @@ impl Node {
                 vtep: r.vtep,
             })
             .collect();
-        for accepted in &self.resolved.remote {
-            let e = &accepted.endpoint;
-            if !remote
+        // The file's [[remote]] entries win over gossip. Gossip's own duplicates
+        // were settled by resolve, so only the file's entries need checking.
+        let static_ips: BTreeSet<(u32, Ipv4Addr)> = remote.iter().map(|r| (r.vni, r.ip)).collect();
+        let static_macs: BTreeSet<(u32, Mac)> = remote.iter().map(|r| (r.vni, r.mac)).collect();
+        remote.extend(
+            self.resolved
+                .remote
                 .iter()
-                .any(|r| r.vni == e.vni && (r.ip == e.ip || r.mac == e.mac))
-            {
-                remote.push(e.clone());
-            }
-        }
+                .map(|accepted| &accepted.endpoint)
+                .filter(|e| {
+                    !static_ips.contains(&(e.vni, e.ip)) && !static_macs.contains(&(e.vni, e.mac))
+                })
+                .cloned(),
+        );
         DesiredState {
             config,
             networks,
@@ -603,6 +609,7 @@ impl Node {
     /// A container's veth disappears with its namespace. Such an endpoint is
     /// withdrawn instead of being reconciled forever.
     async fn forget_vanished_endpoints(&mut self, nl: &Netlink) {
+        let saved_endpoints = self.runtime.endpoints.len();
         let mut kept = Vec::with_capacity(self.endpoints.len());
         for local in self.endpoints.drain(..) {
             let e = &local.created;
@@ -628,7 +635,9 @@ impl Node {
             }
         }
         self.endpoints = kept;
-        if let Err(e) = self.state_file.save(&self.runtime) {
+        if self.runtime.endpoints.len() != saved_endpoints
+            && let Err(e) = self.state_file.save(&self.runtime)
+        {
             warn!("saving {}: {e:#}", self.state_file.path().display());
         }
     }

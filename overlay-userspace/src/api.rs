@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
@@ -163,8 +163,6 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
     write.write_all(text.as_bytes()).await?;
     Ok(())
 }
-
-use tokio::io::AsyncReadExt as _;
 
 /// Sends one request to the agent behind `socket` and returns its data.
 pub async fn call(

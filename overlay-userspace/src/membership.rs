@@ -350,15 +350,7 @@ pub fn resolve(own: &NodeRecord, others: &[NodeRecord], now_ms: u64) -> Resolved
     // A generation chitchat has not yet heard twice from counts as live while it
     // is young: a restarted agent announces the same endpoints as its previous
     // life, and they must not be withdrawn in between.
-    let starting = |r: &NodeRecord| now_ms.abs_diff(r.generation) < STARTING_GRACE_MS;
-    let others: Vec<NodeRecord> = others
-        .iter()
-        .map(|r| NodeRecord {
-            live: r.live || starting(r),
-            ..r.clone()
-        })
-        .collect();
-    let others = others.as_slice();
+    let live = |r: &NodeRecord| r.live || now_ms.abs_diff(r.generation) < STARTING_GRACE_MS;
     let mut out = Resolved::default();
     let all: Vec<&NodeRecord> = std::iter::once(own).chain(others).collect();
 
@@ -428,7 +420,7 @@ pub fn resolve(own: &NodeRecord, others: &[NodeRecord], now_ms: u64) -> Resolved
     for r in others.iter().filter(|r| r.name != own.name) {
         let better = match current.get(r.name.as_str()) {
             None => true,
-            Some(c) => (r.live, r.generation) > (c.live, c.generation),
+            Some(c) => (live(r), r.generation) > (live(c), c.generation),
         };
         if better {
             current.insert(&r.name, r);
@@ -438,7 +430,7 @@ pub fn resolve(own: &NodeRecord, others: &[NodeRecord], now_ms: u64) -> Resolved
     let mut vtep_owners: BTreeMap<Ipv4Addr, (u64, &str)> = BTreeMap::new();
     for r in std::iter::once(own).chain(current.values().copied()) {
         if let Some(v) = r.vtep
-            && (r.live || r.name == own.name)
+            && (live(r) || r.name == own.name)
         {
             let claim = (r.vtep_since_ms, r.name.as_str());
             let owner = vtep_owners.entry(v).or_insert(claim);
@@ -446,7 +438,7 @@ pub fn resolve(own: &NodeRecord, others: &[NodeRecord], now_ms: u64) -> Resolved
         }
     }
     let refused_for = |r: &NodeRecord| -> Option<String> {
-        if !r.live {
+        if !live(r) {
             return Some("not live".into());
         }
         let Some(vtep) = r.vtep else {
@@ -485,7 +477,7 @@ pub fn resolve(own: &NodeRecord, others: &[NodeRecord], now_ms: u64) -> Resolved
         out.members.push(Member {
             name: r.name.clone(),
             generation: r.generation,
-            live: r.live,
+            live: live(r),
             is_self: false,
             vtep: r.vtep,
             gossip_addr: r.gossip_addr,
@@ -493,7 +485,7 @@ pub fn resolve(own: &NodeRecord, others: &[NodeRecord], now_ms: u64) -> Resolved
             refused: refused.clone(),
         });
         match refused {
-            Some(why) if r.live => {
+            Some(why) if live(r) => {
                 out.conflicts
                     .push(format!("node {}: endpoints refused: {why}", r.name));
                 continue;
@@ -715,6 +707,12 @@ mod tests {
         assert_eq!(r.remote.len(), 1);
         assert_eq!(r.remote[0].endpoint.vtep, Ipv4Addr::new(2, 2, 2, 2));
         assert_eq!(r.remote[0].endpoint.ip, Ipv4Addr::new(10, 0, 0, 4));
+
+        // A generation the failure detector has not judged yet counts while young.
+        let mut b_restarting = b.clone();
+        b_restarting.live = false;
+        b_restarting.generation = NOW - STARTING_GRACE_MS / 2;
+        assert_eq!(resolve(&own, &[b_restarting], NOW).remote.len(), 1);
 
         // b dies: its entries go.
         let mut b_dead = b.clone();
