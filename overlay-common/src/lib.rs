@@ -186,107 +186,77 @@ mod user {
     unsafe impl aya::Pod for Vtep {}
 }
 
-/// Why a packet was counted. The STATS per-CPU array is indexed by these values;
-/// [`Counter::NAME`] gives the stable name userspace prints.
-///
-/// Counters starting with `drop_` are the reasons a frame was dropped.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// A container frame encapsulated towards a remote VTEP.
-    Encap = 0,
-    /// A VXLAN datagram decapsulated and delivered to a local endpoint.
-    Decap,
-    /// A container frame delivered straight to another local endpoint.
-    LocalDelivery,
-    /// An ARP request from a container answered from NEIGH.
-    ArpReply,
-    /// An ARP request that came through the tunnel, delivered to the endpoint owning its target.
-    TunnelArpDelivered,
-    /// Encapsulated frame whose next hop had no neighbour entry: handed to
-    /// `bpf_redirect_neigh` so the kernel resolves it.
-    EncapNeighResolve,
-    /// Encapsulated frame the FIB lookup could not route (e.g. forwarding is off on
-    /// the underlay): handed to `bpf_redirect_neigh` to route and resolve. Slower.
-    EncapRouteFallback,
-    /// Source MAC is not the endpoint's own.
-    DropSpoofedMac,
-    /// Source IPv4 (or ARP sender IP) is not the endpoint's own.
-    DropSpoofedIp,
-    /// ARP request for an address with no NEIGH entry (never flooded).
-    DropArpMiss,
-    /// Not IPv4 or ARP, or a malformed header.
-    DropUnsupported,
-    /// Broadcast or multicast frame that is not an ARP request (never flooded).
-    DropFlood,
-    /// No FDB entry for the destination MAC in this network.
-    DropNoFdb,
-    /// Frame on a veth that has our program but no ENDPOINTS entry.
-    DropUnknownEndpoint,
-    /// VXLAN for a served VNI without the I flag.
-    DropVxlanFlags,
-    /// VXLAN for a served VNI from an outer source that is not a known VTEP.
-    DropUnknownVtep,
-    /// VXLAN for a served VNI whose inner destination is not a local endpoint of that VNI.
-    DropNotLocal,
-    /// VXLAN for a served VNI that is too short or malformed inside.
-    DropMalformed,
-    /// A helper failed (adjust_room, store, FIB lookup, redirect).
-    DropError,
-    /// VXLAN to our VTEP and port for a VNI this node does not serve, passed untouched.
-    PassUnknownVni,
+/// Declares [`Counter`] once: each reason with its doc, its stable name, and
+/// its STATS index (declaration order), so the list cannot drift from the names.
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])+ $variant:ident => $name:literal, )+) => {
+        /// Why a packet was counted. The STATS per-CPU array is indexed by these
+        /// values; [`Counter::name`] gives the stable name userspace prints.
+        ///
+        /// Counters starting with `drop_` are the reasons a frame was dropped.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $( $(#[doc = $doc])+ $variant, )+
+        }
+
+        impl Counter {
+            /// Every counter, in STATS index order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant),+];
+            pub const COUNT: u32 = Counter::ALL.len() as u32;
+
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( Counter::$variant => $name, )+
+                }
+            }
+        }
+    };
 }
 
-impl Counter {
-    pub const COUNT: u32 = Counter::PassUnknownVni as u32 + 1;
-
-    pub const ALL: [Counter; Counter::COUNT as usize] = [
-        Counter::Encap,
-        Counter::Decap,
-        Counter::LocalDelivery,
-        Counter::ArpReply,
-        Counter::TunnelArpDelivered,
-        Counter::EncapNeighResolve,
-        Counter::EncapRouteFallback,
-        Counter::DropSpoofedMac,
-        Counter::DropSpoofedIp,
-        Counter::DropArpMiss,
-        Counter::DropUnsupported,
-        Counter::DropFlood,
-        Counter::DropNoFdb,
-        Counter::DropUnknownEndpoint,
-        Counter::DropVxlanFlags,
-        Counter::DropUnknownVtep,
-        Counter::DropNotLocal,
-        Counter::DropMalformed,
-        Counter::DropError,
-        Counter::PassUnknownVni,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::Encap => "encap",
-            Counter::Decap => "decap",
-            Counter::LocalDelivery => "local_delivery",
-            Counter::ArpReply => "arp_reply",
-            Counter::TunnelArpDelivered => "tunnel_arp_delivered",
-            Counter::EncapNeighResolve => "encap_neigh_resolve",
-            Counter::EncapRouteFallback => "encap_route_fallback",
-            Counter::DropSpoofedMac => "drop_spoofed_mac",
-            Counter::DropSpoofedIp => "drop_spoofed_ip",
-            Counter::DropArpMiss => "drop_arp_miss",
-            Counter::DropUnsupported => "drop_unsupported",
-            Counter::DropFlood => "drop_flood",
-            Counter::DropNoFdb => "drop_no_fdb",
-            Counter::DropUnknownEndpoint => "drop_unknown_endpoint",
-            Counter::DropVxlanFlags => "drop_vxlan_flags",
-            Counter::DropUnknownVtep => "drop_unknown_vtep",
-            Counter::DropNotLocal => "drop_not_local",
-            Counter::DropMalformed => "drop_malformed",
-            Counter::DropError => "drop_error",
-            Counter::PassUnknownVni => "pass_unknown_vni",
-        }
-    }
+counters! {
+    /// A container frame encapsulated towards a remote VTEP.
+    Encap => "encap",
+    /// A VXLAN datagram decapsulated and delivered to a local endpoint.
+    Decap => "decap",
+    /// A container frame delivered straight to another local endpoint.
+    LocalDelivery => "local_delivery",
+    /// An ARP request from a container answered from NEIGH.
+    ArpReply => "arp_reply",
+    /// An ARP request that came through the tunnel, delivered to the endpoint owning its target.
+    TunnelArpDelivered => "tunnel_arp_delivered",
+    /// Encapsulated frame whose next hop had no neighbour entry: handed to
+    /// `bpf_redirect_neigh` so the kernel resolves it.
+    EncapNeighResolve => "encap_neigh_resolve",
+    /// Encapsulated frame the FIB lookup could not route (e.g. forwarding is off on
+    /// the underlay): handed to `bpf_redirect_neigh` to route and resolve. Slower.
+    EncapRouteFallback => "encap_route_fallback",
+    /// Source MAC is not the endpoint's own.
+    DropSpoofedMac => "drop_spoofed_mac",
+    /// Source IPv4 (or ARP sender IP) is not the endpoint's own.
+    DropSpoofedIp => "drop_spoofed_ip",
+    /// ARP request for an address with no NEIGH entry (never flooded).
+    DropArpMiss => "drop_arp_miss",
+    /// Not IPv4 or ARP, or a malformed header.
+    DropUnsupported => "drop_unsupported",
+    /// Broadcast or multicast frame that is not an ARP request (never flooded).
+    DropFlood => "drop_flood",
+    /// No FDB entry for the destination MAC in this network.
+    DropNoFdb => "drop_no_fdb",
+    /// Frame on a veth that has our program but no ENDPOINTS entry.
+    DropUnknownEndpoint => "drop_unknown_endpoint",
+    /// VXLAN for a served VNI without the I flag.
+    DropVxlanFlags => "drop_vxlan_flags",
+    /// VXLAN for a served VNI from an outer source that is not a known VTEP.
+    DropUnknownVtep => "drop_unknown_vtep",
+    /// VXLAN for a served VNI whose inner destination is not a local endpoint of that VNI.
+    DropNotLocal => "drop_not_local",
+    /// VXLAN for a served VNI that is too short or malformed inside.
+    DropMalformed => "drop_malformed",
+    /// A helper failed (adjust_room, store, FIB lookup, redirect).
+    DropError => "drop_error",
+    /// VXLAN to our VTEP and port for a VNI this node does not serve, passed untouched.
+    PassUnknownVni => "pass_unknown_vni",
 }
 
 /// One STATS slot (per CPU). Layout (16 bytes): `packets` 0..8, `bytes` 8..16.
@@ -299,3 +269,17 @@ pub struct CounterValue {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CounterValue {}
+
+// The layouts documented above, checked at compile time on both sides of the ABI.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Config>() == 24);
+    assert!(size_of::<Network>() == 8);
+    assert!(size_of::<Endpoint>() == 16);
+    assert!(size_of::<FdbKey>() == 12);
+    assert!(size_of::<FdbEntry>() == 12);
+    assert!(size_of::<NeighKey>() == 8);
+    assert!(size_of::<NeighEntry>() == 8);
+    assert!(size_of::<Vtep>() == 8);
+    assert!(size_of::<CounterValue>() == 16);
+};

@@ -4,7 +4,7 @@ use aya_ebpf::programs::TcContext;
 use overlay_common::{Counter, Endpoint};
 
 use crate::{
-    fdb::neighbour_mac,
+    lookup::neighbour_mac,
     parse::{Arp, ETH_LEN, Eth, Packet},
 };
 

@@ -7,30 +7,27 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{
-        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
-    },
-    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_type, bpf_xdp_adjust_head},
+    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 use overlay_common::{Config, Counter, VXLAN_OVERHEAD};
 
 use crate::{
     arp::{OP_REQUEST, is_ethernet_ipv4},
-    counters::count,
-    fdb::{Location, is_known_vtep, locate, neighbour_mac, serves_vni},
+    counters::{count, drop},
+    deliver,
+    lookup::{Location, is_known_vtep, locate, neighbour_mac, serves_vni},
     maps::ENDPOINT_DEVS,
     parse::{
         Arp, ETH_P_ARP, ETH_P_IP, Eth, INNER_ETH_OFF, INNER_L3_OFF, IPPROTO_UDP,
-        IPV4_VIHL_NO_OPTIONS, Ipv4, OUTER_IP_OFF, OUTER_UDP_OFF, Packet, Udp, VXLAN_OFF, Vxlan,
-        tc_pull,
+        IPV4_VIHL_NO_OPTIONS, Ipv4, OUTER_IP_OFF, OUTER_UDP_OFF, Packet, Udp, VXLAN_FLAG_I,
+        VXLAN_OFF, Vxlan, tc_pull,
     },
 };
 
-const VXLAN_FLAG_I: u8 = 0x08;
 /// MF flag and fragment offset: fragments are left to the kernel.
 const IP_MF_AND_OFFSET: [u8; 2] = [0x3f, 0xff];
-const PACKET_HOST: u32 = 0;
 
 /// The bytes the checks read: outer headers, inner Ethernet and an inner ARP body.
 pub const CLASSIFY_LEN: usize = INNER_L3_OFF + Arp::LEN;
@@ -145,17 +142,14 @@ pub fn tc(ctx: &TcContext, cfg: &Config) -> i32 {
     );
     let (ifindex, inner_is_arp) = match classify(ctx, cfg) {
         Verdict::NotOurs => return aya_ebpf::bindings::TC_ACT_OK as i32,
-        Verdict::Drop(reason) => {
-            count(reason, len);
-            return TC_ACT_SHOT as i32;
-        }
+        Verdict::Drop(reason) => return drop(reason, len),
         Verdict::Deliver {
             ifindex,
             inner_is_arp,
         } => (ifindex, inner_is_arp),
     };
     let Some(inner_eth) = ctx.ptr_at::<Eth>(INNER_ETH_OFF) else {
-        return tc_drop(Counter::DropMalformed, len);
+        return drop(Counter::DropMalformed, len);
     };
     // SAFETY: bounds-checked above.
     let inner_eth = unsafe { core::ptr::read_unaligned(inner_eth) };
@@ -171,28 +165,17 @@ pub fn tc(ctx: &TcContext, cfg: &Config) -> i32 {
         .is_err()
         || ctx.store(0, &inner_eth, 0).is_err()
     {
-        return tc_drop(Counter::DropError, len);
+        return drop(Counter::DropError, len);
     }
     let inner_len = len - VXLAN_OVERHEAD;
     count(delivered_counter(inner_is_arp), inner_len);
-    // SAFETY: plain helper calls on a valid skb.
-    unsafe {
-        if inner_is_arp {
-            // skb->protocol still says IPv4 (the outer header); going out through the
-            // host-side veth lets the peer's eth_type_trans classify the ARP frame.
-            return bpf_redirect(ifindex, 0) as i32;
-        }
-        // ip_rcv drops anything not addressed to the host; the outer frame was, the
-        // inner one is for the container, so say so explicitly.
-        bpf_skb_change_type(ctx.as_ptr().cast(), PACKET_HOST);
-        bpf_redirect_peer(ifindex, 0) as i32
+    if inner_is_arp {
+        // skb->protocol still says IPv4 (the outer header); going out through the
+        // host-side veth lets the peer's eth_type_trans classify the ARP frame.
+        // SAFETY: plain helper call.
+        return unsafe { bpf_redirect(ifindex, 0) as i32 };
     }
-}
-
-#[inline(always)]
-fn tc_drop(reason: Counter, bytes: u32) -> i32 {
-    count(reason, bytes);
-    TC_ACT_SHOT as i32
+    deliver::into_container(ctx, ifindex)
 }
 
 /// XDP variant: drop the outer 50 bytes from the front and redirect through the
@@ -202,10 +185,7 @@ pub fn xdp(ctx: &XdpContext, cfg: &Config) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u32;
     let (ifindex, inner_is_arp) = match classify(ctx, cfg) {
         Verdict::NotOurs => return xdp_action::XDP_PASS,
-        Verdict::Drop(reason) => {
-            count(reason, len);
-            return xdp_action::XDP_DROP;
-        }
+        Verdict::Drop(reason) => return drop(reason, len),
         Verdict::Deliver {
             ifindex,
             inner_is_arp,
@@ -213,17 +193,13 @@ pub fn xdp(ctx: &XdpContext, cfg: &Config) -> u32 {
     };
     // SAFETY: valid xdp_md; the helper checks the delta against the packet.
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), VXLAN_OVERHEAD as i32) } != 0 {
-        count(Counter::DropError, len);
-        return xdp_action::XDP_DROP;
+        return drop(Counter::DropError, len);
     }
     match ENDPOINT_DEVS.redirect(ifindex, 0) {
         Ok(action) => {
             count(delivered_counter(inner_is_arp), len - VXLAN_OVERHEAD);
             action
         }
-        Err(_) => {
-            count(Counter::DropError, len);
-            xdp_action::XDP_DROP
-        }
+        Err(_) => drop(Counter::DropError, len),
     }
 }

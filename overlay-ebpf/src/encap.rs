@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_OUTPUT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+        BPF_FIB_LOOKUP_OUTPUT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
         bpf_redir_neigh,
     },
     helpers::{
@@ -19,9 +19,12 @@ use aya_ebpf::{
 use overlay_common::{Config, Counter, VXLAN_OVERHEAD};
 
 use crate::{
-    counters::count,
+    counters::{count, drop},
     maps::{NEXT_HOPS, NextHop},
-    parse::{ETH_LEN, ETH_P_IP, Eth, IPPROTO_UDP, IPV4_VIHL_NO_OPTIONS, Ipv4, Packet, Udp, Vxlan},
+    parse::{
+        ETH_LEN, ETH_P_IP, Eth, IPPROTO_UDP, IPV4_VIHL_NO_OPTIONS, Ipv4, Packet, Udp,
+        VXLAN_FLAG_I, Vxlan,
+    },
 };
 
 const AF_INET: u8 = 2;
@@ -29,7 +32,6 @@ const OUTER_TTL: u8 = 64;
 /// Don't Fragment, fragment offset 0. Inner MTUs are sized so outer packets fit the
 /// underlay; DF makes a misconfigured path fail loudly instead of fragmenting.
 const IP_FLAG_DF: [u8; 2] = [0x40, 0x00];
-const VXLAN_FLAG_I: u8 = 0x08;
 
 /// Everything written in front of the inner frame's payload: the 50 bytes of
 /// outer headers, then the inner Ethernet header moved back into place.
@@ -203,12 +205,6 @@ fn route(ctx: &TcContext, cfg: &Config, remote_vtep: [u8; 4]) -> Via {
         },
         _ => Via::Kernel,
     }
-}
-
-#[inline(always)]
-fn drop(reason: Counter, bytes: u32) -> i32 {
-    count(reason, bytes);
-    TC_ACT_SHOT as i32
 }
 
 #[inline(always)]

@@ -6,8 +6,9 @@
 mod arp;
 mod counters;
 mod decap;
+mod deliver;
 mod encap;
-mod fdb;
+mod lookup;
 mod maps;
 mod parse;
 mod switch;
@@ -21,7 +22,7 @@ use aya_ebpf::{
 /// TC ingress on an endpoint's host-side veth: every frame its container sends.
 #[classifier]
 pub fn endpoint_ingress(ctx: TcContext) -> i32 {
-    match fdb::config() {
+    match lookup::config() {
         Some(cfg) => switch::from_endpoint(&ctx, &cfg),
         // Not configured yet: a container must not reach the host stack through us.
         None => TC_ACT_SHOT as i32,
@@ -31,7 +32,7 @@ pub fn endpoint_ingress(ctx: TcContext) -> i32 {
 /// TC ingress on the underlay: the TC decapsulation variant.
 #[classifier]
 pub fn underlay_ingress(ctx: TcContext) -> i32 {
-    match fdb::config() {
+    match lookup::config() {
         Some(cfg) => decap::tc(&ctx, &cfg),
         None => TC_ACT_OK as i32,
     }
@@ -40,7 +41,7 @@ pub fn underlay_ingress(ctx: TcContext) -> i32 {
 /// XDP on the underlay: the XDP decapsulation variant.
 #[xdp]
 pub fn underlay_xdp(ctx: XdpContext) -> u32 {
-    match fdb::config() {
+    match lookup::config() {
         Some(cfg) => decap::xdp(&ctx, &cfg),
         None => xdp_action::XDP_PASS,
     }

@@ -12,6 +12,8 @@ pub const ETH_P_ARP: u16 = 0x0806_u16.to_be();
 pub const IPPROTO_UDP: u8 = 17;
 /// Version 4, IHL 5.
 pub const IPV4_VIHL_NO_OPTIONS: u8 = 0x45;
+/// The VXLAN header's I flag: the VNI field is valid (RFC 7348).
+pub const VXLAN_FLAG_I: u8 = 0x08;
 
 pub const ETH_LEN: usize = EthHdr::LEN;
 pub const OUTER_IP_OFF: usize = ETH_LEN;

@@ -1,23 +1,17 @@
 //! The endpoint side: everything a container sends enters here, is checked against
 //! the endpoint's identity, and is answered (ARP), switched locally, or encapsulated.
 
-use aya_ebpf::{
-    EbpfContext,
-    bindings::TC_ACT_SHOT,
-    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_type},
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use overlay_common::{Config, Counter, Endpoint};
 
 use crate::{
     arp::{self, FromEndpoint},
-    counters::count,
-    encap,
-    fdb::{Location, endpoint, locate},
+    counters::{count, drop},
+    deliver, encap,
+    lookup::{Location, endpoint, locate},
     parse::{ETH_LEN, ETH_P_ARP, ETH_P_IP, Eth, Ipv4, Packet, is_multicast, tc_pull},
 };
 
-const PACKET_HOST: u32 = 0;
 /// Ethernet + ARP body: the most any check below reads.
 const CHECK_LEN: usize = ETH_LEN + 28;
 
@@ -79,20 +73,9 @@ fn forward(ctx: &TcContext, cfg: &Config, ep: &Endpoint, dst: [u8; 6], len: u32)
     match locate(ep.vni, dst) {
         Some(Location::Local { ifindex }) => {
             count(Counter::LocalDelivery, len);
-            // SAFETY: plain helper calls on a valid skb.
-            unsafe {
-                // Addressed to the other container, not to this host's veth.
-                bpf_skb_change_type(ctx.as_ptr().cast(), PACKET_HOST);
-                bpf_redirect_peer(ifindex, 0) as i32
-            }
+            deliver::into_container(ctx, ifindex)
         }
         Some(Location::Remote { vtep }) => encap::to_remote(ctx, cfg, ep.vni, vtep),
         None => drop(Counter::DropNoFdb, len),
     }
-}
-
-#[inline(always)]
-fn drop(reason: Counter, bytes: u32) -> i32 {
-    count(reason, bytes);
-    TC_ACT_SHOT as i32
 }

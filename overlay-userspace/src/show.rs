@@ -145,7 +145,7 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
         }
         Table::Stats => {
             let mut rows = Vec::new();
-            for counter in Counter::ALL {
+            for &counter in Counter::ALL {
                 let per_cpu = maps
                     .stats
                     .get(&(counter as u32), 0)

@@ -201,7 +201,7 @@ impl Fixture {
 
     fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
         let mut out = BTreeMap::new();
-        for c in Counter::ALL {
+        for &c in Counter::ALL {
             let per_cpu = self.maps.stats.get(&(c as u32), 0)?;
             out.insert(c.name(), per_cpu.iter().map(|v| v.packets).sum());
         }
