@@ -69,6 +69,28 @@ impl Drop for Capture {
     }
 }
 
+/// Sends raw Ethernet frames out of `ifname` in `ns`, as a host on that link
+/// would send them.
+pub fn send_frames(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) -> Result<()> {
+    let c_name = CString::new(ifname)?;
+    let label = format!("sending on {ifname} in {ns}");
+    join(in_netns(ns, move || {
+        let socket = bind_packet_socket(&c_name)?;
+        for frame in &frames {
+            // SAFETY: a valid fd, and a buffer valid for its length.
+            let sent =
+                unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+            ensure!(
+                usize::try_from(sent) == Ok(frame.len()),
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }))
+    .context(label)
+}
+
 /// An AF_PACKET socket that sees only `ifname`: opened with protocol 0, which
 /// receives nothing, and switched to ETH_P_ALL by `bind`, so no frame of another
 /// interface slips in between.

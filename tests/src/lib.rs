@@ -21,11 +21,13 @@ mod traffic;
 mod selftest;
 
 pub use agent::{Agent, LeftDataplane, overlay_binary, run_dir_for};
-pub use capture::{Capture, is_arp, is_vxlan, vxlan_inner};
+pub use capture::{Capture, is_arp, is_vxlan, send_frames, vxlan_inner};
 pub use cluster::{Cluster, ClusterHost, GOSSIP_PORT, cli_at, node_ip, rss_kib, wait_until};
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT, docker_mac};
 pub use netns::{Netns, in_netns, netns_path};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use topology::{NODE1_VTEP, NODE2_VTEP, SeedTopology, TopologyOptions};
-pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer};
+pub use traffic::{
+    IpReceived, PingStats, TransferReport, ip_received, link_stats, ping, tcp_transfer,
+};

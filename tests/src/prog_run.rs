@@ -98,6 +98,27 @@ pub fn ipv4_checksum(header: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// Fills in the UDP checksum of an [`ipv4_udp`] packet (RFC 768: over the
+/// pseudo-header, the UDP header and the payload).
+pub fn with_udp_checksum(mut packet: Vec<u8>) -> Vec<u8> {
+    let udp_len = packet.len() - 20;
+    let mut pseudo = Vec::with_capacity(12 + udp_len + 1);
+    pseudo.extend_from_slice(&packet[12..20]);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    pseudo.extend_from_slice(&packet[20..]);
+    if pseudo.len() % 2 == 1 {
+        pseudo.push(0);
+    }
+    let sum = match ipv4_checksum(&pseudo) {
+        // A computed 0 is sent as all ones; 0 means "no checksum".
+        0 => 0xffff,
+        sum => sum,
+    };
+    packet[26..28].copy_from_slice(&sum.to_be_bytes());
+    packet
+}
+
 /// An IPv4 packet (DF, TTL 64, valid header checksum) carrying a UDP datagram
 /// without checksum.
 pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {

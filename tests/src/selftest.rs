@@ -124,6 +124,59 @@ fn the_underlay_mtu_is_an_option() -> Result<()> {
     assert_gone(&prefix)
 }
 
+/// The wires' promises: with checksums, no frame on the wire exceeds the MTU (the
+/// sender segments); with receive GRO as well, the receiving node's IP layer gets
+/// those frames merged again, and without it one by one. Switched segments put
+/// the router's links on bridges and still route.
+#[test]
+fn the_nic_like_wire_segments_at_the_sender_and_merges_at_the_receiver() -> Result<()> {
+    for (receive_gro, switched) in [(false, false), (true, false), (true, true)] {
+        let prefix = unique_prefix("tg");
+        let t = SeedTopology::create(
+            &prefix,
+            TopologyOptions {
+                wire_checksums: true,
+                receive_gro,
+                switched,
+                ..Default::default()
+            },
+        )?;
+        // What the router sends towards node2 is what the wire carries; a capture
+        // on node2 itself would see the frames after GRO.
+        let capture = Capture::start(t.router(), "r2")?;
+        let before = ip_received(t.node(2))?;
+        tcp_transfer(t.node(2), NODE2_VTEP, t.node(1), 20 << 20)?;
+        let per_packet = ip_received(t.node(2))?.bytes_per_packet_since(&before);
+        let largest = capture.stop()?.iter().map(Vec::len).max().unwrap_or(0);
+        let label = format!("receive_gro {receive_gro}, switched {switched}");
+        ensure!(
+            (1000..=1514).contains(&largest),
+            "{label}: the largest frame on the wire is {largest} bytes"
+        );
+        if receive_gro {
+            ensure!(
+                per_packet > 3000.0,
+                "{label}: node2 received {per_packet:.0} bytes per packet: GRO merged nothing"
+            );
+        } else {
+            ensure!(
+                per_packet <= 1500.0,
+                "{label}: node2 received {per_packet:.0} bytes per packet without GRO"
+            );
+        }
+        let r1: serde_json::Value =
+            serde_json::from_str(&ip(&format!("-n {} -j link show dev r1", t.router()))?)?;
+        ensure!(
+            (r1[0]["master"].as_str() == Some("brr1")) == switched,
+            "{label}: r1 is {}",
+            r1[0]
+        );
+        drop(t);
+        assert_gone(&prefix)?;
+    }
+    Ok(())
+}
+
 #[test]
 fn tcp_transfer_checks_every_byte() -> Result<()> {
     let prefix = unique_prefix("tx");

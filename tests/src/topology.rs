@@ -1,7 +1,7 @@
 //! The seed article's topology: two hosts on separate L2 segments joined by a router,
 //! each host a network namespace, containers as further namespaces.
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, ensure};
 
 use crate::{cmd::ip, netns::Netns};
 
@@ -20,8 +20,21 @@ const SEGMENTS: [(&str, &str, &str); 2] = [
 #[derive(Clone, Copy, Debug)]
 pub struct TopologyOptions {
     /// Make the underlay veths compute checksums on transmit, as a physical NIC
-    /// does, instead of passing CHECKSUM_PARTIAL along (which costs their TSO).
+    /// does, instead of passing CHECKSUM_PARTIAL along. That costs them their TSO,
+    /// so every frame on the wire is at most the MTU: the sender segments, as a
+    /// NIC's TSO would.
     pub wire_checksums: bool,
+    /// The nodes' underlay receives through NAPI with GRO (`ethtool -K eth0 gro
+    /// on`), as a NIC driver does, so frames are merged again before the stack
+    /// sees them. veth takes that path only for frames from a peer without TSO,
+    /// so this needs `wire_checksums`; together they make the NIC-like wire. The
+    /// router's ends never merge: it forwards frame by frame, as the network
+    /// between hosts does.
+    pub receive_gro: bool,
+    /// The seed's switched segments: each node's link ends on a Linux bridge in
+    /// the router's namespace (`br<r1|r2>`, which holds the router's address on
+    /// that segment), as hosts on a switch, instead of on a router interface.
+    pub switched: bool,
     pub underlay_mtu: u32,
 }
 
@@ -29,6 +42,8 @@ impl Default for TopologyOptions {
     fn default() -> Self {
         TopologyOptions {
             wire_checksums: false,
+            receive_gro: false,
+            switched: false,
             underlay_mtu: 1500,
         }
     }
@@ -64,6 +79,10 @@ impl SeedTopology {
     }
 
     fn wire(&self, opts: TopologyOptions) -> Result<()> {
+        ensure!(
+            opts.wire_checksums || !opts.receive_gro,
+            "receive_gro needs wire_checksums: veth uses NAPI only for frames from a peer without TSO"
+        );
         let rt = self.router.name.as_str();
         let mtu = opts.underlay_mtu;
         for (node, (node_ip, router_ip, router_if)) in self.nodes.iter().zip(SEGMENTS) {
@@ -73,7 +92,16 @@ impl SeedTopology {
             ip(&format!(
                 "-n {n} link add eth0 mtu {mtu} type veth peer name {router_if} mtu {mtu} netns {rt}"
             ))?;
-            ip(&format!("-n {rt} addr add {router_ip}/24 dev {router_if}"))?;
+            let router_l3 = if opts.switched {
+                let bridge = format!("br{router_if}");
+                ip(&format!("-n {rt} link add {bridge} mtu {mtu} type bridge"))?;
+                ip(&format!("-n {rt} link set {router_if} master {bridge}"))?;
+                ip(&format!("-n {rt} link set {bridge} up"))?;
+                bridge
+            } else {
+                router_if.to_owned()
+            };
+            ip(&format!("-n {rt} addr add {router_ip}/24 dev {router_l3}"))?;
             ip(&format!("-n {rt} link set {router_if} up"))?;
             ip(&format!("-n {n} addr add {node_ip}/24 dev eth0"))?;
             ip(&format!("-n {n} link set eth0 up"))?;
@@ -85,6 +113,9 @@ impl SeedTopology {
                 node.run_ok(&["ethtool", "-K", "eth0", "tx", "off"])?;
                 self.router
                     .run_ok(&["ethtool", "-K", router_if, "tx", "off"])?;
+            }
+            if opts.receive_gro {
+                node.run_ok(&["ethtool", "-K", "eth0", "gro", "on"])?;
             }
         }
         self.router

@@ -71,6 +71,51 @@ pub fn link_stats(ns: &str, ifname: &str) -> Result<(u64, u64)> {
     Ok((count("rx")?, count("tx")?))
 }
 
+/// What the IPv4 layer of a namespace has received so far (`IpInReceives` and
+/// `IpExtInOctets`): one packet per skb, so a receiver whose GRO merges frames
+/// counts fewer, larger packets than the wire carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpReceived {
+    pub packets: u64,
+    pub octets: u64,
+}
+
+impl IpReceived {
+    /// Average packet size from `earlier` to `self`, in bytes.
+    pub fn bytes_per_packet_since(&self, earlier: &IpReceived) -> f64 {
+        (self.octets - earlier.octets) as f64 / (self.packets - earlier.packets).max(1) as f64
+    }
+}
+
+/// The IPv4 receive counters of namespace `ns`.
+pub fn ip_received(ns: &str) -> Result<IpReceived> {
+    join(in_netns(ns, || {
+        // thread-self: the counters of this thread's namespace, not the process's.
+        let field = |file: &str, section: &str, name: &str| -> Result<u64> {
+            let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))?;
+            let mut lines = text.lines().filter(|l| l.starts_with(section));
+            let (names, values) = (lines.next(), lines.next());
+            let (Some(names), Some(values)) = (names, values) else {
+                bail!("no {section} lines in /proc/net/{file}");
+            };
+            let at = names
+                .split_whitespace()
+                .position(|n| n == name)
+                .with_context(|| format!("no {section} {name} in /proc/net/{file}"))?;
+            values
+                .split_whitespace()
+                .nth(at)
+                .context("short values line")?
+                .parse()
+                .with_context(|| format!("{section} {name}"))
+        };
+        Ok(IpReceived {
+            packets: field("snmp", "Ip:", "InReceives")?,
+            octets: field("netstat", "IpExt:", "InOctets")?,
+        })
+    }))
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct TransferReport {
     /// Bytes the server received, every one of them checked.

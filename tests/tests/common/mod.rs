@@ -7,7 +7,8 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use overlay_tests::{
-    Agent, SeedTopology, TempDir, overlay_binary, ping, tcp_transfer, unique_prefix, write_config,
+    Agent, SeedTopology, TempDir, TopologyOptions, overlay_binary, ping, tcp_transfer,
+    unique_prefix, write_config,
 };
 
 pub use overlay_tests::{NODE1_VTEP, NODE2_VTEP};
@@ -76,7 +77,12 @@ pub struct Overlay {
 impl Overlay {
     /// Both nodes run this dataplane with `decap` ("tc" or "xdp").
     pub fn start(decap: &'static str) -> Result<Overlay> {
-        let mut overlay = Overlay::build(decap)?;
+        Overlay::start_on(decap, checksummed_wire(decap))
+    }
+
+    /// As [`Overlay::start`], on a wire of the caller's choice.
+    pub fn start_on(decap: &'static str, wire: TopologyOptions) -> Result<Overlay> {
+        let mut overlay = Overlay::build_on(decap, wire)?;
         for node in [1, 2] {
             overlay.start_agent(node)?;
         }
@@ -85,8 +91,12 @@ impl Overlay {
 
     /// The topology, containers and config files, with no agent running yet.
     pub fn build(decap: &'static str) -> Result<Overlay> {
+        Overlay::build_on(decap, checksummed_wire(decap))
+    }
+
+    fn build_on(decap: &'static str, wire: TopologyOptions) -> Result<Overlay> {
         let prefix = unique_prefix(&format!("o{}", &decap[..1]));
-        let mut topology = SeedTopology::create(&prefix, checksummed_wire(decap))?;
+        let mut topology = SeedTopology::create(&prefix, wire)?;
         for c in ALL {
             topology.container(c.name)?;
         }
@@ -193,12 +203,20 @@ impl Overlay {
 
     /// A node's counter (packets), by name.
     pub fn counter(&self, node: u8, name: &str) -> Result<u64> {
+        Ok(self.counter_with_bytes(node, name)?.0)
+    }
+
+    /// A node's counter as (packets, bytes).
+    pub fn counter_with_bytes(&self, node: u8, name: &str) -> Result<(u64, u64)> {
         let stats = self.table(node, "stats")?;
-        stats
+        let row = stats
             .as_array()
             .and_then(|rows| rows.iter().find(|r| r["counter"] == name))
-            .and_then(|r| r["packets"].as_u64())
-            .with_context(|| format!("no counter {name}"))
+            .with_context(|| format!("no counter {name}"))?;
+        Ok((
+            row["packets"].as_u64().context("no packets")?,
+            row["bytes"].as_u64().context("no bytes")?,
+        ))
     }
 
     /// Every counter of a node that is not zero.
@@ -222,8 +240,8 @@ impl Overlay {
 /// XDP_REDIRECT cannot carry a veth's CHECKSUM_PARTIAL state, so for XDP decap the
 /// virtual wire computes checksums on transmit, as a physical NIC does. TC decap
 /// runs on the default veths, offloads and GSO included.
-pub fn checksummed_wire(decap: &str) -> overlay_tests::TopologyOptions {
-    overlay_tests::TopologyOptions {
+pub fn checksummed_wire(decap: &str) -> TopologyOptions {
+    TopologyOptions {
         wire_checksums: decap == "xdp",
         ..Default::default()
     }
