@@ -1,6 +1,7 @@
 //! The cases the bench compares, each built on the test bed's seed topology: two
 //! hosts on separate L2 segments joined by a router, one container behind each
-//! host (plus a second one on node1 for the eBPF cases, for local delivery).
+//! host (plus a second one on node1 for the eBPF cases, for local delivery), on
+//! one of the wires and topologies in [`Net`].
 
 use std::{
     net::Ipv4Addr,
@@ -26,6 +27,10 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every case, in table order. A new case is a variant here, its name, its
+    /// colour in the chart, and its arm in [`Case::build`].
+    pub const ALL: [Kind; 4] = [Kind::Routed, Kind::KernelVxlan, Kind::EbpfTc, Kind::EbpfXdp];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Routed => "routed",
@@ -38,13 +43,96 @@ impl Kind {
     pub fn is_ebpf(self) -> bool {
         matches!(self, Kind::EbpfTc | Kind::EbpfXdp)
     }
+
+    /// XDP_REDIRECT cannot carry a veth's CHECKSUM_PARTIAL state (README,
+    /// Troubleshooting), so XDP decap runs only where the frames reaching the
+    /// node carry complete checksums: a wire that computes them, or a bridge,
+    /// which computes the checksums of tunnelled packets it segments.
+    pub fn runs_on(self, net: Net) -> bool {
+        self != Kind::EbpfXdp || net.wire != Wire::Veth || net.switched
+    }
+}
+
+/// What the underlay veths between the hosts and the router do, and so which
+/// hardware they stand for (README, *Benchmark*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// veths as created: GSO packets and CHECKSUM_PARTIAL cross them whole, as
+    /// between containers or VMs on one host with offloads end to end.
+    Veth,
+    /// Checksums computed on transmit, so every frame is segmented at the sender
+    /// (as by TSO), and received one by one: a NIC with GRO off.
+    Csum,
+    /// As `Csum`, and the receiver merges through NAPI GRO: a physical NIC.
+    Nic,
+}
+
+/// A wire and a topology: the hosts on point-to-point links to the router, or
+/// each on a switched segment (a bridge in the router's namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net {
+    pub wire: Wire,
+    pub switched: bool,
+}
+
+impl Net {
+    pub const VETH: Net = Net {
+        wire: Wire::Veth,
+        switched: false,
+    };
+    pub const CSUM: Net = Net {
+        wire: Wire::Csum,
+        switched: false,
+    };
+    pub const NIC: Net = Net {
+        wire: Wire::Nic,
+        switched: false,
+    };
+    /// The second finding: the default veth wire with a switch in the path.
+    pub const SWITCHED: Net = Net {
+        wire: Wire::Veth,
+        switched: true,
+    };
+
+    pub fn label(self) -> &'static str {
+        match (self.wire, self.switched) {
+            (Wire::Veth, false) => "veth",
+            (Wire::Csum, false) => "csum",
+            (Wire::Nic, false) => "nic",
+            (Wire::Veth, true) => "veth, switched",
+            (Wire::Csum, true) => "csum, switched",
+            (Wire::Nic, true) => "nic, switched",
+        }
+    }
+
+    /// What the chart's panel says about it.
+    pub fn caption(self) -> String {
+        let wire = match self.wire {
+            Wire::Veth => "veth wire: offloads pass through",
+            Wire::Csum => "csum wire: segmented, no receive GRO",
+            Wire::Nic => "NIC-like wire: segmented, receive GRO",
+        };
+        if self.switched {
+            format!("{wire}; switched segments")
+        } else {
+            wire.to_owned()
+        }
+    }
+
+    fn topology(self) -> TopologyOptions {
+        TopologyOptions {
+            wire_checksums: self.wire != Wire::Veth,
+            receive_gro: self.wire == Wire::Nic,
+            switched: self.switched,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct Spec {
     pub kind: Kind,
-    /// The underlay veths compute checksums on transmit, as a NIC does.
-    pub wire_checksums: bool,
+    pub net: Net,
     /// For the eBPF cases: FDB entries per node, padded with remote endpoints that
     /// never send (`None`: just the containers of the topology).
     pub fdb_entries: Option<u32>,
@@ -53,12 +141,8 @@ pub struct Spec {
 }
 
 impl Spec {
-    pub fn wire(&self) -> &'static str {
-        if self.wire_checksums { "csum" } else { "veth" }
-    }
-
     pub fn label(&self) -> String {
-        let mut s = format!("{} [{}]", self.kind.name(), self.wire());
+        let mut s = format!("{} [{}]", self.kind.name(), self.net.label());
         if let Some(n) = self.fdb_entries {
             s += &format!(" fdb={n}");
         }
@@ -94,13 +178,7 @@ pub struct Case {
 impl Case {
     pub fn build(spec: Spec, binary: &Path) -> Result<Case> {
         let prefix = unique_prefix("b");
-        let mut topology = SeedTopology::create(
-            &prefix,
-            TopologyOptions {
-                wire_checksums: spec.wire_checksums,
-                ..Default::default()
-            },
-        )?;
+        let mut topology = SeedTopology::create(&prefix, spec.net.topology())?;
         let dir = TempDir::new(&prefix)?;
         for c in ["c1", "c2"] {
             topology.container(c)?;
@@ -313,7 +391,7 @@ mod tests {
         for (n, node) in [(10u32, 1u8), (10_000, 2)] {
             let spec = Spec {
                 kind: Kind::EbpfTc,
-                wire_checksums: false,
+                net: Net::VETH,
                 fdb_entries: Some(n),
                 baseline: false,
             };

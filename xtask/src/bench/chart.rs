@@ -1,12 +1,16 @@
-//! The chart a reader sees before the numbers: per wire, each case's median as a
-//! ratio to routed (no overlay) on that wire, with the rounds' spread as whiskers.
+//! The chart a reader sees before the numbers: per wire and topology, each case's
+//! median as a ratio to routed (no overlay) there, with the rounds' spread as
+//! whiskers.
 
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use super::{cases::Kind, report::Summary};
+use super::{
+    cases::{Kind, Net},
+    report::Summary,
+};
 
 const GROUPS: [(&str, &str); 4] = [
     ("tcp1_gbps", "TCP 1 stream"),
@@ -26,17 +30,22 @@ fn color(kind: Kind) -> RGBColor {
 
 pub fn draw(summary: &Summary, path: &Path) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
-    let wires: Vec<bool> = [false, true]
+    let nets: Vec<Net> = summary
+        .nets()
         .into_iter()
-        // Ratios need the routed case of that wire (a quick run has one wire only).
-        .filter(|w| {
+        // Ratios need the routed case there (a quick run has it on one wire only).
+        .filter(|n| {
             summary
                 .cases
                 .iter()
-                .any(|c| c.spec.wire_checksums == *w && c.spec.kind == Kind::Routed)
+                .any(|c| c.spec.net == *n && c.spec.kind == Kind::Routed)
         })
         .collect();
-    let root = SVGBackend::new(path, (560 * wires.len() as u32, 420)).into_drawing_area();
+    // Two panels a row.
+    let columns = nets.len().clamp(1, 2);
+    let rows = nets.len().div_ceil(2).max(1);
+    let root =
+        SVGBackend::new(path, (560 * columns as u32, 36 + 400 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (title, body) = root.split_vertically(36);
     title
@@ -49,13 +58,9 @@ pub fn draw(summary: &Summary, path: &Path) -> Result<()> {
             (10, 10),
         )
         .map_err(|e| err(&e))?;
-    let panels = body.split_evenly((1, wires.len()));
-    for (panel, wire) in panels.iter().zip(wires) {
-        let cases: Vec<_> = summary
-            .cases
-            .iter()
-            .filter(|c| c.spec.wire_checksums == wire)
-            .collect();
+    let panels = body.split_evenly((rows, columns));
+    for (panel, net) in panels.iter().zip(nets) {
+        let cases: Vec<_> = summary.cases.iter().filter(|c| c.spec.net == net).collect();
         let ratios: Vec<Vec<(f64, f64, f64)>> = cases
             .iter()
             .map(|c| {
@@ -65,7 +70,9 @@ pub fn draw(summary: &Summary, path: &Path) -> Result<()> {
                         let base = summary
                             .cases
                             .iter()
-                            .find(|b| b.spec.kind == Kind::Routed && b.spec.wire_checksums == wire)
+                            .find(|b| {
+                                b.spec.kind == Kind::Routed && b.spec.net == net && !b.spec.baseline
+                            })
                             .and_then(|b| b.stats.get(m))
                             .map_or(f64::NAN, |s| s.median);
                         let s = c.stats.get(m).copied();
@@ -83,11 +90,7 @@ pub fn draw(summary: &Summary, path: &Path) -> Result<()> {
             .filter(|v| v.is_finite())
             .fold(1.2f64, f64::max)
             * 1.1;
-        let caption = if wire {
-            "wire computes checksums (as a NIC)"
-        } else {
-            "default veth wire (offloads pass through)"
-        };
+        let caption = net.caption();
         let mut chart = ChartBuilder::on(panel)
             .caption(caption, ("sans-serif", 14))
             .margin(8)
