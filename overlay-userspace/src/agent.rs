@@ -35,6 +35,7 @@ use crate::{
     plumbing::{self, CreatedEndpoint},
     reconcile::{Prune, Tables, reconcile_with},
     state::{RuntimeEndpoint, RuntimeState, StateFile},
+    tunnel_gro,
 };
 
 /// How the agent was started.
@@ -350,6 +351,11 @@ impl Node {
 
         let programs = self.programs.as_mut().expect("loaded above");
         programs.attach_underlay(&self.plan.underlay.name, self.plan.config.decap)?;
+        // XDP decap runs before GRO, so the socket would only serve others.
+        match self.plan.config.decap {
+            DecapMode::Tc => tunnel_gro::ensure(nl, self.plan.config.vxlan_port).await,
+            DecapMode::Xdp => tunnel_gro::remove(nl, self.plan.config.vxlan_port).await,
+        }
         for local in &self.endpoints {
             attach_endpoint(programs, &local.created, self.plan.config.decap)?;
         }
@@ -1089,6 +1095,7 @@ impl Node {
                 warn!("{e:#}");
             }
         }
+        tunnel_gro::remove(nl, self.plan.config.vxlan_port).await;
         self.programs = None;
         self.maps = None;
         if let Err(e) = loader::unpin(&self.plan.pin_dir) {

@@ -6,6 +6,7 @@
 //! - [`loader`]: the eBPF object, its maps (pinned) and program attachments.
 //! - [`membership`]: sources of cluster membership, producing a desired state.
 //! - [`reconcile`]: desired state → map contents, applied as a diff.
+//! - [`tunnel_gro`]: the UDP tunnel socket whose GRO merges frames before TC decap.
 //! - [`agent`], [`cli`], [`show`]: the agent's life cycle and the commands.
 pub mod agent;
 pub mod api;
@@ -23,3 +24,4 @@ pub mod plumbing;
 pub mod reconcile;
 pub mod show;
 pub mod state;
+pub mod tunnel_gro;

@@ -86,6 +86,11 @@ impl Netlink {
         Netlink::current()
     }
 
+    /// For requests this module has no method for.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>> {
         let mut links = self
             .handle

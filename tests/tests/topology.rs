@@ -6,7 +6,8 @@ mod common;
 
 use anyhow::{Result, ensure};
 use common::{C1, C2, C3, C5, Overlay};
-use overlay_tests::{Capture, is_arp, is_vxlan, ping, sh, vxlan_inner};
+use overlay_tests::{Capture, TopologyOptions, is_arp, is_vxlan, ping, sh, vxlan_inner};
+use overlay_userspace::tunnel_gro;
 
 const VXLAN_PORT: u16 = 4789;
 
@@ -209,3 +210,52 @@ per_decap_mode!(
     full_size_inner_packet_with_df_passes,
     counters_match_the_traffic,
 );
+
+/// The NIC-like wire: segmented at the sender, merged by NAPI GRO at the receiver.
+fn nic_like_wire() -> TopologyOptions {
+    TopologyOptions {
+        wire_checksums: true,
+        receive_gro: true,
+        ..Default::default()
+    }
+}
+
+/// On a wire whose receiver merges with GRO, the agent's tunnel socket lets GRO
+/// merge VXLAN frames too, so TC decap handles one packet per burst instead of
+/// one per segment, and the merged stream still arrives byte for byte. The
+/// socket's device goes with the agent.
+#[test]
+fn tunnelled_tcp_is_merged_before_tc_decap_on_a_nic_like_wire() -> Result<()> {
+    let mut o = Overlay::start_on("tc", nic_like_wire())?;
+    let device = tunnel_gro::device_name(VXLAN_PORT);
+    for node in [1, 2] {
+        ensure!(
+            sh(&format!(
+                "ip -n {} -d link show dev {device}",
+                o.node_ns(node)
+            ))?
+            .contains("vnifilter"),
+            "node{node} has no {device}"
+        );
+    }
+    let before = o.counter_with_bytes(2, "decap")?;
+    o.transfer_both_ways(C1, C2, 50 * 1024 * 1024)?;
+    let after = o.counter_with_bytes(2, "decap")?;
+    let per_packet = (after.1 - before.1) as f64 / (after.0 - before.0).max(1) as f64;
+    ensure!(
+        per_packet > 3000.0,
+        "node2 decapsulated {per_packet:.0} bytes per packet: nothing was merged"
+    );
+    let drops: Vec<_> = [1, 2]
+        .into_iter()
+        .flat_map(|n| o.nonzero_counters(n).unwrap_or_default())
+        .filter(|(name, _)| name.starts_with("drop_"))
+        .collect();
+    ensure!(drops.is_empty(), "drops: {drops:?}");
+    o.agents.clear();
+    ensure!(
+        !sh(&format!("ip -n {} link show", o.node_ns(2)))?.contains(&device),
+        "{device} outlived the agent"
+    );
+    Ok(())
+}
