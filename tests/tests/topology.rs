@@ -4,10 +4,14 @@
 
 mod common;
 
-use anyhow::{Result, ensure};
-use common::{C1, C2, C3, C5, Overlay};
-use overlay_tests::{Capture, TopologyOptions, is_arp, is_vxlan, ping, sh, vxlan_inner};
-use overlay_userspace::tunnel_gro;
+use anyhow::{Context as _, Result, ensure};
+use common::{C1, C2, C3, C5, NODE1_VTEP, NODE2_VTEP, Overlay};
+use overlay_tests::{
+    Capture, TopologyOptions, in_netns, is_arp, is_vxlan, ping,
+    prog_run::{eth, ipv4_udp, with_udp_checksum},
+    send_frames, sh, vxlan_inner,
+};
+use overlay_userspace::{config::Mac, tunnel_gro};
 
 const VXLAN_PORT: u16 = 4789;
 
@@ -258,4 +262,99 @@ fn tunnelled_tcp_is_merged_before_tc_decap_on_a_nic_like_wire() -> Result<()> {
         "{device} outlived the agent"
     );
     Ok(())
+}
+
+/// Decap keeps what GRO verified, less the outer UDP checksum it removes. A
+/// tunnelled datagram whose inner UDP checksum is wrong must still be caught by
+/// the container's stack, and a correct one delivered.
+#[test]
+fn a_tunnelled_datagram_with_a_bad_inner_checksum_is_dropped_on_a_nic_like_wire() -> Result<()> {
+    const PORT: u16 = 7300;
+    let o = Overlay::start_on("tc", nic_like_wire())?;
+    o.ping_both_ways(C1, C2, 1)?;
+    let mac = |ns: &str, dev: &str| -> Result<[u8; 6]> {
+        let link: serde_json::Value =
+            serde_json::from_str(&sh(&format!("ip -n {ns} -j link show dev {dev}"))?)?;
+        let text = link[0]["address"].as_str().context("no address")?;
+        Ok(text.parse::<Mac>().map_err(anyhow::Error::msg)?.0)
+    };
+    let (node2_mac, r2_mac) = (mac(&o.node_ns(2), "eth0")?, mac(o.topology.router(), "r2")?);
+    let datagram = |payload: &[u8], corrupt: bool| {
+        let mut inner = with_udp_checksum(ipv4_udp(C1.ip, C2.ip, 40000, PORT, payload));
+        if corrupt {
+            inner[27] ^= 0x01;
+        }
+        let mut vxlan = vec![0x08, 0, 0, 0, 0x00, 0x10, 0x01, 0];
+        vxlan.extend(eth(
+            Mac::from_ipv4(C2.ip).0,
+            Mac::from_ipv4(C1.ip).0,
+            0x0800,
+            &inner,
+        ));
+        eth(
+            node2_mac,
+            r2_mac,
+            0x0800,
+            &ipv4_udp(
+                NODE1_VTEP.parse().expect("an address"),
+                NODE2_VTEP.parse().expect("an address"),
+                50000,
+                VXLAN_PORT,
+                &vxlan,
+            ),
+        )
+    };
+    let addr = std::net::SocketAddr::from((C2.ip, PORT));
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let receiver = in_netns(&o.ns(C2), move || -> Result<Vec<Vec<u8>>> {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        bound_tx.send(()).ok();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = socket.recv(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        Ok(got)
+    });
+    bound_rx.recv_timeout(std::time::Duration::from_secs(5))?;
+    let errors_before = udp_in_csum_errors(&o.ns(C2))?;
+    send_frames(
+        o.topology.router(),
+        "r2",
+        vec![datagram(b"bad", true), datagram(b"good", false)],
+    )?;
+    let got = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    ensure!(
+        got == vec![b"good".to_vec()],
+        "the container received {got:?}: only the good datagram may arrive"
+    );
+    ensure!(
+        udp_in_csum_errors(&o.ns(C2))? == errors_before + 1,
+        "the bad datagram must count as a checksum error in the container"
+    );
+    ensure!(o.counter(2, "decap")? >= 2, "both went through decap");
+    Ok(())
+}
+
+/// `Udp: InCsumErrors` of a namespace.
+fn udp_in_csum_errors(ns: &str) -> Result<u64> {
+    let snmp = sh(&format!("ip netns exec {ns} cat /proc/net/snmp"))?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (
+        udp.next().context("no Udp:")?,
+        udp.next().context("no Udp:")?,
+    );
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "InCsumErrors")
+        .context("no InCsumErrors")?;
+    values
+        .split_whitespace()
+        .nth(at)
+        .context("short Udp: line")?
+        .parse()
+        .context("InCsumErrors")
 }
