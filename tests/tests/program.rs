@@ -726,3 +726,48 @@ fn the_next_hop_is_remembered_for_a_second_only() -> Result<()> {
     assert_eq!(later.frame[6..], first.frame[6..], "nothing else changes");
     Ok(())
 }
+
+/// With the next hop remembered, lengths and the IPv4 checksum still follow each
+/// frame: frames of every size come out as the first, FIB-routed one did.
+#[test]
+fn a_remembered_next_hop_serves_frames_of_every_length() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let fresh = fx.run(
+        program_names::ENDPOINT_INGRESS,
+        &inner_frame(C1_IP, C2_IP, mac_of(C2_IP)),
+        fx.ep0,
+    )?;
+    fresh.expect(TC_ACT_REDIRECT, "encap");
+    for payload in [0usize, 1, 2, 255, 256, 1000, 1422] {
+        let inner = eth(
+            mac_of(C2_IP),
+            mac_of(C1_IP),
+            0x0800,
+            &ipv4_udp(C1_IP, C2_IP, 40000, 7777, &vec![0xa5; payload]),
+        );
+        let out = fx.run(program_names::ENDPOINT_INGRESS, &inner, fx.ep0)?;
+        out.expect(TC_ACT_REDIRECT, "encap");
+        let f = &out.frame;
+        assert_eq!(f.len(), inner.len() + 50, "payload {payload}");
+        assert_eq!(
+            usize::from(u16::from_be_bytes([f[16], f[17]])),
+            inner.len() + 36,
+            "payload {payload}: IPv4 total length"
+        );
+        assert_eq!(
+            ipv4_checksum(&f[14..34]),
+            0,
+            "payload {payload}: IPv4 checksum"
+        );
+        assert_eq!(
+            usize::from(u16::from_be_bytes([f[38], f[39]])),
+            inner.len() + 16,
+            "payload {payload}: UDP length"
+        );
+        // Everything but lengths and checksum is the first packet's.
+        let fixed = |f: &[u8]| [&f[0..16], &f[18..24], &f[26..38], &f[40..50]].concat();
+        assert_eq!(fixed(f), fixed(&fresh.frame), "payload {payload}");
+        assert_eq!(&f[50..], &inner[..], "payload {payload}: inner frame");
+    }
+    Ok(())
+}

@@ -67,6 +67,10 @@ enum Task {
         /// comparison, interleaved in the same run).
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// Only these wires and topologies (repeatable): veth, csum, nic,
+        /// switched. The FDB scale cases run with veth. Leaves README.md as it is.
+        #[arg(long = "net", value_name = "NET", value_parser = ["veth", "csum", "nic", "switched"])]
+        nets: Vec<String>,
     },
 }
 
@@ -122,6 +126,7 @@ fn try_main() -> Result<()> {
                         out: None,
                         update_readme: false,
                         baseline: None,
+                        nets: Vec::new(),
                     },
                 )?;
             }
@@ -141,6 +146,7 @@ fn try_main() -> Result<()> {
             out,
             no_readme,
             baseline,
+            nets,
         } => {
             let binary = build()?;
             bench::run(
@@ -149,8 +155,9 @@ fn try_main() -> Result<()> {
                     quick,
                     rounds,
                     out,
-                    update_readme: !no_readme && baseline.is_none(),
+                    update_readme: !no_readme && baseline.is_none() && nets.is_empty(),
                     baseline,
+                    nets,
                 },
             )
             .map(|_| ())

@@ -94,6 +94,16 @@ impl Net {
         switched: true,
     };
 
+    /// Its name on the command line (`--net`).
+    pub fn name(self) -> &'static str {
+        match (self.wire, self.switched) {
+            (Wire::Veth, false) => "veth",
+            (Wire::Csum, false) => "csum",
+            (Wire::Nic, false) => "nic",
+            (_, true) => "switched",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match (self.wire, self.switched) {
             (Wire::Veth, false) => "veth",

@@ -33,8 +33,10 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Rewrite the README's benchmark section (full runs only).
     pub update_readme: bool,
-    /// Another build of the agent, measured as an extra ebpf-tc case.
+    /// Another build of the agent, measured as an extra case beside each eBPF case.
     pub baseline: Option<PathBuf>,
+    /// Only the wires and topologies with these labels (`Net::name`); all if empty.
+    pub nets: Vec<String>,
 }
 
 /// Durations and sizes of one run.
@@ -98,7 +100,7 @@ pub const METRICS: [(&str, &str, &str, bool); 9] = [
 
 /// Every case on every wire and topology it runs on; the quick run keeps one
 /// case on each of them, so that none rots unnoticed.
-fn specs(quick: bool, baseline: bool) -> Vec<Spec> {
+fn specs(quick: bool, baseline: bool, nets: &[String]) -> Vec<Spec> {
     let plan: Vec<(Net, Vec<Kind>)> = if quick {
         vec![
             (
@@ -121,6 +123,7 @@ fn specs(quick: bool, baseline: bool) -> Vec<Spec> {
     };
     let mut v: Vec<Spec> = plan
         .into_iter()
+        .filter(|(net, _)| nets.is_empty() || nets.iter().any(|n| n == net.name()))
         .flat_map(|(net, kinds)| {
             kinds.into_iter().map(move |kind| Spec {
                 kind,
@@ -158,7 +161,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
     );
 
     let mut cases = Vec::new();
-    for spec in specs(opts.quick, opts.baseline.is_some()) {
+    for spec in specs(opts.quick, opts.baseline.is_some(), &opts.nets) {
         println!("bench: building {}", spec.label());
         let agent = match (&opts.baseline, spec.baseline) {
             (Some(base), true) => base.as_path(),
@@ -167,6 +170,9 @@ pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
         cases.push(Case::build(spec, agent)?);
     }
     let mut scale_cases = Vec::new();
+    if !opts.nets.is_empty() && !opts.nets.iter().any(|n| n == Net::VETH.name()) {
+        plan.scale = &[];
+    }
     for &n in plan.scale {
         let spec = Spec {
             kind: Kind::EbpfTc,
