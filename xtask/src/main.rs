@@ -68,8 +68,10 @@ enum Task {
         #[arg(long)]
         baseline: Option<PathBuf>,
         /// Only these wires and topologies (repeatable): veth, csum, nic,
-        /// switched. The FDB scale cases run with veth. Leaves README.md as it is.
-        #[arg(long = "net", value_name = "NET", value_parser = ["veth", "csum", "nic", "switched"])]
+        /// switched (veth wire), nic-switched. The FDB scale cases run with veth.
+        /// Leaves README.md as it is.
+        #[arg(long = "net", value_name = "NET",
+              value_parser = ["veth", "csum", "nic", "switched", "nic-switched"])]
         nets: Vec<String>,
     },
 }

@@ -93,6 +93,11 @@ impl Net {
         wire: Wire::Veth,
         switched: true,
     };
+    /// Hosts with NICs on switched segments: the seed's topology as deployed.
+    pub const NIC_SWITCHED: Net = Net {
+        wire: Wire::Nic,
+        switched: true,
+    };
 
     /// Its name on the command line (`--net`).
     pub fn name(self) -> &'static str {
@@ -100,7 +105,9 @@ impl Net {
             (Wire::Veth, false) => "veth",
             (Wire::Csum, false) => "csum",
             (Wire::Nic, false) => "nic",
-            (_, true) => "switched",
+            (Wire::Veth, true) => "switched",
+            (Wire::Csum, true) => "csum-switched",
+            (Wire::Nic, true) => "nic-switched",
         }
     }
 

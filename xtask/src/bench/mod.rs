@@ -111,15 +111,21 @@ fn specs(quick: bool, baseline: bool, nets: &[String]) -> Vec<Spec> {
             (Net::SWITCHED, vec![Kind::EbpfTc]),
         ]
     } else {
-        [Net::VETH, Net::CSUM, Net::NIC, Net::SWITCHED]
-            .into_iter()
-            .map(|net| {
-                (
-                    net,
-                    Kind::ALL.into_iter().filter(|k| k.runs_on(net)).collect(),
-                )
-            })
-            .collect()
+        [
+            Net::VETH,
+            Net::CSUM,
+            Net::NIC,
+            Net::SWITCHED,
+            Net::NIC_SWITCHED,
+        ]
+        .into_iter()
+        .map(|net| {
+            (
+                net,
+                Kind::ALL.into_iter().filter(|k| k.runs_on(net)).collect(),
+            )
+        })
+        .collect()
     };
     let mut v: Vec<Spec> = plan
         .into_iter()
