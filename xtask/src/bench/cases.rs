@@ -76,30 +76,19 @@ pub struct Net {
 }
 
 impl Net {
-    pub const VETH: Net = Net {
-        wire: Wire::Veth,
-        switched: false,
-    };
-    pub const CSUM: Net = Net {
-        wire: Wire::Csum,
-        switched: false,
-    };
-    pub const NIC: Net = Net {
-        wire: Wire::Nic,
-        switched: false,
-    };
+    pub const VETH: Net = Net::on(Wire::Veth, false);
+    pub const CSUM: Net = Net::on(Wire::Csum, false);
+    pub const NIC: Net = Net::on(Wire::Nic, false);
     /// The second finding: the default veth wire with a switch in the path.
-    pub const SWITCHED: Net = Net {
-        wire: Wire::Veth,
-        switched: true,
-    };
+    pub const SWITCHED: Net = Net::on(Wire::Veth, true);
     /// Hosts with NICs on switched segments: the seed's topology as deployed.
-    pub const NIC_SWITCHED: Net = Net {
-        wire: Wire::Nic,
-        switched: true,
-    };
+    pub const NIC_SWITCHED: Net = Net::on(Wire::Nic, true);
 
-    /// Its name on the command line (`--net`).
+    const fn on(wire: Wire, switched: bool) -> Net {
+        Net { wire, switched }
+    }
+
+    /// Its name in tables and on the command line (`--net`).
     pub fn name(self) -> &'static str {
         match (self.wire, self.switched) {
             (Wire::Veth, false) => "veth",
@@ -108,17 +97,6 @@ impl Net {
             (Wire::Veth, true) => "switched",
             (Wire::Csum, true) => "csum-switched",
             (Wire::Nic, true) => "nic-switched",
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match (self.wire, self.switched) {
-            (Wire::Veth, false) => "veth",
-            (Wire::Csum, false) => "csum",
-            (Wire::Nic, false) => "nic",
-            (Wire::Veth, true) => "veth, switched",
-            (Wire::Csum, true) => "csum, switched",
-            (Wire::Nic, true) => "nic, switched",
         }
     }
 
@@ -159,7 +137,7 @@ pub struct Spec {
 
 impl Spec {
     pub fn label(&self) -> String {
-        let mut s = format!("{} [{}]", self.kind.name(), self.net.label());
+        let mut s = format!("{} [{}]", self.kind.name(), self.net.name());
         if let Some(n) = self.fdb_entries {
             s += &format!(" fdb={n}");
         }

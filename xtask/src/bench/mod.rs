@@ -35,7 +35,7 @@ pub struct Options {
     pub update_readme: bool,
     /// Another build of the agent, measured as an extra case beside each eBPF case.
     pub baseline: Option<PathBuf>,
-    /// Only the wires and topologies with these labels (`Net::name`); all if empty.
+    /// Only the wires and topologies with these names (`Net::name`); all if empty.
     pub nets: Vec<String>,
 }
 

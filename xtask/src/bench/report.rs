@@ -264,7 +264,7 @@ impl Summary {
         s += &"---|".repeat(METRICS.len());
         s += "\n";
         for c in &self.cases {
-            s += &format!("| {} | {} |", case_name(&c.spec), c.spec.net.label());
+            s += &format!("| {} | {} |", case_name(&c.spec), c.spec.net.name());
             for (m, ..) in METRICS {
                 let st = c.stats[m];
                 s += &format!(" {} ({}–{}) |", fmt(st.median), fmt(st.min), fmt(st.max));
@@ -275,7 +275,7 @@ impl Summary {
               topology (higher is better for all four):\n\n";
         s += "| case | wire | TCP 1 stream | TCP 4 streams | TCP RR trans/s | UDP 64 B pps |\n|---|---|---|---|---|---|\n";
         for c in self.cases.iter().filter(|c| c.spec.kind != Kind::Routed) {
-            s += &format!("| {} | {} |", case_name(&c.spec), c.spec.net.label());
+            s += &format!("| {} | {} |", case_name(&c.spec), c.spec.net.name());
             for m in ["tcp1_gbps", "tcp4_gbps", "rr_tps", "udp64_kpps"] {
                 let kv = self.ratio(c, Kind::KernelVxlan, m);
                 let rt = self.ratio(c, Kind::Routed, m);
@@ -380,7 +380,7 @@ impl Summary {
             "load_average": {"before": self.load.0, "after": self.load.1},
             "cases": self.cases.iter().map(|c| json!({
                 "case": case_name(&c.spec),
-                "wire": c.spec.net.label(),
+                "wire": c.spec.net.name(),
                 "metrics": c.samples.iter().map(|(k, v)| (k.to_string(), json!({
                     "samples": v,
                     "stat": stat(&c.stats[k]),
