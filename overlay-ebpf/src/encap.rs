@@ -22,8 +22,8 @@ use crate::{
     counters::{count, drop},
     maps::{NEXT_HOPS, NextHop},
     parse::{
-        ETH_LEN, ETH_P_IP, Eth, IPPROTO_UDP, IPV4_VIHL_NO_OPTIONS, Ipv4, Packet, Udp,
-        VXLAN_FLAG_I, Vxlan,
+        ETH_LEN, ETH_P_IP, Eth, IPPROTO_UDP, IPV4_VIHL_NO_OPTIONS, Ipv4, Packet, Udp, VXLAN_FLAG_I,
+        Vxlan,
     },
 };
 

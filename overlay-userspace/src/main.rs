@@ -4,10 +4,11 @@ use anyhow::Result;
 use clap::Parser as _;
 use overlay_userspace::{
     agent::{self, AgentOptions},
-    cli::{Cli, Command},
-    client,
+    cli::{
+        args::{Cli, Command},
+        commands, tables,
+    },
     gossip::key::ClusterKey,
-    show,
 };
 
 fn main() -> ExitCode {
@@ -58,13 +59,13 @@ fn try_main(cli: Cli) -> Result<()> {
             }
             None => ClusterKey::generate().to_hex() + "\n",
         },
-        Command::Network(c) => runtime()?.block_on(client::network(c))?,
-        Command::Endpoint(c) => runtime()?.block_on(client::endpoint(c))?,
-        Command::Members(api) => runtime()?.block_on(client::members(api))?,
+        Command::Network(c) => runtime()?.block_on(commands::network(c))?,
+        Command::Endpoint(c) => runtime()?.block_on(commands::endpoint(c))?,
+        Command::Members(api) => runtime()?.block_on(commands::members(api))?,
         other => {
             let (table, args) = other.table().expect("every other command shows a table");
-            let dir = show::resolve_pin_dir(args.node.as_deref(), args.pin_dir.clone())?;
-            show::render(table, &dir, args.json)?
+            let dir = tables::resolve_pin_dir(args.node.as_deref(), args.pin_dir.clone())?;
+            tables::render(table, &dir, args.json)?
         }
     };
     print!("{text}");

@@ -13,7 +13,7 @@ use overlay_common::{FDB_KIND_REMOTE, FdbEntry, FdbKey};
 use overlay_tests::{
     Cluster, cli_at, ip, node_ip, overlay_binary, ping, rss_kib, unique_prefix, wait_until,
 };
-use overlay_userspace::loader::Maps;
+use overlay_userspace::dataplane::maps::Maps;
 use serde_json::Value;
 
 /// Withdrawal target: a dead node's entries leave the others within this.

@@ -3,27 +3,44 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use anyhow::{Result, ensure};
 use common::{C1, C2, C3, Overlay};
 use overlay_tests::{Agent, overlay_binary, ping, sh, write_config};
 
-/// What an agent can leave behind: interfaces on its node, and BPF links (TCX or
-/// XDP attachments) of the dataplane's programs anywhere on the machine, or its
-/// netlink TC filters on the node.
+/// What an agent can leave behind: interfaces on its node, and attachments of
+/// its programs: BPF links (TCX or XDP) anywhere on the machine, or netlink TC
+/// filters on the node.
 #[derive(Debug, PartialEq)]
 struct NodeFootprint {
     links: Vec<String>,
     attached_programs: usize,
 }
 
-const OUR_PROGRAMS: [&str; 4] = [
-    "endpoint_ingress",
-    "underlay_ingress",
-    "underlay_xdp",
-    "endpoint_peer_xdp",
-];
+/// The ids of the BPF programs the agents hold open, from their fdinfo. Other
+/// engineers' agents on the same machine load the same programs, so counting by
+/// program name would count theirs too.
+fn programs_of(agents: &[&Agent]) -> Result<BTreeSet<u64>> {
+    let mut ids = BTreeSet::new();
+    for agent in agents {
+        let dir = format!("/proc/{}/fdinfo", agent.pid());
+        for entry in std::fs::read_dir(&dir)? {
+            let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            ids.extend(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|id| id.trim().parse::<u64>().ok()),
+            );
+        }
+    }
+    ensure!(!ids.is_empty(), "the agents hold no BPF program");
+    Ok(ids)
+}
 
-fn footprint(o: &Overlay, node: u8) -> Result<NodeFootprint> {
+fn footprint(o: &Overlay, node: u8, programs: &BTreeSet<u64>) -> Result<NodeFootprint> {
     let links: serde_json::Value =
         serde_json::from_str(&sh(&format!("ip -n {} -j link show", o.node_ns(node)))?)?;
     let mut links: Vec<String> = links
@@ -33,26 +50,19 @@ fn footprint(o: &Overlay, node: u8) -> Result<NodeFootprint> {
         .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
         .collect();
     links.sort();
-    let programs: serde_json::Value = serde_json::from_str(&sh("bpftool -j prog show")?)?;
-    let ours: Vec<u64> = programs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| OUR_PROGRAMS.iter().any(|name| p["name"] == *name))
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
+    let ours = |id: Option<u64>| id.is_some_and(|id| programs.contains(&id));
     let bpf_links: serde_json::Value = serde_json::from_str(&sh("bpftool -j link show")?)?;
     let mut attached_programs = bpf_links
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ours.contains(&id)))
+        .filter(|l| ours(l["prog_id"].as_u64()))
         .count();
     // Before 6.6 TC programs attach as netlink filters, not links (see
-    // overlay_userspace::kernel); they are listed per namespace.
+    // overlay_userspace::dataplane::kernel); they are listed per namespace.
     attached_programs += common::netlink_tc_filters(&o.node_ns(node))?
         .iter()
-        .filter(|f| f["id"].as_u64().is_some_and(|id| ours.contains(&id)))
+        .filter(|f| ours(f["id"].as_u64()))
         .count();
     Ok(NodeFootprint {
         links,
@@ -67,11 +77,11 @@ fn container_links(o: &Overlay, ns: &str) -> Result<String> {
 
 fn exit_removes_everything(decap: &'static str, signal: i32) -> Result<()> {
     let mut o = Overlay::build(decap)?;
-    // Links are counted machine-wide (bpftool cannot tell namespaces apart), so
-    // what counts is the difference this agent makes.
-    let before = footprint(&o, 1)?;
+    let no_programs = BTreeSet::new();
+    let before = footprint(&o, 1, &no_programs)?;
     o.start_agent(1)?;
-    let running = footprint(&o, 1)?;
+    let programs = programs_of(&[&o.agents[0]])?;
+    let running = footprint(&o, 1, &programs)?;
     // Three endpoints on node1 (c1, c3, c4): three veths, three TC attachments plus
     // decap, and in XDP mode an XDP_PASS program on each container-side veth.
     ensure!(
@@ -97,8 +107,9 @@ fn exit_removes_everything(decap: &'static str, signal: i32) -> Result<()> {
         status.success(),
         "the agent must exit cleanly on signal {signal}: {status:?}"
     );
+    // The programs it loaded may be gone; links to them must be.
     ensure!(
-        footprint(&o, 1)? == before,
+        footprint(&o, 1, &programs)? == before,
         "after exit the node must be as before"
     );
     ensure!(
@@ -130,7 +141,8 @@ fn setup_failing_half_way_is_rolled_back() -> Result<()> {
     let mut o = Overlay::build("xdp")?;
     o.start_agent(1)?;
     o.start_agent(2)?;
-    let before = footprint(&o, 1)?;
+    let programs = programs_of(&o.agents.iter().collect::<Vec<_>>())?;
+    let before = footprint(&o, 1, &programs)?;
     o.topology.container("c9")?;
     let c9 = format!("{}c9", o.prefix);
     let intruder = format!(
@@ -152,8 +164,10 @@ fn setup_failing_half_way_is_rolled_back() -> Result<()> {
         stderr.contains("XDP decap"),
         "the reason must be given: {stderr}"
     );
+    // The intruder's own links went with its process (or its pins, checked
+    // below); the first agents' attachments must all still be there.
     ensure!(
-        footprint(&o, 1)? == before,
+        footprint(&o, 1, &programs)? == before,
         "the node must be as before the intruder"
     );
     ensure!(

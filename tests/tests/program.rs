@@ -21,11 +21,16 @@ use overlay_tests::{
     sh, unique_prefix,
 };
 use overlay_userspace::{
-    config::Mac,
-    loader::{self, Maps, Programs},
-    membership::{DesiredState, LocalEndpoint, RemoteEndpoint},
-    netlink::{NetnsGuard, netns_path},
-    reconcile::{Tables, reconcile},
+    dataplane::{
+        ebpf_object,
+        maps::Maps,
+        pins,
+        programs::{self, Programs},
+        reconcile::{Tables, reconcile},
+    },
+    desired::{DesiredState, LocalEndpoint, RemoteEndpoint},
+    host::netns::{NetnsGuard, netns_path},
+    model::Mac,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -103,7 +108,7 @@ struct PinDir(PathBuf);
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = loader::unpin(&self.0);
+        let _ = pins::unpin(&self.0);
     }
 }
 
@@ -126,7 +131,7 @@ impl Fixture {
         );
         let scratch = Scratch::create()?;
         let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", scratch.ns.name)));
-        let mut ebpf = Ebpf::load(loader::ebpf_object()).context("loading the eBPF object")?;
+        let mut ebpf = Ebpf::load(ebpf_object()).context("loading the eBPF object")?;
         let mut maps = Maps::take_and_pin(&mut ebpf, &pins.0)?;
         let programs = Programs::load(ebpf, &pins.0)?;
         let (ep0, ep1, uplink) = (
@@ -192,9 +197,9 @@ impl Fixture {
     fn prog_fd(&mut self, name: &str) -> Result<i32> {
         let ebpf = self.programs.ebpf_mut();
         let fd = if name == program_names::UNDERLAY_XDP {
-            loader::xdp(ebpf, name)?.fd()?.as_fd().as_raw_fd()
+            programs::xdp(ebpf, name)?.fd()?.as_fd().as_raw_fd()
         } else {
-            loader::classifier(ebpf, name)?.fd()?.as_fd().as_raw_fd()
+            programs::classifier(ebpf, name)?.fd()?.as_fd().as_raw_fd()
         };
         Ok(fd)
     }
@@ -681,9 +686,9 @@ fn program_costs_are_measured() -> Result<()> {
     ] {
         let ebpf = fx.programs.ebpf_mut();
         let info = if name.contains("xdp") {
-            loader::xdp(ebpf, name)?.info()?
+            programs::xdp(ebpf, name)?.info()?
         } else {
-            loader::classifier(ebpf, name)?.info()?
+            programs::classifier(ebpf, name)?.info()?
         };
         let insns = info
             .verified_instruction_count()

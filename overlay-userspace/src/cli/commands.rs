@@ -4,10 +4,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::{
-    api::{self, EndpointInfo, MemberList, NetworkInfo, NetworkList, Request},
-    cli::{ApiArgs, EndpointCommand, NetworkCommand},
-    show::format_table,
+use super::{
+    args::{ApiArgs, EndpointCommand, NetworkCommand},
+    tables::format_table,
+};
+use crate::api::{
+    client,
+    proto::{EndpointInfo, MemberList, NetworkInfo, NetworkList, Request},
 };
 
 /// Long enough for an address allocation that has to claim a block or two.
@@ -174,8 +177,8 @@ pub async fn members(api: &ApiArgs) -> Result<String> {
 }
 
 async fn ask(api: &ApiArgs, request: &Request) -> Result<serde_json::Value> {
-    let socket = api::resolve_socket(api.node.as_deref(), api.socket.clone())?;
-    api::call(&socket, request, TIMEOUT).await
+    let socket = client::resolve_socket(api.node.as_deref(), api.socket.clone())?;
+    client::call(&socket, request, TIMEOUT).await
 }
 
 fn render<T: serde::de::DeserializeOwned>(

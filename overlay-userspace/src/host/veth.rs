@@ -1,11 +1,12 @@
-//! Endpoint plumbing: the veth pair that connects a container to the dataplane,
+//! An endpoint's veth pair that connects a container to the dataplane,
 //! set up as Docker sets up an overlay endpoint (MAC, MTU, address, eth0 inside).
 
 use anyhow::{Context as _, Result};
 
-use crate::{
-    netlink::{Netlink, NetnsGuard, disable_ipv6, netns_path, open_netns},
-    node::PlannedEndpoint,
+use super::{
+    netlink::Netlink,
+    netns::{NetnsGuard, disable_ipv6, netns_path, open_netns},
+    plan::PlannedEndpoint,
 };
 
 /// An endpoint whose veth exists.

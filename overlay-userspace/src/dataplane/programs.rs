@@ -1,4 +1,5 @@
-//! Loading the eBPF object, pinning its maps, attaching and detaching its programs.
+//! The loaded programs and their attachments (hooks), pinned as links so the
+//! dataplane outlives an agent that is killed or exits with `--keep`.
 
 use std::{
     collections::BTreeMap,
@@ -7,10 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
+    Ebpf,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, Link as _, PinnedLink},
@@ -20,219 +20,13 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use overlay_common::{
-    Config, CounterValue, Endpoint, FdbEntry, FdbKey, NeighEntry, NeighKey, Network, Vtep,
-    map_names, program_names,
-};
+use overlay_common::program_names;
 
-use crate::{
-    config::DecapMode,
+use super::{
     kernel::{self, TcAttach},
-    netlink::NetnsGuard,
+    pins::LINKS_DIR,
 };
-
-/// The compiled eBPF object, embedded at build time.
-pub fn ebpf_object() -> &'static [u8] {
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay"))
-}
-
-/// Default root under which each node pins its maps, in `<root>/<node>/`.
-pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/overlay";
-
-pub fn default_pin_dir(node: &str) -> PathBuf {
-    Path::new(DEFAULT_PIN_ROOT).join(node)
-}
-
-/// Typed handles on every map of the dataplane.
-pub struct Maps {
-    pub config: Array<MapData, Config>,
-    pub networks: HashMap<MapData, u32, Network>,
-    pub endpoints: HashMap<MapData, u32, Endpoint>,
-    pub fdb: HashMap<MapData, FdbKey, FdbEntry>,
-    pub neigh: HashMap<MapData, NeighKey, NeighEntry>,
-    pub vteps: HashMap<MapData, [u8; 4], Vtep>,
-    pub stats: PerCpuArray<MapData, CounterValue>,
-    pub endpoint_devs: DevMapHash<MapData>,
-}
-
-impl Maps {
-    /// Takes the maps out of a freshly loaded object and pins each under `pin_dir`
-    /// (created if missing). On failure, removes the pins it made.
-    pub fn take_and_pin(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<Maps> {
-        fs::create_dir_all(pin_dir)
-            .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-        let maps = (|| -> Result<Maps> {
-            for name in map_names::ALL {
-                let path = pin_dir.join(name);
-                ebpf.map(name)
-                    .with_context(|| format!("the eBPF object has no map {name}"))?
-                    .pin(&path)
-                    .with_context(|| format!("pinning {}", path.display()))?;
-            }
-            Maps::take(ebpf)
-        })();
-        if maps.is_err() {
-            let _ = unpin(pin_dir);
-        }
-        maps
-    }
-
-    /// Takes the maps out of a loaded object.
-    fn take(ebpf: &mut Ebpf) -> Result<Maps> {
-        let mut take = |name: &str| -> Result<Map> {
-            ebpf.take_map(name)
-                .with_context(|| format!("the eBPF object has no map {name}"))
-        };
-        Ok(Maps {
-            config: Array::try_from(take(map_names::CONFIG)?)?,
-            networks: HashMap::try_from(take(map_names::NETWORKS)?)?,
-            endpoints: HashMap::try_from(take(map_names::ENDPOINTS)?)?,
-            fdb: HashMap::try_from(take(map_names::FDB)?)?,
-            neigh: HashMap::try_from(take(map_names::NEIGH)?)?,
-            vteps: HashMap::try_from(take(map_names::VTEPS)?)?,
-            stats: PerCpuArray::try_from(take(map_names::STATS)?)?,
-            endpoint_devs: DevMapHash::try_from(take(map_names::ENDPOINT_DEVS)?)?,
-        })
-    }
-
-    /// Opens the maps a running (or kept) agent pinned under `dir`.
-    pub fn from_pins(dir: &Path) -> Result<Maps> {
-        if !dir.is_dir() {
-            bail!(
-                "no pinned maps at {} (is an agent running for this node? is /sys/fs/bpf mounted?)",
-                dir.display()
-            );
-        }
-        let open = |name: &str| {
-            let path = dir.join(name);
-            MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))
-        };
-        Ok(Maps {
-            config: Array::try_from(Map::Array(open(map_names::CONFIG)?))?,
-            networks: HashMap::try_from(Map::HashMap(open(map_names::NETWORKS)?))?,
-            endpoints: HashMap::try_from(Map::HashMap(open(map_names::ENDPOINTS)?))?,
-            fdb: HashMap::try_from(Map::HashMap(open(map_names::FDB)?))?,
-            neigh: HashMap::try_from(Map::HashMap(open(map_names::NEIGH)?))?,
-            vteps: HashMap::try_from(Map::HashMap(open(map_names::VTEPS)?))?,
-            stats: PerCpuArray::try_from(Map::PerCpuArray(open(map_names::STATS)?))?,
-            endpoint_devs: DevMapHash::try_from(Map::DevMapHash(open(map_names::ENDPOINT_DEVS)?))?,
-        })
-    }
-}
-
-/// Whether `dir` holds pins of a previous agent: maps, or program links.
-pub fn holds_pins(dir: &Path) -> bool {
-    map_names::ALL.iter().any(|name| dir.join(name).exists())
-        || fs::read_dir(dir.join(LINKS_DIR)).is_ok_and(|mut d| d.next().is_some())
-}
-
-/// Loads the eBPF object with every map pinned under `pin_dir`. Maps a previous
-/// agent left pinned there (it exited with --keep, or was killed) are reused with
-/// their contents, so the dataplane it left running keeps its tables; missing
-/// ones are created and pinned. Returns whether anything was adopted.
-///
-/// A pinned map whose shape differs from this build's (another version of the
-/// ABI) is refused rather than reused.
-pub fn load_adopting(pin_dir: &Path) -> Result<(Ebpf, Maps, bool)> {
-    fs::create_dir_all(pin_dir)
-        .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-    let adopted = holds_pins(pin_dir);
-    if adopted {
-        check_pinned_shapes(pin_dir)?;
-    }
-    let paths: Vec<(&str, PathBuf)> = map_names::ALL
-        .iter()
-        .map(|name| (*name, pin_dir.join(name)))
-        .collect();
-    let mut loader = EbpfLoader::new();
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader
-        .load(ebpf_object())
-        .context("loading the eBPF object")?;
-    let maps = Maps::take(&mut ebpf)?;
-    Ok((ebpf, maps, adopted))
-}
-
-/// Compares each pinned map with the map this build would create.
-fn check_pinned_shapes(pin_dir: &Path) -> Result<()> {
-    let mut fresh = Ebpf::load(ebpf_object()).context("loading the eBPF object")?;
-    for name in map_names::ALL {
-        let path = pin_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let pinned = MapData::from_pin(&path)
-            .with_context(|| format!("opening pinned map {}", path.display()))?
-            .info()?;
-        let Some(map) = fresh.map_mut(name) else {
-            continue;
-        };
-        let ours = match map {
-            Map::Array(m) | Map::HashMap(m) | Map::PerCpuArray(m) | Map::DevMapHash(m) => {
-                m.info()?
-            }
-            _ => continue,
-        };
-        if (
-            pinned.map_type().ok(),
-            pinned.key_size(),
-            pinned.value_size(),
-            pinned.max_entries(),
-        ) != (
-            ours.map_type().ok(),
-            ours.key_size(),
-            ours.value_size(),
-            ours.max_entries(),
-        ) {
-            bail!(
-                "the map pinned at {} was made by another version of the dataplane (its shape differs); \
-                 stop that node's dataplane (`overlay agent` without --keep, or remove {}) before starting this one",
-                path.display(),
-                pin_dir.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Where program links are pinned, inside a node's pin directory.
-pub const LINKS_DIR: &str = "links";
-
-/// Removes the pins of every map under `dir`, then `dir` itself if it is empty.
-/// Pinned links go too, which detaches their programs.
-pub fn unpin(dir: &Path) -> Result<()> {
-    if let Ok(links) = fs::read_dir(dir.join(LINKS_DIR)) {
-        for link in links.flatten() {
-            let _ = fs::remove_file(link.path());
-        }
-        let _ = fs::remove_dir(dir.join(LINKS_DIR));
-    }
-    for name in map_names::ALL {
-        match fs::remove_file(dir.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("unpinning {}", dir.join(name).display()));
-            }
-        }
-    }
-    match fs::remove_dir(dir) {
-        Ok(()) => {
-            // The shared default root goes too once the last node has left it.
-            if dir.parent() == Some(Path::new(DEFAULT_PIN_ROOT)) {
-                let _ = fs::remove_dir(DEFAULT_PIN_ROOT);
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        // Someone else's files: leave them.
-        Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
-    }
-}
+use crate::{config::DecapMode, host::netns::NetnsGuard};
 
 /// Where a program is attached; names its link's pin.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -461,6 +255,7 @@ impl Programs {
     }
 
     /// The underlying object, for tests that run programs directly.
+    #[cfg(feature = "test-doors")]
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }

@@ -16,7 +16,8 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use crate::{config::Subnet, membership::BlockClaim};
+use super::record::BlockClaim;
+use crate::model::Subnet;
 
 pub const BLOCK_PREFIX: u8 = 28;
 

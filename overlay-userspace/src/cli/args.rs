@@ -1,10 +1,10 @@
-//! Command-line interface.
+//! The command line: every command and flag, with its `--help`.
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::show::Table;
+use super::tables::Table;
 
 /// An eBPF/XDP VXLAN overlay dataplane: Docker-style overlay networks whose
 /// switching, encapsulation, decapsulation and proxy ARP run in TC/XDP programs.

@@ -13,8 +13,8 @@ use overlay_common::{Counter, FDB_KIND_LOCAL, FDB_KIND_REMOTE};
 use serde_json::{Value, json};
 
 use crate::{
-    config::Mac,
-    loader::{self, Maps},
+    dataplane::{maps::Maps, pins},
+    model::Mac,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,9 +33,9 @@ pub fn resolve_pin_dir(node: Option<&str>, pin_dir: Option<PathBuf>) -> Result<P
         return Ok(dir);
     }
     if let Some(node) = node {
-        return Ok(loader::default_pin_dir(node));
+        return Ok(pins::default_pin_dir(node));
     }
-    let root = Path::new(loader::DEFAULT_PIN_ROOT);
+    let root = Path::new(pins::DEFAULT_PIN_ROOT);
     let nodes: Vec<String> = std::fs::read_dir(root)
         .map(|entries| {
             entries

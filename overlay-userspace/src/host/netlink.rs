@@ -1,18 +1,16 @@
-//! Netlink plumbing: interfaces, addresses, veth pairs, and entering other
-//! network namespaces.
+//! Netlink: interfaces, addresses and veth pairs, over rtnetlink.
 //!
 //! A netlink socket belongs to the namespace its thread was in when it was
 //! created. [`Netlink::in_netns`] uses that: it enters the namespace, opens the
 //! socket, and comes back before anything else runs on this thread.
 
 use std::{
-    fs::File,
     net::{IpAddr, Ipv4Addr},
     os::fd::{AsRawFd, OwnedFd},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::AddressAttribute,
@@ -20,41 +18,7 @@ use netlink_packet_route::{
 };
 use rtnetlink::Handle;
 
-/// Where `ip netns add NAME` puts a named namespace.
-pub fn netns_path(name: &str) -> PathBuf {
-    Path::new("/var/run/netns").join(name)
-}
-
-/// Switches the calling thread into a network namespace until dropped.
-pub struct NetnsGuard {
-    original: File,
-}
-
-impl NetnsGuard {
-    pub fn enter(path: &Path) -> Result<NetnsGuard> {
-        let original = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
-        let target = File::open(path)
-            .with_context(|| format!("opening network namespace {}", path.display()))?;
-        setns(&target).with_context(|| format!("entering network namespace {}", path.display()))?;
-        Ok(NetnsGuard { original })
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        // Failing to return would leave this thread in the wrong namespace for
-        // everything that follows: nothing sensible can go on.
-        setns(&self.original).expect("returning to the original network namespace");
-    }
-}
-
-fn setns(ns: &File) -> std::io::Result<()> {
-    // SAFETY: plain syscall on a valid fd.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
+use super::netns::NetnsGuard;
 
 #[derive(Clone, Debug)]
 pub struct LinkInfo {
@@ -225,26 +189,4 @@ fn link_info(msg: netlink_packet_route::link::LinkMessage) -> LinkInfo {
         }
     }
     info
-}
-
-/// Opens a named namespace, with an error that says how to create it.
-pub fn open_netns(name: &str) -> Result<OwnedFd> {
-    let path = netns_path(name);
-    let file = File::open(&path).map_err(|e| {
-        anyhow!("network namespace {name:?} does not exist ({}: {e}); create it with `ip netns add {name}`", path.display())
-    })?;
-    Ok(file.into())
-}
-
-/// Turns IPv6 off on an interface of the calling thread's namespace. The overlay
-/// carries IPv4 only, as Docker's does by default; without this every container
-/// would send router solicitations and MLD reports that the dataplane must drop.
-pub fn disable_ipv6(ifname: &str) -> Result<()> {
-    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
-    match std::fs::write(&path, "1") {
-        Ok(()) => Ok(()),
-        // A kernel without IPv6 has nothing to turn off.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => bail!("writing {path}: {e}"),
-    }
 }

@@ -1,5 +1,5 @@
-//! Resolving a cluster file against this machine: the underlay, the VTEP address,
-//! MTUs, interface names. Every check that needs the system runs here, before
+//! The cluster file resolved against this machine: the underlay, the VTEP
+//! address, MTUs, interface names. Every check that needs the system runs here, before
 //! anything is changed, and fails with the file and field it concerns.
 
 use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf};
@@ -7,9 +7,10 @@ use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf};
 use anyhow::Result;
 use overlay_common::VXLAN_OVERHEAD;
 
+use super::{netlink::Netlink, netns};
 use crate::{
-    config::{ClusterConfig, ConfigError, Mac},
-    netlink::{Netlink, netns_path},
+    config::{ClusterConfig, ConfigError, DecapMode},
+    model::Mac,
 };
 
 #[derive(Clone, Debug)]
@@ -45,6 +46,50 @@ pub struct NodePlan {
     pub network_mtus: Vec<u32>,
     pub endpoints: Vec<PlannedEndpoint>,
     pub pin_dir: PathBuf,
+}
+
+impl NodePlan {
+    /// The endpoints' MTU in network `name`: the file's setting, else the
+    /// underlay's MTU minus the VXLAN overhead (also for networks created at
+    /// run time).
+    pub fn mtu_of(&self, name: &str) -> u32 {
+        self.config
+            .networks
+            .iter()
+            .zip(&self.network_mtus)
+            .find(|(n, _)| n.name == name)
+            .map_or(
+                self.underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
+                |(_, mtu)| *mtu,
+            )
+    }
+
+    /// What about this host will make the dataplane slower or fail, in words
+    /// that say what to do.
+    pub fn host_warnings(&self) -> Vec<String> {
+        let underlay = &self.underlay.name;
+        let mut warnings = Vec::new();
+        // bpf_fib_lookup refuses to route when forwarding is off on the underlay,
+        // and encapsulation then takes the kernel's slower route-and-resolve path.
+        let forwarding = format!("/proc/sys/net/ipv4/conf/{underlay}/forwarding");
+        if std::fs::read_to_string(&forwarding).is_ok_and(|v| v.trim() == "0") {
+            warnings.push(format!(
+                "IPv4 forwarding is off on {underlay}: encapsulation falls back to the slower \
+                 kernel routing path (counter encap_route_fallback); enable it with \
+                 `sysctl -w net.ipv4.conf.{underlay}.forwarding=1`"
+            ));
+        }
+        if self.config.decap == DecapMode::Xdp && self.underlay.is_veth {
+            warnings.push(
+                "XDP decap on a veth underlay: a veth peer passes checksums it has not computed \
+                 (CHECKSUM_PARTIAL) and XDP_REDIRECT cannot carry that, so the sending side must \
+                 compute them (`ethtool -K <peer> tx off`), or TCP into containers fails; \
+                 TC decap has no such limit"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
 }
 
 pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Result<NodePlan> {
@@ -129,19 +174,8 @@ pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Resu
     let mut next_index_in_netns: HashMap<&str, usize> = HashMap::new();
     let mut endpoints = Vec::new();
     for (i, e) in config.endpoints.iter().enumerate() {
-        let path = netns_path(&e.netns);
-        if !path.exists() {
-            return Err(err(
-                &format!("endpoint[{i}].netns"),
-                format!(
-                    "network namespace {:?} does not exist ({}); create it with `ip netns add {}`",
-                    e.netns,
-                    path.display(),
-                    e.netns
-                ),
-            )
-            .into());
-        }
+        let path = netns::existing(&e.netns)
+            .map_err(|problem| err(&format!("endpoint[{i}].netns"), problem))?;
         let network = &config.networks[e.network];
         let n = next_index_in_netns.entry(&e.netns).or_default();
         let container_ifname = format!("eth{n}");

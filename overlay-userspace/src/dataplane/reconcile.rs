@@ -15,7 +15,8 @@ use overlay_common::{
     Network, Vtep,
 };
 
-use crate::{loader::Maps, membership::DesiredState};
+use super::{batch, maps::Maps};
+use crate::desired::DesiredState;
 
 /// The contents every map should have.
 #[derive(Debug, Default, PartialEq)]
@@ -185,7 +186,7 @@ where
     V: Pod + PartialEq,
 {
     let mut changes = Changes::default();
-    let current: BTreeMap<K, V> = match read_batched(map) {
+    let current: BTreeMap<K, V> = match batch::read_all(map) {
         Some(current) => current,
         None => map.iter().collect::<Result<_, _>>()?,
     };
@@ -202,79 +203,6 @@ where
         map.insert(key, value, 0)?;
     }
     Ok(changes)
-}
-
-/// The whole map in a few BPF_MAP_LOOKUP_BATCH calls, or `None` if the kernel
-/// refuses (then the caller iterates). Iterating costs two syscalls per entry:
-/// at 100 000 endpoints the periodic reconcile took about a CPU-second per pass
-/// and showed in the dataplane's throughput on a two-core machine.
-fn read_batched<K: Pod + Ord, V: Pod>(map: &HashMap<MapData, K, V>) -> Option<BTreeMap<K, V>> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-
-    use aya::maps::IterableMap as _;
-
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    const CHUNK: usize = 4096;
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    let fd = map.map().fd().as_fd().as_raw_fd();
-    let (ks, vs) = (size_of::<K>(), size_of::<V>());
-    let mut keys = vec![0u8; CHUNK * ks];
-    let mut values = vec![0u8; CHUNK * vs];
-    // The position token is opaque; a hash map's is a bucket index (u32).
-    let mut token = [0u64; 4];
-    let mut next = [0u64; 4];
-    let mut out = BTreeMap::new();
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { token.as_ptr() as u64 },
-            out_batch: next.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
-            map_fd: fd as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: every buffer holds `count` elements and outlives the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        let done = rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
-        if rc != 0 && !done {
-            return None;
-        }
-        for i in 0..attr.count as usize {
-            // SAFETY: K and V are Pod and the kernel wrote `count` of each.
-            let (k, v) = unsafe {
-                (
-                    std::ptr::read_unaligned(keys.as_ptr().add(i * ks).cast::<K>()),
-                    std::ptr::read_unaligned(values.as_ptr().add(i * vs).cast::<V>()),
-                )
-            };
-            out.insert(k, v);
-        }
-        if done {
-            return Some(out);
-        }
-        token = next;
-        first = false;
-    }
 }
 
 fn sync_devmap(maps: &mut Maps, want: &BTreeMap<u32, u32>) -> Result<Changes> {
@@ -305,8 +233,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::Mac,
-        membership::{LocalEndpoint, RemoteEndpoint},
+        desired::{LocalEndpoint, RemoteEndpoint},
+        model::Mac,
     };
 
     #[test]

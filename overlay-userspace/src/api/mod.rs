@@ -1,0 +1,15 @@
+//! The agent's local API: a unix socket only root can open ([`server`]), the
+//! messages on it ([`proto`]), and the command line's side ([`client`]).
+
+pub mod client;
+pub mod proto;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_RUN_DIR: &str = "/run/overlay";
+const MAX_REQUEST: usize = 64 * 1024;
+
+pub fn default_socket(node: &str) -> PathBuf {
+    Path::new(DEFAULT_RUN_DIR).join(format!("{node}.sock"))
+}

@@ -1,0 +1,7 @@
+//! The cluster floor: what every node announces ([`record`]), the one view all
+//! nodes compute from the records ([`resolve`]), and address allocation without a
+//! central allocator ([`ipam`]).
+
+pub mod ipam;
+pub mod record;
+pub mod resolve;

@@ -1,0 +1,8 @@
+//! The host floor: this machine's interfaces and namespaces. The cluster file
+//! resolved against the machine ([`plan`]); rtnetlink ([`netlink`]); entering
+//! namespaces ([`netns`]); an endpoint's veth pair ([`veth`]).
+
+pub mod netlink;
+pub mod netns;
+pub mod plan;
+pub mod veth;
