@@ -25,7 +25,7 @@ pub trait DropVerdict {
 }
 
 impl DropVerdict for i32 {
-    const DROP: i32 = TC_ACT_SHOT as i32;
+    const DROP: i32 = TC_ACT_SHOT;
 }
 
 impl DropVerdict for u32 {

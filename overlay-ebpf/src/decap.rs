@@ -141,7 +141,7 @@ pub fn tc(ctx: &TcContext, cfg: &Config) -> i32 {
         },
     );
     let (ifindex, inner_is_arp) = match classify(ctx, cfg) {
-        Verdict::NotOurs => return aya_ebpf::bindings::TC_ACT_OK as i32,
+        Verdict::NotOurs => return aya_ebpf::bindings::TC_ACT_OK,
         Verdict::Drop(reason) => return drop(reason, len),
         Verdict::Deliver {
             ifindex,
@@ -160,7 +160,7 @@ pub fn tc(ctx: &TcContext, cfg: &Config) -> i32 {
         .adjust_room(
             -(VXLAN_OVERHEAD as i32),
             BPF_ADJ_ROOM_MAC,
-            BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+            u64::from(BPF_F_ADJ_ROOM_FIXED_GSO),
         )
         .is_err()
         || ctx.store(0, &inner_eth, 0).is_err()

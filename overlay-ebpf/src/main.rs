@@ -2,6 +2,10 @@
 //! one module per concern.
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros fix the entry points' signatures: the context comes by value"
+)]
 
 mod arp;
 mod counters;
@@ -25,7 +29,7 @@ pub fn endpoint_ingress(ctx: TcContext) -> i32 {
     match lookup::config() {
         Some(cfg) => switch::from_endpoint(&ctx, &cfg),
         // Not configured yet: a container must not reach the host stack through us.
-        None => TC_ACT_SHOT as i32,
+        None => TC_ACT_SHOT,
     }
 }
 
@@ -34,7 +38,7 @@ pub fn endpoint_ingress(ctx: TcContext) -> i32 {
 pub fn underlay_ingress(ctx: TcContext) -> i32 {
     match lookup::config() {
         Some(cfg) => decap::tc(&ctx, &cfg),
-        None => TC_ACT_OK as i32,
+        None => TC_ACT_OK,
     }
 }
 

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     )
     .format_timestamp_millis()
     .init();
-    match try_main(Cli::parse()) {
+    match try_main(&Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("overlay: {e:#}");
@@ -33,7 +33,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn try_main(cli: Cli) -> Result<()> {
+fn try_main(cli: &Cli) -> Result<()> {
     let text = match &cli.command {
         Command::Agent {
             config,

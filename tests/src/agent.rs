@@ -191,8 +191,11 @@ impl Agent {
     /// SIGKILL: the agent gets no chance to clean up, and its dataplane stays.
     pub fn kill(mut self) -> Result<LeftDataplane> {
         let mut child = self.child.take().expect("running until stopped");
-        child.kill().context("killing the agent")?;
+        let killed = child.kill().context("killing the agent");
+        // Reaped whether or not the kill succeeded (it fails if the agent has
+        // exited already), so no zombie is left.
         child.wait().context("reaping the agent")?;
+        killed?;
         Ok(LeftDataplane {
             pin_dir: Some(std::mem::take(&mut self.pin_dir)),
         })
@@ -235,13 +238,12 @@ impl Agent {
     /// too, so a leak shows even though the machine is left clean.
     pub fn stop_with(mut self, signal: i32) -> Result<ExitStatus> {
         let mut child = self.child.take().expect("running until stopped");
-        let status = match terminate(&mut child, signal)? {
-            Some(status) => status,
-            None => bail!(
+        let Some(status) = terminate(&mut child, signal)? else {
+            bail!(
                 "the agent ignored signal {signal} for {:?} and was killed:\n{}",
                 stop_timeout(),
                 self.stderr.so_far()
-            ),
+            );
         };
         let _ = std::fs::remove_dir_all(run_dir_for(&self.pin_dir));
         if self.pin_dir.exists() {

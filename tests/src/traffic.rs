@@ -230,8 +230,7 @@ fn send(addr: SocketAddr, seed: u64, bytes: u64) -> Result<()> {
     while left > 0 {
         ensure!(
             Instant::now() < deadline,
-            "{} bytes left after {transfer_timeout:?}",
-            left
+            "{left} bytes left after {transfer_timeout:?}"
         );
         let n = left.min(buf.len() as u64) as usize;
         pattern.fill(&mut buf[..n]);

@@ -21,11 +21,14 @@ const WITHDRAWAL: Duration = Duration::from_secs(5);
 
 const RED: &str = "[[network]]\nname = \"red\"\nvni = 100\nsubnet = \"10.9.0.0/24\"\n";
 
-/// The remote entries in the FDB pinned under `pin_dir`: (VNI, MAC) → VTEP.
-fn remote_fdb(pin_dir: &Path) -> Result<BTreeMap<(u32, [u8; 6]), [u8; 4]>> {
+/// Remote FDB entries: (VNI, MAC) → VTEP.
+type RemoteFdb = BTreeMap<(u32, [u8; 6]), [u8; 4]>;
+
+/// The remote entries in the FDB pinned under `pin_dir`.
+fn remote_fdb(pin_dir: &Path) -> Result<RemoteFdb> {
     let maps = Maps::from_pins(pin_dir)?;
     let mut out = BTreeMap::new();
-    for entry in maps.fdb.iter() {
+    for entry in &maps.fdb {
         let (key, value): (FdbKey, FdbEntry) = entry?;
         if value.kind == FDB_KIND_REMOTE {
             out.insert((key.vni, key.mac), value.remote_vtep);

@@ -165,8 +165,8 @@ fn full_size_inner_packet_with_df_passes(decap: &'static str) -> Result<()> {
 }
 
 fn counters_match_the_traffic(decap: &'static str) -> Result<()> {
-    let o = Overlay::start(decap)?;
     const N: u64 = 10;
+    let o = Overlay::start(decap)?;
     let stats = ping(&o.ns(C1), &C2.ip.to_string(), N as u32, &["-i", "0.05"])?;
     ensure!(stats.received == N, "{stats:?}");
     // Each side: N echo frames out (encap) and N in (decap), and one ARP answered

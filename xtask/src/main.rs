@@ -43,6 +43,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check formatting (`cargo fmt --check`) and lints (`cargo clippy -D
+    /// warnings`, for the host crates and for the eBPF crate on its BPF target),
+    /// as CI does.
+    Lint,
     /// Build, then run the kernel tests inside qemu VMs on Debian's 6.1 and 6.12
     /// kernels (fetched with apt-get, cached under target/vmtest).
     Vmtest(vmtest::Args),
@@ -127,9 +131,10 @@ fn try_main() -> Result<()> {
             }
             Ok(())
         }
+        Task::Lint => lint(),
         Task::Vmtest(args) => {
             let binary = build()?;
-            vmtest::run(args, &binary)
+            vmtest::run(&args, &binary)
         }
         Task::Demo => {
             let binary = build()?;
@@ -172,6 +177,34 @@ fn build() -> Result<PathBuf> {
         bail!("the build succeeded but left no {}", binary.display());
     }
     Ok(binary)
+}
+
+/// `cargo fmt --check`, then clippy with warnings denied. The eBPF crate only
+/// builds for the BPF target (its panic handler clashes with std on the host),
+/// so it is linted there, with the nightly toolchain that builds it.
+fn lint() -> Result<()> {
+    prereqs::ensure_all()?;
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "overlay-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("cargo")
+        .current_dir(root.join("overlay-ebpf"))
+        .args(["+nightly", "clippy", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"]))?;
+    println!("lint: fmt and clippy are clean");
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

@@ -119,7 +119,7 @@ impl fmt::Display for Accel {
     }
 }
 
-pub fn run(args: Args, overlay: &Path) -> Result<()> {
+pub fn run(args: &Args, overlay: &Path) -> Result<()> {
     prereqs::ensure_debian_packages("the kernel VMs", &PACKAGES)?;
     let series: Vec<Series> = match args.kernel {
         KernelArg::V6_1 => vec![Series::V6_1],
@@ -134,10 +134,10 @@ pub fn run(args: Args, overlay: &Path) -> Result<()> {
     let suites = build_test_binaries()?;
 
     let scratch = Scratch::create(&cache)?;
-    let common = common_archive(overlay, &suites, &args, scratch.path())?;
+    let common = common_archive(overlay, &suites, args, scratch.path())?;
     let mut outcomes = Vec::new();
     for kernel in &kernels {
-        let outcome = boot_and_test(kernel, &common, &args, &cache, scratch.path())
+        let outcome = boot_and_test(kernel, &common, args, &cache, scratch.path())
             .with_context(|| format!("vmtest on {}", kernel.release))?;
         outcomes.push(outcome);
     }

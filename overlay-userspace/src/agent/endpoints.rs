@@ -58,7 +58,7 @@ impl Endpoints {
         self.list.iter()
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.list.len()
     }
 

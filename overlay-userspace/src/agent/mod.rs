@@ -176,7 +176,7 @@ fn announce_ready(node: &Node, socket: &Path) {
         plan.underlay.name,
         plan.underlay.mtu,
         plan.config.decap,
-        node.endpoints.len(),
+        node.endpoints.count(),
         plan.pin_dir.display(),
         socket.display(),
         match &plan.config.cluster {

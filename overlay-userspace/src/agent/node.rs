@@ -79,7 +79,7 @@ impl Node {
     pub async fn start(&mut self, nl: &Netlink, key: Option<&ClusterKey>) -> Result<()> {
         let vtep = self.plan.underlay.vtep;
         if self.runtime.vtep.map(|(ip, _)| ip) != Some(vtep) {
-            self.save(Change::Vtep(vtep, now_ms()))?;
+            self.save(&Change::Vtep(vtep, now_ms()))?;
         }
         self.adopting = pins::holds_pins(&self.plan.pin_dir);
         self.dataplane = Some(Dataplane::load(&self.plan.pin_dir, self.plan.config.decap)?);
@@ -94,7 +94,7 @@ impl Node {
                         "endpoint {} in network {} (namespace {}) from the state file is dropped: {e:#}",
                         saved.ip, saved.network, saved.netns
                     );
-                    self.save(Change::RemoveEndpoint {
+                    self.save(&Change::RemoveEndpoint {
                         network: saved.network,
                         netns: saved.netns,
                     })?;
@@ -206,8 +206,8 @@ impl Node {
 
     /// Saves the runtime state after `change`; only once that worked does the
     /// node hold the new state.
-    fn save(&mut self, change: Change) -> Result<()> {
-        let next = self.runtime.with(&change);
+    fn save(&mut self, change: &Change) -> Result<()> {
+        let next = self.runtime.with(change);
         self.state_file.save(&next)?;
         self.runtime = next;
         Ok(())
@@ -216,7 +216,7 @@ impl Node {
     /// The one way a request changes the node: saved first (a failed save
     /// changes nothing), then announced and applied.
     pub async fn commit(&mut self, change: Change) -> Result<()> {
-        self.save(change)?;
+        self.save(&change)?;
         self.sync().await;
         Ok(())
     }
@@ -276,7 +276,7 @@ impl Node {
                 e.ip, e.mac, e.host_ifname, e.netns
             );
             if gone.origin == Origin::Api
-                && let Err(err) = self.save(Change::RemoveEndpoint {
+                && let Err(err) = self.save(&Change::RemoveEndpoint {
                     network: e.network.clone(),
                     netns: e.netns.clone(),
                 })

@@ -165,7 +165,7 @@ pub async fn members(api: &ApiArgs) -> Result<String> {
                 out += &format!(
                     "gossip datagrams: {} sent, {} accepted, {} rejected (failed authentication), {} too large\n",
                     t.sent, t.accepted, t.rejected, t.oversized
-                )
+                );
             }
             None => out += "gossip: off (no [cluster] section); members are this node only\n",
         }

@@ -58,10 +58,13 @@ pub fn resolve_pin_dir(node: Option<&str>, pin_dir: Option<PathBuf>) -> Result<P
     }
 }
 
+/// One row: its cells by JSON field name, in column order.
+type Row = Vec<(&'static str, Value)>;
+
 /// Rows of a table: a header and string cells, or JSON objects.
 pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
     let maps = Maps::from_pins(dir)?;
-    let (header, rows): (Vec<&str>, Vec<Vec<(&str, Value)>>) = match table {
+    let (header, rows): (Vec<&str>, Vec<Row>) = match table {
         Table::Fdb => {
             let mut entries: Vec<_> = maps
                 .fdb

@@ -278,17 +278,14 @@ fn accept_endpoints(
     });
     for r in current.values() {
         let live = liveness.live(r);
-        let refused = if !live {
-            Some("not live".to_owned())
-        } else {
-            match r.vtep {
-                None => Some("announces no VTEP".to_owned()),
-                Some(vtep) if owners.owner(vtep) != r.name => Some(format!(
-                    "VTEP {vtep} belongs to {}, which announced it first",
-                    owners.owner(vtep)
-                )),
-                Some(_) => None,
-            }
+        let refused = match r.vtep {
+            _ if !live => Some("not live".to_owned()),
+            None => Some("announces no VTEP".to_owned()),
+            Some(vtep) if owners.owner(vtep) != r.name => Some(format!(
+                "VTEP {vtep} belongs to {}, which announced it first",
+                owners.owner(vtep)
+            )),
+            Some(_) => None,
         };
         out.members.push(Member {
             name: r.name.clone(),

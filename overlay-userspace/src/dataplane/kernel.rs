@@ -27,8 +27,7 @@ pub enum TcAttach {
 /// The kernel's release, e.g. "6.1.0-56-amd64" (from uname).
 pub fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
 /// The TC attach mode for this kernel, decided and logged on first use.

@@ -284,7 +284,7 @@ fn attach_tc_ingress(
             }
             match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, name) {
                 Ok(()) => {
-                    log::info!("replaced the {name} filter a previous agent left on {ifname}")
+                    log::info!("replaced the {name} filter a previous agent left on {ifname}");
                 }
                 Err(TcError::IoError(e)) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => {
