@@ -9,35 +9,31 @@ use overlay_common::VNI_MAX;
 
 use crate::model::Subnet;
 
-/// Names that appear in gossip keys, pin paths and table output: kept plain.
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
+/// Names that appear in gossip keys, pin paths and table output are kept plain:
+/// 1-64 of A-Z a-z 0-9 - _ ., not starting with a dot. `what` names the kind of
+/// name in the error, `why` says what else it is used for.
+fn plain_name(name: &str, what: &str, why: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
-/// A node name also names its pin directory.
-pub fn node_name(name: &str) -> Result<(), String> {
-    if is_plain_name(name) {
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if plain {
         Ok(())
     } else {
         Err(format!(
-            "{name:?} is not a node name (1-64 of A-Z a-z 0-9 - _ ., not starting with .; it names the pin directory)"
+            "{name:?} is not a {what} (1-64 of A-Z a-z 0-9 - _ ., not starting with .{why})"
         ))
     }
+}
+
+pub fn node_name(name: &str) -> Result<(), String> {
+    plain_name(name, "node name", "; it names the pin directory")
 }
 
 pub fn network_name(name: &str) -> Result<(), String> {
-    if is_plain_name(name) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a network name (1-64 of A-Z a-z 0-9 - _ ., not starting with .)"
-        ))
-    }
+    plain_name(name, "network name", "")
 }
 
 /// An interface name as the kernel takes it (IFNAMSIZ - 1 bytes, no slash).
