@@ -9,6 +9,7 @@
 mod agent;
 mod capture;
 mod cluster;
+mod cluster_file;
 mod cmd;
 mod kernel_vxlan;
 mod netns;
@@ -23,6 +24,9 @@ mod selftest;
 pub use agent::{Agent, LeftDataplane, overlay_binary, run_dir_for};
 pub use capture::{Capture, is_arp, is_vxlan, vxlan_inner};
 pub use cluster::{Cluster, ClusterHost, GOSSIP_PORT, cli_at, node_ip, rss_kib, wait_until};
+pub use cluster_file::{
+    ClusterFile, ClusterSection, Decap, EndpointSection, NetworkSection, RemoteSection,
+};
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT, docker_mac};
 pub use netns::{Netns, in_netns, netns_path};
