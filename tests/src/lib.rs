@@ -26,7 +26,7 @@ mod selftest;
 
 pub use agent::{Agent, LeftDataplane, keygen, overlay_binary};
 pub use capture::{Capture, is_arp, is_vxlan, vxlan_inner};
-pub use cluster::{Cluster, ClusterHost, GOSSIP_PORT, cli_at, node_ip, rss_kib, wait_until};
+pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
 pub use cluster_file::{
     ClusterFile, ClusterSection, Decap, EndpointSection, NetworkSection, RemoteSection,
 };
@@ -35,7 +35,7 @@ pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 // Until the demo and the bench name things through `scenario`.
-pub use scenario::{docker_mac, run_dir_for};
+pub use scenario::{GOSSIP_PORT, docker_mac, run_dir_for};
 pub use seed_overlay::Overlay;
 pub use topology::{NODE1_VTEP, NODE2_VTEP, SeedTopology, TopologyOptions};
 pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer};
