@@ -34,8 +34,8 @@ pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
-// Until the demo and the bench name things through `scenario`.
-pub use scenario::{GOSSIP_PORT, docker_mac, run_dir_for};
+// Until the bench names things through `scenario`.
+pub use scenario::docker_mac;
 pub use seed_overlay::Overlay;
 pub use topology::{NODE1_VTEP, NODE2_VTEP, SeedTopology, TopologyOptions};
 pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer};
