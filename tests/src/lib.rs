@@ -34,8 +34,6 @@ pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
-// Until the bench names things through `scenario`.
-pub use scenario::docker_mac;
 pub use seed_overlay::Overlay;
 pub use topology::{NODE1_VTEP, NODE2_VTEP, SeedTopology, TopologyOptions};
 pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer};
