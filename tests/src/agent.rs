@@ -11,7 +11,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{netns::netns_path, scale::scaled};
+use crate::{
+    cmd::output_ok,
+    netns::netns_path,
+    scale::scaled,
+    scenario::{PIN_ROOT, run_dir_for, socket_for, state_dir_for},
+};
 
 /// The agent binary `cargo xtask build` produces; `OVERLAY_BINARY` overrides the
 /// path, for test binaries run elsewhere (inside `cargo xtask vmtest`'s VMs).
@@ -28,19 +33,21 @@ pub fn overlay_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Where agents pin by default, one directory per node.
-const PIN_ROOT: &str = "/sys/fs/bpf/overlay";
+/// Writes a new cluster key to `path` (`overlay keygen`).
+pub fn keygen(path: &Path) -> Result<()> {
+    output_ok(
+        Command::new(overlay_binary()?)
+            .args(["keygen", "--output"])
+            .arg(path),
+    )?;
+    Ok(())
+}
+
 fn ready_timeout() -> Duration {
     scaled(Duration::from_secs(30))
 }
 fn stop_timeout() -> Duration {
     scaled(Duration::from_secs(10))
-}
-
-/// Where an agent keeps its API socket and state file, next to its pins:
-/// `/run/overlay-tests/<pin dir name>/`.
-pub fn run_dir_for(pin_dir: &Path) -> PathBuf {
-    Path::new("/run/overlay-tests").join(pin_dir.file_name().unwrap_or_default())
 }
 
 /// A running `overlay agent`. Stopped (SIGTERM, then SIGKILL after 10 s) on drop,
@@ -180,7 +187,7 @@ impl Agent {
 
     /// The agent's API socket.
     pub fn socket(&self) -> PathBuf {
-        run_dir_for(&self.pin_dir).join("api.sock")
+        socket_for(&self.pin_dir)
     }
 
     /// The agent's process id.
@@ -288,9 +295,9 @@ fn spawn(
         .arg("--pin-dir")
         .arg(pin_dir)
         .arg("--socket")
-        .arg(run_dir_for(pin_dir).join("api.sock"))
+        .arg(socket_for(pin_dir))
         .arg("--state-dir")
-        .arg(run_dir_for(pin_dir).join("state"))
+        .arg(state_dir_for(pin_dir))
         .args(extra)
         .stdin(Stdio::null())
         .stdout(stdout)

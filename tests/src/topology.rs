@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, Result};
 
-use crate::{cmd::ip, netns::Netns};
+use crate::{cmd::ip, netns::Netns, scenario::Names};
 
 /// node1's underlay address, on 172.31.1.0/24.
 pub const NODE1_VTEP: &str = "172.31.1.5";
@@ -36,10 +36,10 @@ impl Default for TopologyOptions {
 
 /// node1 (`<p>n1`, 172.31.1.5/24) and node2 (`<p>n2`, 192.168.1.5/24), each with
 /// its underlay as `eth0` and a default route via the router `<p>rt` (.1 on both
-/// segments). Nothing is created in the root namespace; dropping the topology
+/// segments), named as [`Names`] says. Nothing is created in the root namespace; dropping the topology
 /// deletes every namespace, containers first.
 pub struct SeedTopology {
-    pub prefix: String,
+    pub names: Names,
     // Field order is drop order: containers go before the hosts.
     containers: Vec<Netns>,
     router: Netns,
@@ -48,14 +48,15 @@ pub struct SeedTopology {
 
 impl SeedTopology {
     pub fn create(prefix: &str, opts: TopologyOptions) -> Result<SeedTopology> {
+        let names = Names::new(prefix);
         let topology = SeedTopology {
-            prefix: prefix.to_owned(),
             containers: Vec::new(),
-            router: Netns::create(&format!("{prefix}rt"))?,
+            router: Netns::create(&names.router_ns())?,
             nodes: [
-                Netns::create(&format!("{prefix}n1"))?,
-                Netns::create(&format!("{prefix}n2"))?,
+                Netns::create(&names.node_ns(1))?,
+                Netns::create(&names.node_ns(2))?,
             ],
+            names,
         };
         topology
             .wire(opts)
@@ -111,14 +112,14 @@ impl SeedTopology {
     /// plumbs it (the agent, or [`crate::KernelVxlanNode`]) creates its `eth0`.
     /// Deleted with the topology.
     pub fn container(&mut self, name: &str) -> Result<&Netns> {
-        let ns = Netns::create(&format!("{}{name}", self.prefix))?;
+        let ns = Netns::create(&self.names.container_ns(name))?;
         self.containers.push(ns);
         Ok(self.containers.last().expect("just pushed"))
     }
 
     /// Deletes a container's namespace now, as when a container goes away.
     pub fn remove_container(&mut self, name: &str) -> Result<()> {
-        let full = format!("{}{name}", self.prefix);
+        let full = self.names.container_ns(name);
         let at = self
             .containers
             .iter()

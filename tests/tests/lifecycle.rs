@@ -3,11 +3,14 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{Result, ensure};
-use common::{C1, C2, C3, Overlay};
-use overlay_tests::{Agent, overlay_binary, ping, sh, write_config};
+use overlay_tests::{
+    Agent, ClusterFile, Decap, EndpointSection, NetworkSection, Overlay, ping,
+    scenario::{C1, C2, C3, UNDERLAY, pin_dir_of},
+    sh,
+};
 
 /// What an agent can leave behind: interfaces on its node, and attachments of
 /// its programs: BPF links (TCX or XDP) anywhere on the machine, or netlink TC
@@ -75,7 +78,7 @@ fn container_links(o: &Overlay, ns: &str) -> Result<String> {
     sh(&format!("ip -n {ns} -br link show"))
 }
 
-fn exit_removes_everything(decap: &'static str, signal: i32) -> Result<()> {
+fn exit_removes_everything(decap: Decap, signal: i32) -> Result<()> {
     let mut o = Overlay::build(decap)?;
     let no_programs = BTreeSet::new();
     let before = footprint(&o, 1, &no_programs)?;
@@ -88,7 +91,7 @@ fn exit_removes_everything(decap: &'static str, signal: i32) -> Result<()> {
         running.links.len() == before.links.len() + 3,
         "while running: {running:?}"
     );
-    let expected = if decap == "xdp" { 7 } else { 4 };
+    let expected = if decap == Decap::Xdp { 7 } else { 4 };
     ensure!(
         running.attached_programs == before.attached_programs + expected,
         "while running, expected {expected} attachments: {running:?}"
@@ -126,35 +129,35 @@ fn exit_removes_everything(decap: &'static str, signal: i32) -> Result<()> {
 
 #[test]
 fn sigterm_removes_everything_tc() -> Result<()> {
-    exit_removes_everything("tc", libc::SIGTERM)
+    exit_removes_everything(Decap::Tc, libc::SIGTERM)
 }
 
 #[test]
 fn sigint_removes_everything_xdp() -> Result<()> {
-    exit_removes_everything("xdp", libc::SIGINT)
+    exit_removes_everything(Decap::Xdp, libc::SIGINT)
 }
 
 /// A second agent on the same underlay fails to attach XDP decap after it has
 /// created its endpoint: it must undo that, say why, and disturb nothing else.
 #[test]
 fn setup_failing_half_way_is_rolled_back() -> Result<()> {
-    let mut o = Overlay::build("xdp")?;
+    let mut o = Overlay::build(Decap::Xdp)?;
     o.start_agent(1)?;
     o.start_agent(2)?;
     let programs = programs_of(&o.agents.iter().collect::<Vec<_>>())?;
     let before = footprint(&o, 1, &programs)?;
-    o.topology.container("c9")?;
-    let c9 = format!("{}c9", o.prefix);
-    let intruder = format!(
-        "node = \"{}-intruder\"\nunderlay = \"eth0\"\ndecap = \"xdp\"\n\
-         [[network]]\nname = \"n\"\nvni = 77\nsubnet = \"10.7.0.0/24\"\n\
-         [[endpoint]]\nnetwork = \"n\"\nnetns = \"{c9}\"\nip = \"10.7.0.9\"\n",
-        o.prefix
-    );
-    let path = write_config(o.dir.path(), "intruder.toml", &intruder)?;
-    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/overlay/{}-intruder", o.prefix));
+    // Its own node name, network and container: nothing but the underlay is shared.
+    let c9 = o.topology.container("c9")?.name.clone();
+    let intruder = ClusterFile {
+        decap: Some(Decap::Xdp),
+        networks: vec![NetworkSection::new("n", 77, "10.7.0.0/24")],
+        endpoints: vec![EndpointSection::new("n", &c9, Ipv4Addr::new(10, 7, 0, 9))],
+        ..ClusterFile::new(format!("{}-intruder", o.prefix()), UNDERLAY)
+    };
+    let path = intruder.write(o.dir.path(), "intruder.toml")?;
+    let pin_dir = pin_dir_of(&intruder.node);
     let (status, stderr) =
-        Agent::run_to_completion(&o.node_ns(1), &overlay_binary()?, &path, &pin_dir, &[])?;
+        Agent::run_to_completion(&o.node_ns(1), &o.binary, &path, &pin_dir, &[])?;
     ensure!(!status.success(), "the intruder must fail");
     ensure!(
         stderr.contains("setup failed; everything it had done was undone"),
@@ -166,9 +169,10 @@ fn setup_failing_half_way_is_rolled_back() -> Result<()> {
     );
     // The intruder's own links went with its process (or its pins, checked
     // below); the first agents' attachments must all still be there.
+    let after = footprint(&o, 1, &programs)?;
     ensure!(
-        footprint(&o, 1, &programs)? == before,
-        "the node must be as before the intruder"
+        after == before,
+        "the node must be as before the intruder: {before:?} -> {after:?}"
     );
     ensure!(
         !container_links(&o, &c9)?.contains("eth0"),
@@ -187,7 +191,7 @@ fn setup_failing_half_way_is_rolled_back() -> Result<()> {
 /// the tables at the next reconcile, and the agent still exits cleanly.
 #[test]
 fn a_vanished_container_is_withdrawn() -> Result<()> {
-    let mut o = Overlay::build("tc")?;
+    let mut o = Overlay::build(Decap::Tc)?;
     o.start_agent_with(1, &["--reconcile-interval", "1"])?;
     let fdb_has = |o: &Overlay, mac: &str| -> Result<bool> {
         Ok(o.table(1, "fdb")?

@@ -18,6 +18,7 @@ use overlay_common::{CONFIG_F_READY, Config, Counter, program_names};
 use overlay_tests::{
     Netns,
     prog_run::{eth, ipv4_checksum, ipv4_udp, skb_ctx, test_run},
+    scenario::{C1, C2, C3, OTHER_NET, UBER_NET},
     sh, unique_prefix,
 };
 use overlay_userspace::{
@@ -40,14 +41,16 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
-const VNI: u32 = 4097;
-const OTHER_VNI: u32 = 4098;
+// The scenario's networks and containers: c1 and c3 local, c2 behind the
+// remote VTEP.
+const VNI: u32 = UBER_NET.vni;
+const OTHER_VNI: u32 = OTHER_NET.vni;
 const LOCAL_VTEP: Ipv4Addr = Ipv4Addr::new(172, 31, 1, 5);
 const REMOTE_VTEP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 5);
 const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const C1_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-const C2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
-const C3_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+const C1_IP: Ipv4Addr = C1.ip;
+const C2_IP: Ipv4Addr = C2.ip;
+const C3_IP: Ipv4Addr = C3.ip;
 const SOURCE_PORTS: [u16; 2] = [32768, 60999];
 
 fn mac_of(ip: Ipv4Addr) -> [u8; 6] {

@@ -2,23 +2,22 @@
 //! a router, containers behind each, two networks with different VNIs on one
 //! subnet. Each test runs once per decap variant.
 
-mod common;
-
 use anyhow::{Result, ensure};
-use common::{C1, C2, C3, C5, Overlay};
-use overlay_tests::{Capture, is_arp, is_vxlan, ping, sh, vxlan_inner};
+use overlay_tests::{
+    Capture, Decap, Overlay, VXLAN_PORT, is_arp, is_vxlan, ping,
+    scenario::{C1, C2, C3, C5},
+    sh, vxlan_inner,
+};
 
-const VXLAN_PORT: u16 = 4789;
-
-fn ping_both_ways(decap: &'static str) -> Result<()> {
+fn ping_both_ways(decap: Decap) -> Result<()> {
     Overlay::start(decap)?.ping_both_ways(C1, C2, 5)
 }
 
-fn tcp_transfer_of_50_mb_arrives_intact(decap: &'static str) -> Result<()> {
+fn tcp_transfer_of_50_mb_arrives_intact(decap: Decap) -> Result<()> {
     Overlay::start(decap)?.transfer_both_ways(C1, C2, 50 * 1024 * 1024)
 }
 
-fn local_switching_never_reaches_the_underlay(decap: &'static str) -> Result<()> {
+fn local_switching_never_reaches_the_underlay(decap: Decap) -> Result<()> {
     let o = Overlay::start(decap)?;
     let capture = Capture::start(&o.node_ns(1), "eth0")?;
     let stats = ping(&o.ns(C1), &C3.ip.to_string(), 20, &["-i", "0.05"])?;
@@ -39,7 +38,7 @@ fn local_switching_never_reaches_the_underlay(decap: &'static str) -> Result<()>
     Ok(())
 }
 
-fn no_overlay_arp_crosses_the_underlay(decap: &'static str) -> Result<()> {
+fn no_overlay_arp_crosses_the_underlay(decap: Decap) -> Result<()> {
     let o = Overlay::start(decap)?;
     let captures = [
         Capture::start(&o.node_ns(1), "eth0")?,
@@ -87,7 +86,7 @@ fn no_overlay_arp_crosses_the_underlay(decap: &'static str) -> Result<()> {
     Ok(())
 }
 
-fn vnis_are_isolated(decap: &'static str) -> Result<()> {
+fn vnis_are_isolated(decap: Decap) -> Result<()> {
     let o = Overlay::start(decap)?;
     // c5 is in other-net on the same subnet: c1 (uber-net) must not reach it.
     let stats = ping(&o.ns(C1), &C5.ip.to_string(), 2, &[])?;
@@ -127,7 +126,7 @@ fn vnis_are_isolated(decap: &'static str) -> Result<()> {
     Ok(())
 }
 
-fn full_size_inner_packet_with_df_passes(decap: &'static str) -> Result<()> {
+fn full_size_inner_packet_with_df_passes(decap: Decap) -> Result<()> {
     let o = Overlay::start(decap)?;
     // 1450 (container MTU) - 20 (IPv4) - 8 (ICMP) = 1422 bytes of payload, DF set.
     let capture = Capture::start(&o.node_ns(1), "eth0")?;
@@ -164,7 +163,7 @@ fn full_size_inner_packet_with_df_passes(decap: &'static str) -> Result<()> {
     Ok(())
 }
 
-fn counters_match_the_traffic(decap: &'static str) -> Result<()> {
+fn counters_match_the_traffic(decap: Decap) -> Result<()> {
     const N: u64 = 10;
     let o = Overlay::start(decap)?;
     let stats = ping(&o.ns(C1), &C2.ip.to_string(), N as u32, &["-i", "0.05"])?;
@@ -192,10 +191,10 @@ fn counters_match_the_traffic(decap: &'static str) -> Result<()> {
 macro_rules! per_decap_mode {
     ($($name:ident),* $(,)?) => {
         mod tc {
-            $( #[test] fn $name() -> anyhow::Result<()> { super::$name("tc") } )*
+            $( #[test] fn $name() -> anyhow::Result<()> { super::$name(overlay_tests::Decap::Tc) } )*
         }
         mod xdp {
-            $( #[test] fn $name() -> anyhow::Result<()> { super::$name("xdp") } )*
+            $( #[test] fn $name() -> anyhow::Result<()> { super::$name(overlay_tests::Decap::Xdp) } )*
         }
     };
 }
