@@ -176,9 +176,87 @@ pub fn addresses_in_use(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::{
+        cluster::record::NetworkDef,
+        host::plan::{PlannedEndpoint, Underlay},
+    };
+
+    const FILE: &str = "node = \"n1\"\nunderlay = \"eth0\"\n\
+        [[network]]\nname = \"red\"\nvni = 100\nsubnet = \"10.9.0.0/24\"\nmtu = 1400\n\
+        [[remote]]\nnetwork = \"red\"\nip = \"10.9.0.4\"\nmac = \"02:42:0a:09:00:04\"\nvtep = \"192.168.1.5\"\n";
+
+    fn plan() -> NodePlan {
+        NodePlan {
+            config: ClusterConfig::parse(Path::new("n.toml"), FILE).unwrap(),
+            underlay: Underlay {
+                name: "eth0".into(),
+                index: 2,
+                mtu: 1500,
+                vtep: Ipv4Addr::new(172, 31, 1, 5),
+                is_veth: true,
+            },
+            network_mtus: vec![1400],
+            endpoints: Vec::new(),
+            pin_dir: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    fn def(name: &str, vni: u32) -> NetworkDef {
+        NetworkDef {
+            name: name.into(),
+            vni,
+            subnet: "10.9.0.0/24".parse().unwrap(),
+            created_ms: 0,
+            origin: "n1".into(),
+        }
+    }
+
+    fn veth(network: &str, vni: u32, ip: [u8; 4], ifindex: u32) -> CreatedEndpoint {
+        let ip = Ipv4Addr::from(ip);
+        CreatedEndpoint {
+            plan: PlannedEndpoint {
+                network: network.into(),
+                vni,
+                netns: "c".into(),
+                ip,
+                prefix_len: 24,
+                mac: Mac::from_ipv4(ip),
+                mtu: 1400,
+                host_ifname: format!("ov{ifindex}"),
+                container_ifname: "eth0".into(),
+            },
+            host_ifindex: ifindex,
+            container_ifindex: ifindex + 100,
+        }
+    }
+
+    #[test]
+    fn the_desired_state_holds_served_networks_their_endpoints_and_the_files_remotes() {
+        let mut resolved = Resolved::default();
+        resolved.networks.insert("red".into(), def("red", 100));
+        // Created at run time: no MTU in the file, so the underlay's minus 50.
+        resolved.networks.insert("blue".into(), def("blue", 200));
+        let locals = [
+            veth("red", 100, [10, 9, 0, 3], 7),
+            // The cluster gave "green" no definition, and "blue" another VNI:
+            // both stay plumbed but out of the tables.
+            veth("green", 300, [10, 9, 0, 5], 8),
+            veth("blue", 201, [10, 9, 0, 6], 9),
+        ];
+        let state = desired_state(&plan(), &resolved, &locals);
+        assert_eq!(state.networks, BTreeMap::from([(100, 1400), (200, 1450)]));
+        assert_eq!(state.local.len(), 1);
+        assert_eq!(state.local[0].host_ifindex, 7);
+        assert_eq!(
+            state.remote,
+            vec![remote([10, 9, 0, 4], [10, 9, 0, 4], [192, 168, 1, 5])]
+        );
+        assert_eq!(state.config.vtep_ip, [172, 31, 1, 5]);
+        assert_eq!(state.config.underlay_ifindex, 2);
+    }
 
     fn remote(ip: [u8; 4], mac_of: [u8; 4], vtep: [u8; 4]) -> RemoteEndpoint {
         RemoteEndpoint {
