@@ -11,8 +11,8 @@ use aya::{
     maps::{HashMap, MapData},
 };
 use overlay_common::{
-    Config, Endpoint, FDB_KIND_LOCAL, FDB_KIND_REMOTE, FdbEntry, FdbKey, NeighEntry, NeighKey,
-    Network, Vtep,
+    Config, Endpoint, FDB_KIND_GATEWAY, FDB_KIND_LOCAL, FDB_KIND_REMOTE, FdbEntry, FdbKey,
+    NeighEntry, NeighKey, Network, Vtep,
 };
 
 use super::{batch, maps::Maps};
@@ -90,6 +90,26 @@ impl Tables {
                 },
             );
             t.vteps.entry(r.vtep.octets()).or_default().endpoints += 1;
+        }
+        for g in &state.gateways {
+            t.fdb.insert(
+                FdbKey::new(g.vni, g.mac.0),
+                FdbEntry {
+                    kind: FDB_KIND_GATEWAY,
+                    ifindex: 0,
+                    remote_vtep: [0; 4],
+                },
+            );
+            t.neigh.insert(
+                NeighKey {
+                    vni: g.vni,
+                    ip: g.ip.octets(),
+                },
+                NeighEntry {
+                    mac: g.mac.0,
+                    _pad: [0; 2],
+                },
+            );
         }
         t
     }
@@ -262,10 +282,20 @@ mod tests {
                     vtep: Ipv4Addr::new(192, 168, 1, 5),
                 },
             ],
+            gateways: vec![crate::desired::Gateway {
+                vni: 4097,
+                ip: Ipv4Addr::new(10, 0, 0, 1),
+                mac: Mac::from_ipv4(Ipv4Addr::new(10, 0, 0, 1)),
+            }],
+            egress: crate::desired::EgressNets::default(),
         };
         let t = Tables::from_desired(&state);
-        assert_eq!(t.fdb.len(), 3);
-        assert_eq!(t.neigh.len(), 3);
+        assert_eq!(t.fdb.len(), 4);
+        assert_eq!(t.neigh.len(), 4);
+        assert_eq!(
+            t.fdb[&FdbKey::new(4097, [2, 0x42, 10, 0, 0, 1])].kind,
+            FDB_KIND_GATEWAY
+        );
         assert_eq!(t.vteps[&[192, 168, 1, 5]].endpoints, 2);
         assert_eq!(
             t.fdb[&FdbKey::new(4097, [2, 0x42, 10, 0, 0, 3])],
