@@ -177,6 +177,11 @@ impl Names {
         format!("{}rt", self.prefix)
     }
 
+    /// The host outside the overlay, behind the seed topology's router.
+    pub fn outside_ns(&self) -> String {
+        format!("{}ex", self.prefix)
+    }
+
     /// The switch of a gossip cluster.
     pub fn switch_ns(&self) -> String {
         format!("{}sw", self.prefix)
