@@ -13,7 +13,7 @@ use tokio::{
 
 use super::{
     DEFAULT_RUN_DIR, default_socket,
-    proto::{ApiError, ErrorCode, Request, Response},
+    proto::{ErrorCode, Request, Response, api_error},
 };
 
 /// Sends one request to the agent behind `socket` and returns its data. Every
@@ -26,7 +26,7 @@ pub async fn call(
 ) -> Result<serde_json::Value> {
     let exchange = async {
         let stream = UnixStream::connect(socket).await.map_err(|e| {
-            ApiError::new(
+            api_error(
                 ErrorCode::Unavailable,
                 format!(
                     "no agent answers on {} ({e}); is `overlay agent` running for this node?",
@@ -41,7 +41,7 @@ pub async fn call(
         let mut line = String::new();
         BufReader::new(read).read_line(&mut line).await?;
         if line.is_empty() {
-            return Err(ApiError::new(
+            return Err(api_error(
                 ErrorCode::Unavailable,
                 "the agent closed the connection without answering",
             ));
@@ -49,12 +49,12 @@ pub async fn call(
         let response: Response =
             serde_json::from_str(&line).context("the agent's answer is not valid")?;
         match response.error {
-            Some(e) => Err(ApiError::new(response.code.unwrap_or(ErrorCode::Failed), e)),
+            Some(e) => Err(api_error(response.code.unwrap_or(ErrorCode::Failed), e)),
             None => Ok(response.data),
         }
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| {
-        ApiError::new(
+        api_error(
             ErrorCode::Unavailable,
             format!("the agent did not answer within {timeout:?}"),
         )

@@ -179,13 +179,12 @@ pub struct ApiError {
     pub message: String,
 }
 
-impl ApiError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(ApiError {
-            code,
-            message: message.into(),
-        })
-    }
+/// An error carrying `code`, for a handler to return.
+pub fn api_error(code: ErrorCode, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(ApiError {
+        code,
+        message: message.into(),
+    })
 }
 
 impl fmt::Display for ApiError {
@@ -325,7 +324,7 @@ mod tests {
 
     #[test]
     fn an_error_carries_the_code_of_its_cause() {
-        let e = ApiError::new(ErrorCode::NotFound, "no attachment").context("detaching");
+        let e = api_error(ErrorCode::NotFound, "no attachment").context("detaching");
         let r = Response::err(&e);
         assert_eq!(r.code, Some(ErrorCode::NotFound));
         assert_eq!(r.error.as_deref(), Some("detaching: no attachment"));

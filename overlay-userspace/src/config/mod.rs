@@ -193,8 +193,7 @@ vtep = "192.168.1.5"
     #[test]
     fn a_network_without_a_vni_gets_one_that_no_other_has() {
         let text = format!(
-            "{}\n[[network]]\nname = \"b\"\nsubnet = \"10.1.0.0/24\"\ninternal = true\n",
-            GOOD
+            "{GOOD}\n[[network]]\nname = \"b\"\nsubnet = \"10.1.0.0/24\"\ninternal = true\n"
         );
         let c = parse(&text).unwrap();
         let b = &c.networks[1];

@@ -3,7 +3,7 @@
 //! it again with the same state changes nothing; running it periodically heals
 //! entries that were lost or altered behind the agent's back.
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -16,7 +16,7 @@ use overlay_common::{
 };
 
 use super::{batch, maps::Maps};
-use crate::desired::DesiredState;
+use crate::{desired::DesiredState, model::Mac};
 
 /// The contents every map should have.
 #[derive(Debug, Default, PartialEq)]
@@ -50,68 +50,49 @@ impl Tables {
                     _pad: [0; 2],
                 },
             );
-            t.fdb.insert(
-                FdbKey::new(e.vni, e.mac.0),
-                FdbEntry {
-                    kind: FDB_KIND_LOCAL,
-                    ifindex: e.host_ifindex,
-                    remote_vtep: [0; 4],
-                },
-            );
-            t.neigh.insert(
-                NeighKey {
-                    vni: e.vni,
-                    ip: e.ip.octets(),
-                },
-                NeighEntry {
-                    mac: e.mac.0,
-                    _pad: [0; 2],
-                },
-            );
+            let local = FdbEntry {
+                kind: FDB_KIND_LOCAL,
+                ifindex: e.host_ifindex,
+                remote_vtep: [0; 4],
+            };
+            t.add_address(e.vni, e.ip, e.mac, local);
             t.endpoint_devs.insert(e.host_ifindex, e.host_ifindex);
         }
         for r in &state.remote {
-            t.fdb.insert(
-                FdbKey::new(r.vni, r.mac.0),
-                FdbEntry {
-                    kind: FDB_KIND_REMOTE,
-                    ifindex: 0,
-                    remote_vtep: r.vtep.octets(),
-                },
-            );
-            t.neigh.insert(
-                NeighKey {
-                    vni: r.vni,
-                    ip: r.ip.octets(),
-                },
-                NeighEntry {
-                    mac: r.mac.0,
-                    _pad: [0; 2],
-                },
-            );
+            let remote = FdbEntry {
+                kind: FDB_KIND_REMOTE,
+                ifindex: 0,
+                remote_vtep: r.vtep.octets(),
+            };
+            t.add_address(r.vni, r.ip, r.mac, remote);
             t.vteps.entry(r.vtep.octets()).or_default().endpoints += 1;
         }
         for g in &state.gateways {
-            t.fdb.insert(
-                FdbKey::new(g.vni, g.mac.0),
-                FdbEntry {
-                    kind: FDB_KIND_GATEWAY,
-                    ifindex: 0,
-                    remote_vtep: [0; 4],
-                },
-            );
-            t.neigh.insert(
-                NeighKey {
-                    vni: g.vni,
-                    ip: g.ip.octets(),
-                },
-                NeighEntry {
-                    mac: g.mac.0,
-                    _pad: [0; 2],
-                },
-            );
+            let gateway = FdbEntry {
+                kind: FDB_KIND_GATEWAY,
+                ifindex: 0,
+                remote_vtep: [0; 4],
+            };
+            t.add_address(g.vni, g.ip, g.mac, gateway);
         }
         t
+    }
+}
+
+impl Tables {
+    /// Where `mac` of network `vni` lives, and that `ip` is answered with it.
+    fn add_address(&mut self, vni: u32, ip: Ipv4Addr, mac: Mac, at: FdbEntry) {
+        self.fdb.insert(FdbKey::new(vni, mac.0), at);
+        self.neigh.insert(
+            NeighKey {
+                vni,
+                ip: ip.octets(),
+            },
+            NeighEntry {
+                mac: mac.0,
+                _pad: [0; 2],
+            },
+        );
     }
 }
 
@@ -249,13 +230,8 @@ fn sync_devmap(maps: &mut Maps, want: &BTreeMap<u32, u32>) -> Result<Changes> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
-    use crate::{
-        desired::{LocalEndpoint, RemoteEndpoint},
-        model::Mac,
-    };
+    use crate::desired::{LocalEndpoint, RemoteEndpoint};
 
     #[test]
     fn tables_hold_local_and_remote_endpoints() {

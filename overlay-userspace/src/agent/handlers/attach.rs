@@ -15,7 +15,7 @@ use crate::{
         node::Node,
         state_file::{Change, SavedEndpoint},
     },
-    api::proto::{ApiError, AttachRequest, AttachmentKey, ErrorCode},
+    api::proto::{AttachRequest, AttachmentKey, ErrorCode, api_error},
     cluster::{
         ipam::{self, Allocation},
         record::{BlockClaim, NetworkDef},
@@ -59,11 +59,11 @@ impl From<&AttachRequest> for AttachSpec {
 }
 
 fn invalid(problem: impl Into<String>) -> anyhow::Error {
-    ApiError::new(ErrorCode::Invalid, problem)
+    api_error(ErrorCode::Invalid, problem)
 }
 
 fn exists(problem: impl Into<String>) -> anyhow::Error {
-    ApiError::new(ErrorCode::Exists, problem)
+    api_error(ErrorCode::Exists, problem)
 }
 
 impl Node {
@@ -81,7 +81,7 @@ impl Node {
             .get(network)
             .cloned()
             .ok_or_else(|| {
-                ApiError::new(
+                api_error(
                     ErrorCode::NotFound,
                     format!("no network named {network} (see `overlay network ls`)"),
                 )
@@ -285,7 +285,7 @@ impl Node {
         netns: &str,
     ) -> Result<Attached> {
         if self.endpoints.find(network, netns).is_none() {
-            return Err(ApiError::new(
+            return Err(api_error(
                 ErrorCode::NotFound,
                 format!("namespace {netns} has no endpoint in network {network} on this node"),
             ));
@@ -296,7 +296,7 @@ impl Node {
     /// A runtime's detach, by its key.
     pub(super) async fn detach(&mut self, nl: &Netlink, key: &AttachmentKey) -> Result<Attached> {
         let Some(a) = self.endpoints.find_key(key) else {
-            return Err(ApiError::new(
+            return Err(api_error(
                 ErrorCode::NotFound,
                 format!(
                     "container {} has no attachment {} on this node",

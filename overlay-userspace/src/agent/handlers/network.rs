@@ -9,14 +9,14 @@ use log::info;
 
 use crate::{
     agent::{node::Node, state_file::Change},
-    api::proto::{ApiError, ErrorCode, NetworkCreate, NetworkInfo, NetworkList},
+    api::proto::{ErrorCode, NetworkCreate, NetworkInfo, NetworkList, api_error},
     cluster::record::NetworkDef,
     config::rules,
     gossip::now_ms,
 };
 
 fn invalid(option: &str, problem: impl std::fmt::Display) -> anyhow::Error {
-    ApiError::new(ErrorCode::Invalid, format!("{option}: {problem}"))
+    api_error(ErrorCode::Invalid, format!("{option}: {problem}"))
 }
 
 impl Node {
@@ -43,7 +43,7 @@ impl Node {
         let resolved = &self.membership.resolved().networks;
         let known = || resolved.values().chain(own.values());
         if let Some(existing) = resolved.get(name).or(own.get(name)) {
-            return Err(ApiError::new(
+            return Err(api_error(
                 ErrorCode::Exists,
                 format!(
                     "network {name} already exists (VNI {}, {}, from {})",
@@ -94,9 +94,7 @@ impl Node {
             .networks
             .get(name)
             .cloned()
-            .ok_or_else(|| {
-                ApiError::new(ErrorCode::NotFound, format!("no network named {name}"))
-            })?;
+            .ok_or_else(|| api_error(ErrorCode::NotFound, format!("no network named {name}")))?;
         if def.from_config() {
             return Err(invalid(
                 "name",
@@ -119,7 +117,7 @@ impl Node {
                 .map(|r| r.node.as_str()),
         );
         if !users.is_empty() {
-            return Err(ApiError::new(
+            return Err(api_error(
                 ErrorCode::Exists,
                 format!(
                     "network {name} still has endpoints (on {}); remove them first",
