@@ -17,7 +17,7 @@ use crate::{
     cluster::resolve::{AcceptedRemote, Resolved},
     config::ClusterConfig,
     host::{plan::NodePlan, veth::CreatedEndpoint},
-    model::Mac,
+    model::{Mac, Subnet, gateway_mac},
 };
 
 /// An endpoint living on this node, behind a host-side veth.
@@ -38,6 +38,24 @@ pub struct RemoteEndpoint {
     pub vtep: Ipv4Addr,
 }
 
+/// A network's gateway on this node: answered for in ARP, and the frames to
+/// its MAC go to the host stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+}
+
+/// What the host's packet filter must know about the overlay's subnets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EgressNets {
+    /// Every accepted network's subnet.
+    pub overlay: Vec<Subnet>,
+    /// The subnets of the networks with a way out (not internal).
+    pub way_out: Vec<Subnet>,
+}
+
 /// Everything the dataplane should know, in cluster terms.
 #[derive(Clone, Debug)]
 pub struct DesiredState {
@@ -46,6 +64,9 @@ pub struct DesiredState {
     pub networks: BTreeMap<u32, u32>,
     pub local: Vec<LocalEndpoint>,
     pub remote: Vec<RemoteEndpoint>,
+    /// The gateways of the networks with a way out.
+    pub gateways: Vec<Gateway>,
+    pub egress: EgressNets,
 }
 
 /// The desired state of this node: the accepted networks, the local endpoints
@@ -64,8 +85,29 @@ pub fn desired_state<'a>(
     let networks = resolved
         .networks
         .values()
-        .map(|n| (n.vni, plan.mtu_of(&n.name)))
+        .map(|n| (n.vni, plan.mtu_for(n.mtu)))
         .collect();
+    let gateways = resolved
+        .networks
+        .values()
+        .filter_map(|n| {
+            let ip = n.way_out()?;
+            Some(Gateway {
+                vni: n.vni,
+                ip,
+                mac: gateway_mac(ip),
+            })
+        })
+        .collect();
+    let egress = EgressNets {
+        overlay: resolved.networks.values().map(|n| n.subnet).collect(),
+        way_out: resolved
+            .networks
+            .values()
+            .filter(|n| !n.internal)
+            .map(|n| n.subnet)
+            .collect(),
+    };
     // An endpoint of a network the cluster refused (or gave another VNI) stays
     // plumbed but out of the tables.
     let served = |e: &CreatedEndpoint| {
@@ -89,6 +131,8 @@ pub fn desired_state<'a>(
         networks,
         local,
         remote: remote_endpoints(static_remotes(&plan.config), &resolved.remote),
+        gateways,
+        egress,
     }
 }
 
@@ -151,8 +195,9 @@ fn remote_endpoints(
 }
 
 /// Every address of `network` someone uses: announced anywhere in the cluster,
-/// or a `[[remote]]` of the file. An allocation or an explicit address must
-/// avoid all of them.
+/// a `[[remote]]` of the file, or kept by the network (its gateway and
+/// auxiliary addresses). An allocation or an explicit address must avoid all
+/// of them.
 pub fn addresses_in_use(
     config: &ClusterConfig,
     resolved: &Resolved,
@@ -171,6 +216,9 @@ pub fn addresses_in_use(
             .filter(|r| config.networks[r.network].name == network)
             .map(|r| r.ip),
     );
+    if let Some(def) = resolved.networks.get(network) {
+        used.extend(def.reserved());
+    }
     used
 }
 

@@ -29,9 +29,9 @@ use overlay_userspace::{
         programs::{self, Programs},
         reconcile::{Tables, reconcile},
     },
-    desired::{DesiredState, LocalEndpoint, RemoteEndpoint},
+    desired::{DesiredState, EgressNets, Gateway, LocalEndpoint, RemoteEndpoint},
     host::netns::{NetnsGuard, netns_path},
-    model::Mac,
+    model::{Mac, gateway_mac},
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -173,6 +173,13 @@ impl Fixture {
                 mac: Mac(mac_of(C2_IP)),
                 vtep: REMOTE_VTEP,
             }],
+            // uber-net has a way out; other-net is internal and has none.
+            gateways: vec![Gateway {
+                vni: VNI,
+                ip: UBER_NET.gateway(),
+                mac: gateway_mac(UBER_NET.gateway()),
+            }],
+            egress: EgressNets::default(),
         };
         let tables = Tables::from_desired(&state);
         // DEVMAP entries name interfaces of the updater's namespace.
@@ -421,6 +428,43 @@ fn proxy_arp_answers_from_neigh() -> Result<()> {
         );
         assert_eq!(out.frame, expected, "ARP reply for {target}");
     }
+    Ok(())
+}
+
+#[test]
+fn the_gateway_is_answered_from_the_maps_and_its_frames_go_to_the_host() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let (gw, gw_mac) = (UBER_NET.gateway(), gateway_mac(UBER_NET.gateway()).0);
+    let out = fx.run(
+        program_names::ENDPOINT_INGRESS,
+        &arp_request(C1_IP, gw),
+        fx.ep0,
+    )?;
+    out.expect(TC_ACT_REDIRECT, "arp_reply");
+    let expected = eth(
+        mac_of(C1_IP),
+        gw_mac,
+        0x0806,
+        &arp(2, gw_mac, gw, mac_of(C1_IP), C1_IP),
+    );
+    assert_eq!(out.frame, expected, "ARP reply for the gateway");
+    // A packet for the world outside, to the gateway's MAC: to the host stack,
+    // untouched.
+    let outside = Ipv4Addr::new(203, 0, 113, 10);
+    let frame = inner_frame(C1_IP, outside, gw_mac);
+    let out = fx.run(program_names::ENDPOINT_INGRESS, &frame, fx.ep0)?;
+    out.expect(TC_ACT_OK, "to_gateway");
+    assert_eq!(out.frame, frame);
+    // From the tunnel, the gateway's MAC is nobody's to deliver to.
+    let tunnelled = vxlan_frame(REMOTE_VTEP, VNI, 0x08, &inner_frame(C2_IP, outside, gw_mac));
+    fx.run(program_names::UNDERLAY_INGRESS_TC, &tunnelled, fx.uplink)?
+        .expect(TC_ACT_SHOT, "drop_not_local");
+    fx.run(
+        program_names::UNDERLAY_INGRESS_TC,
+        &vxlan_frame(REMOTE_VTEP, VNI, 0x08, &arp_request(C2_IP, gw)),
+        fx.uplink,
+    )?
+    .expect(TC_ACT_SHOT, "drop_not_local");
     Ok(())
 }
 

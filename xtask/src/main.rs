@@ -98,6 +98,7 @@ fn try_main() -> Result<()> {
             Err(err).with_context(|| format!("executing {}", binary.display()))
         }
         Task::Test { args } => {
+            prereqs::ensure_for_tests()?;
             let binary = build()?;
             // One test at a time: the topology tests each run two agents and move
             // tens of megabytes on a two-core machine. overlay-userspace is there
