@@ -230,6 +230,7 @@ mod tests {
     use crate::{
         cluster::record::NetworkDef,
         host::plan::{PlannedEndpoint, Underlay},
+        model::Plumbing,
     };
 
     const FILE: &str = "node = \"n1\"\nunderlay = \"eth0\"\n\
@@ -246,7 +247,6 @@ mod tests {
                 vtep: Ipv4Addr::new(172, 31, 1, 5),
                 is_veth: true,
             },
-            network_mtus: vec![1400],
             endpoints: Vec::new(),
             pin_dir: PathBuf::from("/nonexistent"),
         }
@@ -259,6 +259,10 @@ mod tests {
             subnet: "10.9.0.0/24".parse().unwrap(),
             created_ms: 0,
             origin: "n1".into(),
+            gateway: None,
+            aux: Vec::new(),
+            mtu: (name == "red").then_some(1400),
+            internal: false,
         }
     }
 
@@ -269,6 +273,9 @@ mod tests {
                 network: network.into(),
                 vni,
                 netns: "c".into(),
+                container_id: None,
+                plumbing: Plumbing::Agent,
+                gateway: None,
                 ip,
                 prefix_len: 24,
                 mac: Mac::from_ipv4(ip),
@@ -277,7 +284,6 @@ mod tests {
                 container_ifname: "eth0".into(),
             },
             host_ifindex: ifindex,
-            container_ifindex: ifindex + 100,
         }
     }
 
