@@ -6,6 +6,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::Ipv4Addr,
+    os::unix::fs::MetadataExt as _,
     os::unix::net::UnixStream,
     path::Path,
     process::{Child, Command, Stdio},
@@ -98,7 +99,16 @@ impl Holder {
             .args(["sleep", "600"])
             .stdin(Stdio::null())
             .spawn()?;
-        Ok(Holder(child))
+        let holder = Holder(child);
+        // Until nsenter has entered it, /proc/PID/ns/net is this namespace:
+        // an attachment made then would land here.
+        let wanted = std::fs::metadata(netns_path(ns))?.ino();
+        wait_until(
+            Duration::from_secs(5),
+            "the holder in its namespace",
+            || Ok(std::fs::metadata(holder.netns()).is_ok_and(|m| m.ino() == wanted)),
+        )?;
+        Ok(holder)
     }
 
     fn netns(&self) -> String {
