@@ -13,7 +13,7 @@ use super::{
     netns::{NetnsGuard, disable_ipv6, enable_forwarding, netns_path, open_netns},
     plan::PlannedEndpoint,
 };
-use crate::model::{Plumbing, gateway_mac};
+use crate::model::{Mac, Plumbing, gateway_mac};
 
 /// An endpoint whose veth exists.
 #[derive(Clone, Debug)]
@@ -161,6 +161,50 @@ pub async fn ensure_endpoint(
         return Ok((adopted, false));
     }
     Ok((create_endpoint(nl, plan).await?, true))
+}
+
+/// Whether an endpoint is still as it was made: its host end (the same
+/// interface), and for [`Plumbing::Agent`] its container end inside with its
+/// MAC and address. Routes are left out: a plugin chained after the agent's
+/// attach may change them. The problem, in words.
+pub async fn check_endpoint(nl: &Netlink, e: &CreatedEndpoint) -> Result<(), String> {
+    let plan = &e.plan;
+    let failed = |what: &str, err: anyhow::Error| format!("{what}: {err:#}");
+    match nl.link_by_name(&plan.host_ifname).await {
+        Ok(Some(host)) if host.index == e.host_ifindex => {}
+        Ok(Some(_)) => return Err(format!("host interface {} was replaced", plan.host_ifname)),
+        Ok(None) => return Err(format!("host interface {} is gone", plan.host_ifname)),
+        Err(err) => return Err(failed("looking up the host interface", err)),
+    }
+    if plan.plumbing == Plumbing::Caller {
+        return Ok(());
+    }
+    let inside = Netlink::in_netns(&netns_path(&plan.netns))
+        .map_err(|err| failed(&format!("namespace {}", plan.netns), err))?;
+    let ifname = &plan.container_ifname;
+    let link = inside
+        .link_by_name(ifname)
+        .await
+        .map_err(|err| failed(ifname, err))?
+        .ok_or_else(|| format!("namespace {} has no interface {ifname}", plan.netns))?;
+    if link.mac != Some(plan.mac.0) {
+        return Err(format!(
+            "{ifname} has MAC {}, not {}",
+            link.mac.map_or("none".into(), |m| Mac(m).to_string()),
+            plan.mac
+        ));
+    }
+    let addresses = inside
+        .ipv4_addresses(link.index)
+        .await
+        .map_err(|err| failed(ifname, err))?;
+    if !addresses.contains(&plan.ip) {
+        return Err(format!(
+            "{ifname} lacks its address {}/{} (has {addresses:?})",
+            plan.ip, plan.prefix_len
+        ));
+    }
+    Ok(())
 }
 
 /// Deletes an endpoint's veth pair; one already gone is fine.

@@ -3,10 +3,10 @@
 //! one path: check, pick an address (claiming a block first if need be), plan,
 //! plumb and attach, then commit; a failed commit undoes the veth.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result};
-use log::info;
+use log::{info, warn};
 
 use super::Pending;
 use crate::{
@@ -15,7 +15,10 @@ use crate::{
         node::Node,
         state_file::{Change, SavedEndpoint},
     },
-    api::proto::{AttachRequest, AttachmentKey, ErrorCode, api_error},
+    api::{
+        offline,
+        proto::{ApiError, AttachRequest, AttachmentKey, ErrorCode, api_error},
+    },
     cluster::{
         ipam::{self, Allocation},
         record::{BlockClaim, NetworkDef},
@@ -23,7 +26,7 @@ use crate::{
     config::rules,
     desired::addresses_in_use,
     gossip::now_ms,
-    host::{netlink::Netlink, netns, plan::next_container_ifname},
+    host::{netlink::Netlink, netns, plan::next_container_ifname, veth},
     model::{Mac, Plumbing, gateway_mac},
 };
 
@@ -56,6 +59,11 @@ impl From<&AttachRequest> for AttachSpec {
             plumbing: r.plumbing,
         }
     }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiError>()
+        .is_some_and(|a| a.code == ErrorCode::NotFound)
 }
 
 fn invalid(problem: impl Into<String>) -> anyhow::Error {
@@ -293,19 +301,58 @@ impl Node {
         self.remove_endpoint(nl, network, netns).await
     }
 
-    /// A runtime's detach, by its key.
-    pub(super) async fn detach(&mut self, nl: &Netlink, key: &AttachmentKey) -> Result<Attached> {
-        let Some(a) = self.endpoints.find_key(key) else {
-            return Err(api_error(
+    /// A runtime's attachment, by its key.
+    fn by_key(&self, key: &AttachmentKey) -> Result<&Attached> {
+        self.endpoints.find_key(key).ok_or_else(|| {
+            api_error(
                 ErrorCode::NotFound,
                 format!(
                     "container {} has no attachment {} on this node",
                     key.container_id, key.ifname
                 ),
-            ));
-        };
+            )
+        })
+    }
+
+    /// A runtime's detach, by its key.
+    pub(super) async fn detach(&mut self, nl: &Netlink, key: &AttachmentKey) -> Result<Attached> {
+        let a = self.by_key(key)?;
         let (network, netns) = (a.network().to_owned(), a.netns().to_owned());
         self.remove_endpoint(nl, &network, &netns).await
+    }
+
+    /// Carries out the detaches runtimes queued while no agent answered (see
+    /// [`offline`]); a failed one stays queued for the next pass.
+    pub async fn detach_queued(&mut self, nl: &Netlink, socket: &Path) {
+        for (path, key) in offline::queued(socket) {
+            match self.detach(nl, &key).await {
+                Ok(_) => info!(
+                    "container {} attachment {} detached as queued while no agent answered",
+                    key.container_id, key.ifname
+                ),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    warn!("queued detach of {key:?}: {e:#}");
+                    continue;
+                }
+            }
+            offline::done(&path);
+        }
+    }
+
+    /// A runtime's check: the attachment is there and as it was made.
+    pub(super) async fn check(&self, nl: &Netlink, key: &AttachmentKey) -> Result<&Attached> {
+        let a = self.by_key(key)?;
+        veth::check_endpoint(nl, &a.veth).await.map_err(|problem| {
+            api_error(
+                ErrorCode::Failed,
+                format!(
+                    "container {} attachment {}: {problem}",
+                    key.container_id, key.ifname
+                ),
+            )
+        })?;
+        Ok(a)
     }
 
     /// Withdraws an endpoint from the maps and the cluster, then deletes its
