@@ -12,6 +12,7 @@ mod capture;
 mod cluster;
 mod cluster_file;
 mod cmd;
+pub mod cni;
 mod dockerd;
 mod kernel_vxlan;
 mod netns;
