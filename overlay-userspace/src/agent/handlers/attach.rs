@@ -3,7 +3,7 @@
 //! one path: check, pick an address (claiming a block first if need be), plan,
 //! plumb and attach, then commit; a failed commit undoes the veth.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use log::{info, warn};
@@ -250,9 +250,16 @@ impl Node {
                 self.name(),
                 &self.membership.resolved().claims,
                 &used,
+                self.settle(),
             );
             match allocation {
-                Allocation::Address(ip) => return Ok(Pending::Ready(ip)),
+                Allocation::Address(ip) => {
+                    self.claim_ahead(def, used, ip).await;
+                    return Ok(Pending::Ready(ip));
+                }
+                Allocation::Settling(ms) => {
+                    return Ok(Pending::AfterClaim(Duration::from_millis(ms)));
+                }
                 Allocation::Claim(index) if attempt < MAX_CLAIMS => {
                     self.commit(Change::ClaimBlock(BlockClaim {
                         network: network.to_owned(),
@@ -273,6 +280,47 @@ impl Node {
                     def.subnet
                 ),
             }
+        }
+    }
+
+    fn settle(&self) -> ipam::Settle {
+        ipam::Settle {
+            now_ms: now_ms(),
+            settle_ms: self
+                .membership
+                .claim_settle()
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// With `ip` taken, claims the next block if this node's blocks are
+    /// running low, so that it has settled before it is needed. Alone a claim
+    /// holds at once: nothing to gain. A failed claim is only logged: the
+    /// attach has its address.
+    async fn claim_ahead(&mut self, def: &NetworkDef, mut used: BTreeSet<Ipv4Addr>, ip: Ipv4Addr) {
+        if self.membership.claim_settle().is_none() {
+            return;
+        }
+        used.insert(ip);
+        let claims = &self.membership.resolved().claims;
+        let free = ipam::free_in_own_blocks(&def.name, def.subnet, self.name(), claims, &used);
+        if free >= ipam::CLAIM_AHEAD {
+            return;
+        }
+        let Some(index) = ipam::next_unclaimed(&def.name, def.subnet, claims) else {
+            return;
+        };
+        let claim = BlockClaim {
+            network: def.name.clone(),
+            index,
+            claimed_ms: now_ms(),
+        };
+        match self.commit(Change::ClaimBlock(claim)).await {
+            Ok(()) => info!(
+                "claimed address block {index} of network {} ahead of need ({free} addresses left)",
+                def.name
+            ),
+            Err(e) => warn!("claiming a block of network {} ahead: {e:#}", def.name),
         }
     }
 
