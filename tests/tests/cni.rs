@@ -367,6 +367,13 @@ fn add_refuses_unknown_networks_and_what_exists_already() -> Result<()> {
         taken.ns_name()
     ))?;
     (o.cni(&taken.env("ADD"), &stdin(&conf, &json!({})))?).refused(100, "interface eth0")?;
+    // The node's own namespace is no container's.
+    let own = CniAttachment::new(
+        "ctr-own",
+        &overlay_tests::netns_path(&o.overlay.node_ns(1)),
+        "eth9",
+    );
+    (o.cni(&own.env("ADD"), &stdin(&conf, &json!({})))?).refused(7, "the agent's own")?;
     // An address the runtime asks for (the ips capability).
     let b = o.attachment("x2")?;
     let asked = json!({"runtimeConfig": {"ips": ["10.0.0.200/24"]}});

@@ -108,6 +108,11 @@ impl Node {
             }
         }
         netns::existing(netns).map_err(invalid)?;
+        if netns::same_netns(netns, "/proc/self/ns/net") {
+            return Err(invalid(format!(
+                "namespace {netns} is the agent's own, not a container's"
+            )));
+        }
         if self.endpoints.find(network, netns).is_some() {
             return Err(exists(format!(
                 "namespace {netns} already has an endpoint in network {network}"
@@ -154,7 +159,7 @@ impl Node {
                 "MAC {mac} is already in use in network {network}"
             )));
         }
-        let container_ifname = self.container_ifname(spec).await?;
+        let (container_ifname, inside) = self.container_ifname(spec).await?;
         let saved = SavedEndpoint {
             network: network.to_owned(),
             netns: spec.netns.clone(),
@@ -183,7 +188,9 @@ impl Node {
             .dataplane
             .as_mut()
             .context("the dataplane is not loaded")?;
-        self.endpoints.create(nl, dataplane, &planned).await?;
+        self.endpoints
+            .create(nl, dataplane, &planned, inside.as_ref())
+            .await?;
         let netns = saved.netns.clone();
         if let Err(e) = self.commit(Change::AddEndpoint(saved)).await {
             self.undo_add(nl, network, &netns).await;
@@ -200,10 +207,11 @@ impl Node {
     }
 
     /// The container end's name: the one asked for, which must be free inside
-    /// (the agent plumbs it), or the next free `ethN` (the CLI).
-    async fn container_ifname(&self, spec: &AttachSpec) -> Result<String> {
+    /// (the agent plumbs it), or the next free `ethN` (the CLI); with the
+    /// connection into the namespace that found out, for the plumbing.
+    async fn container_ifname(&self, spec: &AttachSpec) -> Result<(String, Option<Netlink>)> {
         match (&spec.key, spec.plumbing) {
-            (Some(key), Plumbing::Caller) => Ok(key.ifname.clone()),
+            (Some(key), Plumbing::Caller) => Ok((key.ifname.clone(), None)),
             (Some(key), Plumbing::Agent) => {
                 let inside = Netlink::in_netns(&netns::netns_path(&spec.netns))?;
                 if inside.link_by_name(&key.ifname).await?.is_some() {
@@ -212,11 +220,11 @@ impl Node {
                         spec.netns, key.ifname
                     )));
                 }
-                Ok(key.ifname.clone())
+                Ok((key.ifname.clone(), Some(inside)))
             }
             (None, _) => {
                 let inside = Netlink::in_netns(&netns::netns_path(&spec.netns))?;
-                next_container_ifname(&inside).await
+                Ok((next_container_ifname(&inside).await?, Some(inside)))
             }
         }
     }
