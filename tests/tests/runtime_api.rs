@@ -92,13 +92,23 @@ fn gossip_overlay(extra: &[&str]) -> Result<Overlay> {
 struct Holder(Child);
 
 impl Holder {
+    /// Returns once the process is inside `ns`: until nsenter has entered it,
+    /// `/proc/PID/ns/net` names this process's own namespace.
     fn start(ns: &str) -> Result<Holder> {
+        use std::os::unix::fs::MetadataExt as _;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns_path(ns).display()))
             .args(["sleep", "600"])
             .stdin(Stdio::null())
             .spawn()?;
-        Ok(Holder(child))
+        let holder = Holder(child);
+        let target = std::fs::metadata(netns_path(ns))?.ino();
+        wait_until(
+            Duration::from_secs(5),
+            "the holder inside its namespace",
+            || Ok(std::fs::metadata(holder.netns())?.ino() == target),
+        )?;
+        Ok(holder)
     }
 
     fn netns(&self) -> String {
