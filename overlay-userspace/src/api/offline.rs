@@ -8,10 +8,7 @@
 //! The queue is a directory next to the socket, `<socket>.offline/`, one
 //! `<container id>:<ifname>.json` file per detach.
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use log::warn;
@@ -46,15 +43,13 @@ pub fn queue(socket: &Path, key: &AttachmentKey) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it
-/// over `path`: a reader sees the old file or the whole new one.
+/// Writes `bytes` to a temporary file beside `path` and renames it over
+/// `path`: a reader sees the old file or the whole new one. Not synced: these
+/// files live under `/run`, which a reboot empties anyway, together with
+/// every namespace they are about.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
 }
 
