@@ -72,6 +72,10 @@ enum Task {
         /// comparison, interleaved in the same run).
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// Only the CNI case: ADD's latency and how soon the other node
+        /// reaches the new container (--rounds: how many containers).
+        #[arg(long)]
+        cni: bool,
     },
 }
 
@@ -148,8 +152,12 @@ fn try_main() -> Result<()> {
             out,
             no_readme,
             baseline,
+            cni,
         } => {
             let binary = build()?;
+            if cni {
+                return bench::cni::run(quick, rounds, out);
+            }
             bench::run(
                 &binary,
                 &bench::Options {
