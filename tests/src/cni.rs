@@ -178,6 +178,12 @@ pub struct CniBed {
 
 impl CniBed {
     pub fn start(tag: &str) -> Result<CniBed> {
+        CniBed::start_with(tag, &overlay_binary()?)
+    }
+
+    /// With `agent` as both nodes' agent binary (a baseline build, say); the
+    /// plugin is always this build's.
+    pub fn start_with(tag: &str, agent: &Path) -> Result<CniBed> {
         let prefix = unique_prefix(tag);
         let dir = TempDir::new(&prefix)?;
         let key_file = dir.path().join("cluster.key");
@@ -186,6 +192,7 @@ impl CniBed {
             .with_containers(&[C2])
             .with_gossip(&key_file);
         let mut overlay = Overlay::create(scenario, dir)?;
+        agent.clone_into(&mut overlay.binary);
         for node in [1, 2] {
             overlay.start_agent(node)?;
         }

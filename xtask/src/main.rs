@@ -73,7 +73,8 @@ enum Task {
         #[arg(long)]
         baseline: Option<PathBuf>,
         /// Only the CNI case: ADD's latency and how soon the other node
-        /// reaches the new container (--rounds: how many containers).
+        /// reaches the new container (--rounds: how many containers;
+        /// --baseline: another agent build, interleaved).
         #[arg(long)]
         cni: bool,
     },
@@ -156,7 +157,7 @@ fn try_main() -> Result<()> {
         } => {
             let binary = build()?;
             if cni {
-                return bench::cni::run(quick, rounds, out);
+                return bench::cni::run(quick, rounds, out, baseline);
             }
             bench::run(
                 &binary,
