@@ -1,7 +1,8 @@
 //! The test bed: network namespaces as hosts, the seed article's topology, agent
 //! processes, a kernel-VXLAN reference host, in-process traffic and capture, and
 //! the one scenario (containers, networks, names) with the cluster files that
-//! describe it. Everything it creates is removed by a guard's `Drop`, so a
+//! describe it, and real container engines (dockerd, Podman) with offline
+//! images. Everything it creates is removed by a guard's `Drop`, so a
 //! failing test cleans up too.
 //!
 //! This library does not depend on the overlay crates, so `cargo xtask demo` can
@@ -12,9 +13,12 @@ mod capture;
 mod cluster;
 mod cluster_file;
 mod cmd;
+pub mod cni;
 mod dockerd;
+mod image;
 mod kernel_vxlan;
 mod netns;
+mod podman;
 pub mod prog_run;
 mod scale;
 pub mod scenario;
@@ -33,8 +37,10 @@ pub use cluster_file::{
 };
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
 pub use dockerd::Dockerd;
+pub use image::busybox_rootfs_tar;
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
+pub use podman::{BUSYBOX_IMAGE, Podman, PodmanContainer};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use seed_overlay::Overlay;
 pub use topology::{NODE1_VTEP, NODE2_VTEP, OUTSIDE_IP, SeedTopology, TopologyOptions};

@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install prerequisites, then build target/release/overlay (eBPF object included).
+    /// Install prerequisites, then build target/release/overlay (eBPF object
+    /// included) and the CNI plugin target/release/overlay-cni.
     Build,
     /// Build, then run `overlay` with the given arguments, e.g. `-- agent --config node1.toml`.
     Run {
@@ -71,6 +72,11 @@ enum Task {
         /// comparison, interleaved in the same run).
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// Only the CNI case: ADD's latency and how soon the other node
+        /// reaches the new container (--rounds: how many containers;
+        /// --baseline: another agent build, interleaved).
+        #[arg(long)]
+        cni: bool,
     },
 }
 
@@ -147,8 +153,12 @@ fn try_main() -> Result<()> {
             out,
             no_readme,
             baseline,
+            cni,
         } => {
             let binary = build()?;
+            if cni {
+                return bench::cni::run(quick, rounds, out, baseline);
+            }
             bench::run(
                 &binary,
                 &bench::Options {
@@ -164,7 +174,8 @@ fn try_main() -> Result<()> {
     }
 }
 
-/// Prerequisites, then the release build of the `overlay` binary; its path.
+/// Prerequisites, then the release build of the `overlay` and `overlay-cni`
+/// binaries; the path of `overlay`.
 fn build() -> Result<PathBuf> {
     prereqs::ensure_all()?;
     run(Command::new("cargo").current_dir(workspace_root()).args([
@@ -174,8 +185,10 @@ fn build() -> Result<PathBuf> {
         "overlay-userspace",
     ]))?;
     let binary = workspace_root().join("target/release/overlay");
-    if !binary.exists() {
-        bail!("the build succeeded but left no {}", binary.display());
+    for built in [&binary, &binary.with_file_name("overlay-cni")] {
+        if !built.exists() {
+            bail!("the build succeeded but left no {}", built.display());
+        }
     }
     Ok(binary)
 }

@@ -25,9 +25,15 @@ const PACKAGES: [(&str, &str); 9] = [
 ];
 
 /// What only the tests need: a real dockerd (with its default iptables
-/// settings) for the suites that check the overlay beside one, and a static
-/// busybox for its offline images.
-const TEST_PACKAGES: [&str; 2] = ["docker.io", "busybox-static"];
+/// settings) for the suites that check the overlay beside one, Podman and the
+/// CNI reference plugins (portmap) for the CNI suites, and a static busybox
+/// for their offline images.
+const TEST_PACKAGES: [&str; 4] = [
+    "docker.io",
+    "podman",
+    "containernetworking-plugins",
+    "busybox-static",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -121,15 +121,17 @@ impl Endpoints {
         Ok(())
     }
 
-    /// Creates the veth pair for `planned` and attaches the programs to it. On
-    /// failure nothing of it is left.
+    /// Creates the veth pair for `planned` (through `inside`, a connection
+    /// into its namespace, if the caller has one) and attaches the programs to
+    /// it. On failure nothing of it is left.
     pub async fn create(
         &mut self,
         nl: &Netlink,
         dataplane: &mut Dataplane,
         planned: &PlannedEndpoint,
+        inside: Option<&Netlink>,
     ) -> Result<&Attached> {
-        let veth = veth::create_endpoint(nl, planned).await?;
+        let veth = veth::create_endpoint(nl, planned, inside).await?;
         if let Err(e) = dataplane.attach_endpoint(&veth) {
             let _ = remove(nl, dataplane, &veth).await;
             return Err(e);

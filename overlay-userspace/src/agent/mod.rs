@@ -32,7 +32,7 @@ use self::{
     handlers::Reply,
     lock::RunLock,
     node::{Node, Teardown},
-    state_file::StateFile,
+    state_file::{Change, RuntimeState, StateFile},
 };
 use crate::{
     api::{self, proto::Call},
@@ -83,7 +83,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .clone()
         .unwrap_or_else(|| Path::new(DEFAULT_STATE_ROOT).join(&config.node));
     let state_file = StateFile::new(&state_dir);
-    let runtime = state_file.load()?;
+    let runtime = drop_queued_detaches(&state_file, state_file.load()?, &socket)?;
     let nl = Netlink::current()?;
     let plan = plan::plan(config, pin_dir, &nl).await?;
 
@@ -128,6 +128,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 continue;
             }
             _ = ticker.tick() => {
+                node.detach_queued(&nl, &socket).await;
                 node.reconcile_all(&nl).await;
                 continue;
             }
@@ -163,6 +164,40 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     };
     node.teardown(&nl, how).await;
     Ok(())
+}
+
+/// Drops from the saved state the attachments runtimes detached while no
+/// agent ran (see [`api::offline`]), before anything is made again from it.
+fn drop_queued_detaches(
+    state_file: &StateFile,
+    mut runtime: RuntimeState,
+    socket: &Path,
+) -> Result<RuntimeState> {
+    let queued = api::offline::queued(socket);
+    if queued.is_empty() {
+        return Ok(runtime);
+    }
+    for (_, key) in &queued {
+        let saved = runtime.endpoints.iter().find(|e| {
+            e.container_id.as_deref() == Some(key.container_id.as_str())
+                && e.container_ifname == key.ifname
+        });
+        if let Some(e) = saved {
+            info!(
+                "container {} attachment {} ({} in network {}) was detached while no agent ran; dropped",
+                key.container_id, key.ifname, e.ip, e.network
+            );
+            runtime = runtime.with(&Change::RemoveEndpoint {
+                network: e.network.clone(),
+                netns: e.netns.clone(),
+            });
+        }
+    }
+    state_file.save(&runtime)?;
+    for (path, _) in queued {
+        api::offline::done(&path);
+    }
+    Ok(runtime)
 }
 
 /// Logs what is up and what to watch out for, and prints `ready`.

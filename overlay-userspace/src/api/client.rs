@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::UnixStream,
@@ -62,7 +62,9 @@ pub async fn call(
 }
 
 /// The socket a command talks to: `--socket`, else the node's default, else the
-/// only agent socket in the run directory.
+/// only agent socket in the run directory. When it cannot pick one, the error
+/// carries [`ErrorCode::Unavailable`] (none there) or [`ErrorCode::Invalid`]
+/// (several).
 pub fn resolve_socket(node: Option<&str>, socket: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(s) = socket {
         return Ok(s);
@@ -79,15 +81,21 @@ pub fn resolve_socket(node: Option<&str>, socket: Option<PathBuf>) -> Result<Pat
         .unwrap_or_default();
     match sockets.as_slice() {
         [one] => Ok(one.clone()),
-        [] => bail!(
-            "no agent socket in {DEFAULT_RUN_DIR}; is `overlay agent` running? (or pass --node/--socket)"
-        ),
-        many => bail!(
-            "several agents run here ({}); pick one with --node or --socket",
-            many.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        [] => Err(api_error(
+            ErrorCode::Unavailable,
+            format!(
+                "no agent socket in {DEFAULT_RUN_DIR}; is `overlay agent` running? (or name its socket: --node/--socket, or `socket` in a CNI configuration)"
+            ),
+        )),
+        many => Err(api_error(
+            ErrorCode::Invalid,
+            format!(
+                "several agents run here ({}); pick one with --node or --socket (`socket` in a CNI configuration)",
+                many.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Container runtimes use [`Request::NetworkCreate`] (Docker's CreateNetwork),
 //! [`Request::Attach`] (CNI ADD, Docker's Join), [`Request::Detach`] (CNI DEL,
-//! Docker's Leave) and [`Request::Attachments`] (CNI CHECK and GC); the CLI's
+//! Docker's Leave), [`Request::Check`] (CNI CHECK) and [`Request::Attachments`]; the CLI's
 //! `endpoint add/rm --netns` are [`Request::EndpointAdd`] and
 //! [`Request::EndpointRm`].
 
@@ -57,6 +57,11 @@ pub enum Request {
     /// This node's attachments (made by runtimes, the CLI or the file), as a
     /// list of [`Attachment`].
     Attachments,
+    /// Checks one attachment against the system (CNI CHECK): its veth pair,
+    /// and inside the namespace its interface's MAC and address. Answered with
+    /// the [`Attachment`]; [`ErrorCode::NotFound`] for an unknown key,
+    /// [`ErrorCode::Failed`] saying what is wrong.
+    Check(AttachmentKey),
     EndpointLs,
     Members,
 }
@@ -133,6 +138,10 @@ pub struct Attachment {
     pub plumbing: Plumbing,
     /// The end in the agent's namespace, with the programs attached.
     pub host_ifname: String,
+    /// The host end's MAC when the agent sets it (the gateway's, on a network
+    /// with a way out); `None` leaves it the kernel's.
+    #[serde(default)]
+    pub host_mac: Option<Mac>,
     /// The other end: inside the namespace under `ifname` ([`Plumbing::Agent`]),
     /// or in the agent's namespace under this name until the caller moves it
     /// ([`Plumbing::Caller`]: Docker's `SrcName`).

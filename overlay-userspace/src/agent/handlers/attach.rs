@@ -3,10 +3,10 @@
 //! one path: check, pick an address (claiming a block first if need be), plan,
 //! plumb and attach, then commit; a failed commit undoes the veth.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
-use log::info;
+use log::{info, warn};
 
 use super::Pending;
 use crate::{
@@ -15,7 +15,10 @@ use crate::{
         node::Node,
         state_file::{Change, SavedEndpoint},
     },
-    api::proto::{AttachRequest, AttachmentKey, ErrorCode, api_error},
+    api::{
+        offline,
+        proto::{ApiError, AttachRequest, AttachmentKey, ErrorCode, api_error},
+    },
     cluster::{
         ipam::{self, Allocation},
         record::{BlockClaim, NetworkDef},
@@ -23,7 +26,7 @@ use crate::{
     config::rules,
     desired::addresses_in_use,
     gossip::now_ms,
-    host::{netlink::Netlink, netns, plan::next_container_ifname},
+    host::{netlink::Netlink, netns, plan::next_container_ifname, veth},
     model::{Mac, Plumbing, gateway_mac},
 };
 
@@ -56,6 +59,11 @@ impl From<&AttachRequest> for AttachSpec {
             plumbing: r.plumbing,
         }
     }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiError>()
+        .is_some_and(|a| a.code == ErrorCode::NotFound)
 }
 
 fn invalid(problem: impl Into<String>) -> anyhow::Error {
@@ -100,6 +108,11 @@ impl Node {
             }
         }
         netns::existing(netns).map_err(invalid)?;
+        if netns::same_netns(netns, "/proc/self/ns/net") {
+            return Err(invalid(format!(
+                "namespace {netns} is the agent's own, not a container's"
+            )));
+        }
         if self.endpoints.find(network, netns).is_some() {
             return Err(exists(format!(
                 "namespace {netns} already has an endpoint in network {network}"
@@ -146,7 +159,7 @@ impl Node {
                 "MAC {mac} is already in use in network {network}"
             )));
         }
-        let container_ifname = self.container_ifname(spec).await?;
+        let (container_ifname, inside) = self.container_ifname(spec).await?;
         let saved = SavedEndpoint {
             network: network.to_owned(),
             netns: spec.netns.clone(),
@@ -175,7 +188,9 @@ impl Node {
             .dataplane
             .as_mut()
             .context("the dataplane is not loaded")?;
-        self.endpoints.create(nl, dataplane, &planned).await?;
+        self.endpoints
+            .create(nl, dataplane, &planned, inside.as_ref())
+            .await?;
         let netns = saved.netns.clone();
         if let Err(e) = self.commit(Change::AddEndpoint(saved)).await {
             self.undo_add(nl, network, &netns).await;
@@ -192,10 +207,11 @@ impl Node {
     }
 
     /// The container end's name: the one asked for, which must be free inside
-    /// (the agent plumbs it), or the next free `ethN` (the CLI).
-    async fn container_ifname(&self, spec: &AttachSpec) -> Result<String> {
+    /// (the agent plumbs it), or the next free `ethN` (the CLI); with the
+    /// connection into the namespace that found out, for the plumbing.
+    async fn container_ifname(&self, spec: &AttachSpec) -> Result<(String, Option<Netlink>)> {
         match (&spec.key, spec.plumbing) {
-            (Some(key), Plumbing::Caller) => Ok(key.ifname.clone()),
+            (Some(key), Plumbing::Caller) => Ok((key.ifname.clone(), None)),
             (Some(key), Plumbing::Agent) => {
                 let inside = Netlink::in_netns(&netns::netns_path(&spec.netns))?;
                 if inside.link_by_name(&key.ifname).await?.is_some() {
@@ -204,11 +220,11 @@ impl Node {
                         spec.netns, key.ifname
                     )));
                 }
-                Ok(key.ifname.clone())
+                Ok((key.ifname.clone(), Some(inside)))
             }
             (None, _) => {
                 let inside = Netlink::in_netns(&netns::netns_path(&spec.netns))?;
-                next_container_ifname(&inside).await
+                Ok((next_container_ifname(&inside).await?, Some(inside)))
             }
         }
     }
@@ -242,9 +258,16 @@ impl Node {
                 self.name(),
                 &self.membership.resolved().claims,
                 &used,
+                self.settle(),
             );
             match allocation {
-                Allocation::Address(ip) => return Ok(Pending::Ready(ip)),
+                Allocation::Address(ip) => {
+                    self.claim_ahead(def, used, ip).await;
+                    return Ok(Pending::Ready(ip));
+                }
+                Allocation::Settling(ms) => {
+                    return Ok(Pending::AfterClaim(Duration::from_millis(ms)));
+                }
                 Allocation::Claim(index) if attempt < MAX_CLAIMS => {
                     self.commit(Change::ClaimBlock(BlockClaim {
                         network: network.to_owned(),
@@ -265,6 +288,47 @@ impl Node {
                     def.subnet
                 ),
             }
+        }
+    }
+
+    fn settle(&self) -> ipam::Settle {
+        ipam::Settle {
+            now_ms: now_ms(),
+            settle_ms: self
+                .membership
+                .claim_settle()
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// With `ip` taken, claims the next block if this node's blocks are
+    /// running low, so that it has settled before it is needed. Alone a claim
+    /// holds at once: nothing to gain. A failed claim is only logged: the
+    /// attach has its address.
+    async fn claim_ahead(&mut self, def: &NetworkDef, mut used: BTreeSet<Ipv4Addr>, ip: Ipv4Addr) {
+        if self.membership.claim_settle().is_none() {
+            return;
+        }
+        used.insert(ip);
+        let claims = &self.membership.resolved().claims;
+        let free = ipam::free_in_own_blocks(&def.name, def.subnet, self.name(), claims, &used);
+        if free >= ipam::CLAIM_AHEAD {
+            return;
+        }
+        let Some(index) = ipam::next_unclaimed(&def.name, def.subnet, claims) else {
+            return;
+        };
+        let claim = BlockClaim {
+            network: def.name.clone(),
+            index,
+            claimed_ms: now_ms(),
+        };
+        match self.commit(Change::ClaimBlock(claim)).await {
+            Ok(()) => info!(
+                "claimed address block {index} of network {} ahead of need ({free} addresses left)",
+                def.name
+            ),
+            Err(e) => warn!("claiming a block of network {} ahead: {e:#}", def.name),
         }
     }
 
@@ -293,19 +357,58 @@ impl Node {
         self.remove_endpoint(nl, network, netns).await
     }
 
-    /// A runtime's detach, by its key.
-    pub(super) async fn detach(&mut self, nl: &Netlink, key: &AttachmentKey) -> Result<Attached> {
-        let Some(a) = self.endpoints.find_key(key) else {
-            return Err(api_error(
+    /// A runtime's attachment, by its key.
+    fn by_key(&self, key: &AttachmentKey) -> Result<&Attached> {
+        self.endpoints.find_key(key).ok_or_else(|| {
+            api_error(
                 ErrorCode::NotFound,
                 format!(
                     "container {} has no attachment {} on this node",
                     key.container_id, key.ifname
                 ),
-            ));
-        };
+            )
+        })
+    }
+
+    /// A runtime's detach, by its key.
+    pub(super) async fn detach(&mut self, nl: &Netlink, key: &AttachmentKey) -> Result<Attached> {
+        let a = self.by_key(key)?;
         let (network, netns) = (a.network().to_owned(), a.netns().to_owned());
         self.remove_endpoint(nl, &network, &netns).await
+    }
+
+    /// Carries out the detaches runtimes queued while no agent answered (see
+    /// [`offline`]); a failed one stays queued for the next pass.
+    pub async fn detach_queued(&mut self, nl: &Netlink, socket: &Path) {
+        for (path, key) in offline::queued(socket) {
+            match self.detach(nl, &key).await {
+                Ok(_) => info!(
+                    "container {} attachment {} detached as queued while no agent answered",
+                    key.container_id, key.ifname
+                ),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    warn!("queued detach of {key:?}: {e:#}");
+                    continue;
+                }
+            }
+            offline::done(&path);
+        }
+    }
+
+    /// A runtime's check: the attachment is there and as it was made.
+    pub(super) async fn check(&self, nl: &Netlink, key: &AttachmentKey) -> Result<&Attached> {
+        let a = self.by_key(key)?;
+        veth::check_endpoint(nl, &a.veth).await.map_err(|problem| {
+            api_error(
+                ErrorCode::Failed,
+                format!(
+                    "container {} attachment {}: {problem}",
+                    key.container_id, key.ifname
+                ),
+            )
+        })?;
+        Ok(a)
     }
 
     /// Withdraws an endpoint from the maps and the cluster, then deletes its

@@ -17,7 +17,7 @@ use super::{endpoints::Attached, node::Node};
 use crate::{
     api::proto::{Attachment, EndpointInfo, Request, Response, Route},
     host::netlink::Netlink,
-    model::Plumbing,
+    model::{Plumbing, gateway_mac},
 };
 
 /// How a request was answered.
@@ -84,6 +84,10 @@ impl Node {
                 .detach(nl, key)
                 .await
                 .map(|removed| Response::ok(attachment(&removed))),
+            Request::Check(key) => self
+                .check(nl, key)
+                .await
+                .map(|checked| Response::ok(attachment(checked))),
             Request::Attachments => Ok(Response::ok(
                 self.endpoints.iter().map(attachment).collect::<Vec<_>>(),
             )),
@@ -153,6 +157,7 @@ fn attachment(a: &Attached) -> Attachment {
         netns: p.netns.clone(),
         plumbing: p.plumbing,
         host_ifname: p.host_ifname.clone(),
+        host_mac: p.gateway.map(gateway_mac),
         container_ifname: match p.plumbing {
             Plumbing::Agent => p.container_ifname.clone(),
             Plumbing::Caller => p.peer_ifname(),
