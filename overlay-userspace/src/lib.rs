@@ -14,7 +14,9 @@
 //!    applied to the maps as a diff ([`dataplane::reconcile`]).
 //!
 //! Around that flow: [`agent`] (the life cycle, the event loop and the one path
-//! a change takes), [`api`] (the local socket) and [`cli`] (the commands).
+//! a change takes), [`api`] (the local socket), [`docker`] (Docker's network
+//! and IPAM drivers, whose calls become API requests) and [`cli`] (the
+//! commands).
 //!
 //! An endpoint goes by a different type on each floor:
 //!
@@ -39,6 +41,7 @@ pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod desired;
+pub mod docker;
 pub mod gossip;
 pub mod host;
 pub mod model;
