@@ -12,6 +12,7 @@ mod capture;
 mod cluster;
 mod cluster_file;
 mod cmd;
+mod docker_overlay;
 mod dockerd;
 mod kernel_vxlan;
 mod netns;
@@ -29,13 +30,15 @@ pub use agent::{Agent, LeftDataplane, keygen, overlay_binary};
 pub use capture::{Capture, is_arp, is_vxlan, vxlan_inner};
 pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
 pub use cluster_file::{
-    ClusterFile, ClusterSection, Decap, EndpointSection, NetworkSection, RemoteSection,
+    ClusterFile, ClusterSection, Decap, DockerSection, EndpointSection, NetworkSection,
+    RemoteSection,
 };
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
-pub use dockerd::Dockerd;
+pub use docker_overlay::{DockerContainer, DockerOverlay};
+pub use dockerd::{BUSYBOX_IMAGE, DOCKER_CLIENT, Dockerd, DockerdOptions, busybox_rootfs};
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use seed_overlay::Overlay;
 pub use topology::{NODE1_VTEP, NODE2_VTEP, OUTSIDE_IP, SeedTopology, TopologyOptions};
-pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer};
+pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer, tcp_transfer_via};
