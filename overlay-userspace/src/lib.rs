@@ -14,8 +14,9 @@
 //!    applied to the maps as a diff ([`dataplane::reconcile`]).
 //!
 //! Around that flow: [`agent`] (the life cycle, the event loop and the one path
-//! a change takes), [`api`] (the local socket), [`cli`] (the commands) and
-//! [`cni`] (the `overlay-cni` plugin, a client of the socket).
+//! a change takes), [`api`] (the local socket), [`docker`] (Docker's network
+//! and IPAM drivers, whose calls become API requests), [`cli`] (the commands)
+//! and [`cni`] (the `overlay-cni` plugin, a client of the socket).
 //!
 //! An endpoint goes by a different type on each floor:
 //!
@@ -42,6 +43,7 @@ pub mod cni;
 pub mod config;
 pub mod dataplane;
 pub mod desired;
+pub mod docker;
 pub mod gossip;
 pub mod host;
 pub mod model;

@@ -60,6 +60,8 @@ pub struct ClusterFile {
     pub remotes: Vec<RemoteSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerSection>,
     /// Top-level keys written as given, after the typed ones: for a file with a
     /// key the agent does not know. Reading a file back puts every key that has
     /// no field here.
@@ -123,6 +125,26 @@ pub struct ClusterSection {
     pub cluster_id: Option<String>,
 }
 
+/// `[docker]`: the Docker network and IPAM drivers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DockerSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_socket: Option<PathBuf>,
+    /// `unix://PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+}
+
+impl DockerSection {
+    /// Drivers served on `plugin_socket` for the dockerd behind `engine`.
+    pub fn new(plugin_socket: &Path, engine: &Path) -> DockerSection {
+        DockerSection {
+            plugin_socket: Some(plugin_socket.to_owned()),
+            engine: Some(format!("unix://{}", engine.display())),
+        }
+    }
+}
+
 impl ClusterFile {
     /// A file with only the two keys every node needs.
     pub fn new(node: impl Into<String>, underlay: impl Into<String>) -> ClusterFile {
@@ -169,6 +191,10 @@ impl ClusterFile {
                     Path::new("/etc/overlay/cluster.key"),
                 )
             }),
+            docker: Some(DockerSection::new(
+                Path::new("/run/p/overlay-ebpf.sock"),
+                Path::new("/run/d/docker.sock"),
+            )),
             ..ClusterFile::new("n1", "eth1")
         }
     }
@@ -296,7 +322,17 @@ mod tests {
             table["cluster"]["seeds"][0].as_str(),
             Some("192.168.1.5:7947")
         );
-        for header in ["[[network]]", "[[endpoint]]", "[[remote]]", "[cluster]"] {
+        assert_eq!(
+            table["docker"]["engine"].as_str(),
+            Some("unix:///run/d/docker.sock")
+        );
+        for header in [
+            "[[network]]",
+            "[[endpoint]]",
+            "[[remote]]",
+            "[cluster]",
+            "[docker]",
+        ] {
             assert_eq!(text.matches(header).count(), 1, "{header} in {text}");
         }
     }

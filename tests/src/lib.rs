@@ -14,6 +14,7 @@ mod cluster;
 mod cluster_file;
 mod cmd;
 pub mod cni;
+mod docker_overlay;
 mod dockerd;
 mod image;
 mod kernel_vxlan;
@@ -33,15 +34,17 @@ pub use agent::{Agent, LeftDataplane, keygen, overlay_binary};
 pub use capture::{Capture, is_arp, is_vxlan, vxlan_inner};
 pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
 pub use cluster_file::{
-    ClusterFile, ClusterSection, Decap, EndpointSection, NetworkSection, RemoteSection,
+    ClusterFile, ClusterSection, Decap, DockerSection, EndpointSection, NetworkSection,
+    RemoteSection,
 };
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
-pub use dockerd::Dockerd;
+pub use docker_overlay::{DockerContainer, DockerOverlay};
+pub use dockerd::{DOCKER_CLIENT, Dockerd, DockerdOptions};
 pub use image::busybox_rootfs_tar;
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
-pub use podman::{BUSYBOX_IMAGE, Podman, PodmanContainer};
+pub use podman::{Podman, PodmanContainer};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use seed_overlay::Overlay;
 pub use topology::{NODE1_VTEP, NODE2_VTEP, OUTSIDE_IP, SeedTopology, TopologyOptions};
-pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer};
+pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer, tcp_transfer_via};

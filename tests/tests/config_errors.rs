@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result, ensure};
 use overlay_tests::{
-    Agent, ClusterFile, ClusterSection, Decap, NetworkSection, Overlay,
+    Agent, ClusterFile, ClusterSection, Decap, DockerSection, NetworkSection, Overlay,
     scenario::{C1, C2, C3, OTHER_NET, UBER_NET},
     sh,
 };
@@ -225,6 +225,10 @@ fn every_key_the_builder_writes_is_read_by_the_agent() -> Result<()> {
             .cluster
             .clone()
             .map(|c| ClusterSection::new(c.listen, c.seeds, &c.key_file)),
+        docker: file.docker.clone().map(|_| DockerSection {
+            plugin_socket: None,
+            engine: None,
+        }),
         ..ClusterFile::new(&file.node, &file.underlay)
     })?;
     ensure!((config.node.as_str(), config.underlay.as_str()) == (&*file.node, &*file.underlay));
@@ -270,6 +274,18 @@ fn every_key_the_builder_writes_is_read_by_the_agent() -> Result<()> {
     ensure!(
         Some(&cluster.cluster_id) == written.cluster_id.as_ref()
             && cluster.cluster_id != default.cluster_id
+    );
+
+    let docker = config.docker.context("the [docker] section")?;
+    let default = defaults.docker.context("the [docker] section")?;
+    let written = file.docker.context("the [docker] section")?;
+    ensure!(
+        Some(&docker.plugin_socket) == written.plugin_socket.as_ref()
+            && docker.plugin_socket != default.plugin_socket
+    );
+    ensure!(
+        Some(format!("unix://{}", docker.engine.display())) == written.engine
+            && docker.engine != default.engine
     );
     Ok(())
 }

@@ -60,6 +60,7 @@ fn attach_request(container_id: &str, ifname: &str, netns: &str) -> AttachReques
         ip: None,
         mac: None,
         plumbing: Plumbing::Agent,
+        reserved: false,
     }
 }
 

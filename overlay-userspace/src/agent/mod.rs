@@ -38,6 +38,7 @@ use crate::{
     api::{self, proto::Call},
     config::ClusterConfig,
     dataplane::pins,
+    docker::DockerPlugin,
     gossip::key::ClusterKey,
     host::{netlink::Netlink, plan},
 };
@@ -83,6 +84,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .clone()
         .unwrap_or_else(|| Path::new(DEFAULT_STATE_ROOT).join(&config.node));
     let state_file = StateFile::new(&state_dir);
+    let docker_section = config.docker.clone();
     let runtime = drop_queued_detaches(&state_file, state_file.load()?, &socket)?;
     let nl = Netlink::current()?;
     let plan = plan::plan(config, pin_dir, &nl).await?;
@@ -91,10 +93,22 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let started = async {
         node.start(&nl, key.as_ref()).await?;
-        api::server::serve(&socket, calls_tx)
+        let docker = docker_section
+            .as_ref()
+            .map(|d| DockerPlugin::start(d, &state_dir, calls_tx.clone()))
+            .transpose()?;
+        match api::server::serve(&socket, calls_tx) {
+            Ok(server) => Ok((server, docker)),
+            Err(e) => {
+                if let Some(docker) = docker {
+                    docker.stop();
+                }
+                Err(e)
+            }
+        }
     }
     .await;
-    let server = match started {
+    let (server, docker) = match started {
         Ok(server) => server,
         Err(e) => {
             let note = if node.adopted() {
@@ -149,6 +163,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
     server.abort();
     let _ = std::fs::remove_file(&socket);
+    if let Some(docker) = docker {
+        docker.stop();
+    }
     info!(
         "shutting down{}",
         if opts.keep {

@@ -24,6 +24,7 @@ use crate::{
         netns,
         plan::{NodePlan, PlannedEndpoint, host_ifname},
     },
+    model::Plumbing,
 };
 
 pub struct Node {
@@ -90,18 +91,31 @@ impl Node {
             self.endpoints.ensure(nl, &planned, Origin::File).await?;
         }
         for saved in self.runtime.endpoints.clone() {
-            match self.plan_saved_endpoint(&saved) {
-                Ok(planned) => self.endpoints.ensure(nl, &planned, Origin::Api).await?,
-                Err(e) => {
-                    warn!(
-                        "endpoint {} in network {} (namespace {}) from the state file is dropped: {e:#}",
-                        saved.ip, saved.network, saved.netns
-                    );
-                    self.save(&Change::RemoveEndpoint {
-                        network: saved.network,
-                        netns: saved.netns,
-                    })?;
+            let ensured = match self.plan_saved_endpoint(&saved) {
+                Ok(planned) if planned.plumbing == Plumbing::Caller => {
+                    // Its container end is wherever the caller put it: the
+                    // host end left behind says whether the container lives.
+                    if self.endpoints.adopt(nl, &planned, Origin::Api).await? {
+                        Ok(())
+                    } else {
+                        Err(anyhow::anyhow!(
+                            "its veth {} is gone (the container with it?)",
+                            planned.host_ifname
+                        ))
+                    }
                 }
+                Ok(planned) => self.endpoints.ensure(nl, &planned, Origin::Api).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ensured {
+                warn!(
+                    "endpoint {} in network {} (namespace {}) from the state file is dropped: {e:#}",
+                    saved.ip, saved.network, saved.netns
+                );
+                self.save(&Change::RemoveEndpoint {
+                    network: saved.network,
+                    netns: saved.netns,
+                })?;
             }
         }
         // Tables and the way out first, with the programs not yet attached to
@@ -127,7 +141,7 @@ impl Node {
             .own_networks()
             .remove(&saved.network)
             .with_context(|| format!("network {} is not known", saved.network))?;
-        if netns::existing(&saved.netns).is_err() {
+        if saved.plumbing == Plumbing::Agent && netns::existing(&saved.netns).is_err() {
             bail!("namespace {} is gone", saved.netns);
         }
         Ok(self.plan_endpoint(&def, saved))
@@ -148,6 +162,7 @@ impl Node {
             mtu: self.plan.mtu_for(def.mtu),
             host_ifname: host_ifname(self.name(), def.vni, saved.ip),
             container_ifname: saved.container_ifname.clone(),
+            ports: saved.ports.clone(),
         }
     }
 

@@ -7,8 +7,11 @@
 //!
 //! Container runtimes use [`Request::NetworkCreate`] (Docker's CreateNetwork),
 //! [`Request::Attach`] (CNI ADD, Docker's Join), [`Request::Detach`] (CNI DEL,
-//! Docker's Leave), [`Request::Check`] (CNI CHECK) and [`Request::Attachments`]; the CLI's
-//! `endpoint add/rm --netns` are [`Request::EndpointAdd`] and
+//! Docker's Leave), [`Request::Check`] (CNI CHECK) and [`Request::Attachments`]
+//! (CNI GC); Docker's driver also [`Request::NetworkCheck`],
+//! [`Request::ReserveAddress`] and [`Request::ReleaseAddress`] (its IPAM) and
+//! [`Request::Publish`] (`-p`). The CLI's `endpoint add/rm --netns` are
+//! [`Request::EndpointAdd`] and
 //! [`Request::EndpointRm`].
 
 use std::{fmt, net::Ipv4Addr};
@@ -19,7 +22,7 @@ use tokio::sync::oneshot;
 use crate::{
     cluster::resolve::Member,
     gossip::transport::TransportCounts,
-    model::{Mac, Plumbing, Subnet},
+    model::{Mac, Plumbing, PortMapping, Subnet},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +30,11 @@ use crate::{
 pub enum Request {
     /// Creates a network on every node. Answered with a [`NetworkInfo`].
     NetworkCreate(NetworkCreate),
+    /// Checks a create without making anything: Docker's CreateNetwork, which
+    /// comes before Docker tells the network's name. An empty `name` leaves
+    /// the name's checks to the create. Answered with the [`NetworkInfo`] it
+    /// would make.
+    NetworkCheck(NetworkCreate),
     NetworkLs,
     /// Refused while any node has an endpoint in it.
     NetworkRm {
@@ -62,6 +70,30 @@ pub enum Request {
     /// the [`Attachment`]; [`ErrorCode::NotFound`] for an unknown key,
     /// [`ErrorCode::Failed`] saying what is wrong.
     Check(AttachmentKey),
+    /// Takes an address for an endpoint still to come (Docker's IPAM
+    /// RequestAddress): `ip` if given and free, else the next free one of this
+    /// node's address blocks. No one else on this node gets it until
+    /// [`Request::ReleaseAddress`]; an attach takes it with `reserved`.
+    /// Answered with an [`AddressReservation`].
+    ReserveAddress {
+        network: String,
+        #[serde(default)]
+        ip: Option<Ipv4Addr>,
+    },
+    /// Gives a reserved address back (Docker's IPAM ReleaseAddress);
+    /// `not_found` if it was not reserved.
+    ReleaseAddress {
+        network: String,
+        ip: Ipv4Addr,
+    },
+    /// Sets an attachment's published ports, replacing the ones it had
+    /// (Docker's ProgramExternalConnectivity; none: RevokeExternalConnectivity).
+    /// Answered with the [`Attachment`].
+    Publish {
+        container_id: String,
+        ifname: String,
+        ports: Vec<PortMapping>,
+    },
     EndpointLs,
     Members,
 }
@@ -123,6 +155,18 @@ pub struct AttachRequest {
     /// Default: the agent plumbs the container end.
     #[serde(default)]
     pub plumbing: Plumbing,
+    /// `ip` was taken with [`Request::ReserveAddress`] (Docker's IPAM): the
+    /// attach uses that reservation. Without it, a reserved `ip` is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reserved: bool,
+}
+
+/// An address taken for an endpoint still to come.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressReservation {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
 }
 
 /// One attachment, as a runtime reports it.
@@ -155,6 +199,9 @@ pub struct Attachment {
     /// (set inside with [`Plumbing::Agent`]; the caller's to set otherwise).
     pub routes: Vec<Route>,
     pub mtu: u32,
+    /// Its published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -100,6 +100,7 @@ async fn add(conf: &NetConf, target: &Target) -> Result<Value, CniError> {
         ip: target.ip,
         mac: target.mac,
         plumbing: Plumbing::Agent,
+        reserved: false,
     });
     let attachment: Attachment = ask(&socket, &request)
         .await

@@ -241,6 +241,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             mtu: 1450,
+            ports: Vec::new(),
         }
     }
 

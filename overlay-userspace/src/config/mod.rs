@@ -114,6 +114,23 @@ pub struct ClusterSection {
     pub cluster_id: String,
 }
 
+/// The Docker network and IPAM drivers: the `[docker]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerSection {
+    /// Where the agent serves the drivers. dockerd finds a plugin by name as
+    /// `/run/docker/plugins/<name>.sock`, or through a spec file.
+    pub plugin_socket: PathBuf,
+    /// This node's dockerd (`unix://PATH`): the agent creates the cluster's
+    /// networks in it and reads the names of the networks made there.
+    pub engine: PathBuf,
+}
+
+/// The name of both drivers: `docker network create -d overlay-ebpf
+/// --ipam-driver overlay-ebpf`.
+pub const DOCKER_PLUGIN: &str = "overlay-ebpf";
+pub const DEFAULT_PLUGIN_SOCKET: &str = "/run/docker/plugins/overlay-ebpf.sock";
+pub const DEFAULT_DOCKER_ENGINE: &str = "unix:///var/run/docker.sock";
+
 pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_CLUSTER_ID: &str = "overlay";
 
@@ -131,6 +148,7 @@ pub struct ClusterConfig {
     pub endpoints: Vec<EndpointConfig>,
     pub remotes: Vec<RemoteConfig>,
     pub cluster: Option<ClusterSection>,
+    pub docker: Option<DockerSection>,
 }
 
 impl ClusterConfig {
@@ -233,6 +251,26 @@ vtep = "192.168.1.5"
     }
 
     #[test]
+    fn docker_section_defaults() {
+        assert_eq!(parse(GOOD).unwrap().docker, None);
+        let c = parse(&format!("{GOOD}\n[docker]\n")).unwrap();
+        assert_eq!(
+            c.docker,
+            Some(DockerSection {
+                plugin_socket: DEFAULT_PLUGIN_SOCKET.into(),
+                engine: "/var/run/docker.sock".into(),
+            })
+        );
+        let c = parse(&format!(
+            "{GOOD}\n[docker]\nplugin_socket = \"/tmp/p/overlay-ebpf.sock\"\nengine = \"unix:///tmp/d.sock\"\n"
+        ))
+        .unwrap();
+        let docker = c.docker.unwrap();
+        assert_eq!(docker.plugin_socket, Path::new("/tmp/p/overlay-ebpf.sock"));
+        assert_eq!(docker.engine, Path::new("/tmp/d.sock"));
+    }
+
+    #[test]
     fn errors_name_file_field_and_problem() {
         let cases = [
             (
@@ -316,6 +354,18 @@ vtep = "192.168.1.5"
             (
                 GOOD.replace("ip = \"10.0.0.3\"", "ip = \"10.0.0.1\""),
                 "endpoint[0].ip: 10.0.0.1 is network \"uber-net\"'s gateway",
+            ),
+            (
+                format!("{GOOD}\n[docker]\nengine = \"tcp://1.2.3.4:2375\"\n"),
+                "docker.engine: \"tcp://1.2.3.4:2375\" is not a unix socket address",
+            ),
+            (
+                format!("{GOOD}\n[docker]\nplugin_socket = \"p.sock\"\n"),
+                "docker.plugin_socket: \"p.sock\" is not an absolute path",
+            ),
+            (
+                format!("{GOOD}\n[docker]\nsocket = \"/x.sock\"\n"),
+                "unknown field `socket`",
             ),
             (
                 GOOD.replace("02:42:0a:00:00:04", "02:42:0a:00:00:01"),

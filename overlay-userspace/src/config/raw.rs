@@ -21,6 +21,14 @@ pub struct RawConfig {
     #[serde(default, rename = "remote")]
     pub remotes: Vec<RawRemote>,
     pub cluster: Option<RawCluster>,
+    pub docker: Option<RawDocker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocker {
+    pub plugin_socket: Option<String>,
+    pub engine: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

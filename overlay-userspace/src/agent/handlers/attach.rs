@@ -3,12 +3,12 @@
 //! one path: check, pick an address (claiming a block first if need be), plan,
 //! plumb and attach, then commit; a failed commit undoes the veth.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
+use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result};
 use log::{info, warn};
 
-use super::Pending;
+use super::{Pending, addresses::Claimant};
 use crate::{
     agent::{
         endpoints::{self, Attached, Origin},
@@ -19,19 +19,11 @@ use crate::{
         offline,
         proto::{ApiError, AttachRequest, AttachmentKey, ErrorCode, api_error},
     },
-    cluster::{
-        ipam::{self, Allocation},
-        record::{BlockClaim, NetworkDef},
-    },
+    cluster::record::NetworkDef,
     config::rules,
-    desired::addresses_in_use,
-    gossip::now_ms,
     host::{netlink::Netlink, netns, plan::next_container_ifname, veth},
     model::{Mac, Plumbing, gateway_mac},
 };
-
-/// How many times an address allocation claims a new block before giving up.
-const MAX_CLAIMS: u32 = 4;
 
 /// One attach, however it was asked for.
 pub(super) struct AttachSpec {
@@ -43,6 +35,8 @@ pub(super) struct AttachSpec {
     /// A runtime's key; `None` for the CLI, whose endpoint gets the next `ethN`.
     pub key: Option<AttachmentKey>,
     pub plumbing: Plumbing,
+    /// `ip` is a reservation the caller holds (Docker's IPAM).
+    pub reserved: bool,
 }
 
 impl From<&AttachRequest> for AttachSpec {
@@ -57,6 +51,7 @@ impl From<&AttachRequest> for AttachSpec {
                 ifname: r.ifname.clone(),
             }),
             plumbing: r.plumbing,
+            reserved: r.reserved,
         }
     }
 }
@@ -82,18 +77,7 @@ impl Node {
         attempt: u32,
     ) -> Result<Pending<()>> {
         let (network, netns) = (spec.network.as_str(), spec.netns.as_str());
-        let def = self
-            .membership
-            .resolved()
-            .networks
-            .get(network)
-            .cloned()
-            .ok_or_else(|| {
-                api_error(
-                    ErrorCode::NotFound,
-                    format!("no network named {network} (see `overlay network ls`)"),
-                )
-            })?;
+        let def = self.network_def(network)?;
         if let Some(key) = &spec.key {
             rules::container_id(&key.container_id).map_err(invalid)?;
             rules::interface_name(&key.ifname).map_err(invalid)?;
@@ -107,11 +91,17 @@ impl Node {
                 )));
             }
         }
-        netns::existing(netns).map_err(invalid)?;
-        if netns::same_netns(netns, "/proc/self/ns/net") {
-            return Err(invalid(format!(
-                "namespace {netns} is the agent's own, not a container's"
-            )));
+        // A caller that plumbs the container end itself may name a namespace
+        // this agent cannot see (a dockerd in a mount namespace of its own).
+        if spec.plumbing == Plumbing::Agent {
+            netns::existing(netns).map_err(invalid)?;
+            if netns::same_netns(netns, "/proc/self/ns/net") {
+                return Err(invalid(format!(
+                    "namespace {netns} is the agent's own, not a container's"
+                )));
+            }
+        } else {
+            rules::netns(netns).map_err(invalid)?;
         }
         if self.endpoints.find(network, netns).is_some() {
             return Err(exists(format!(
@@ -139,7 +129,15 @@ impl Node {
     ) -> Result<Pending<()>> {
         let network = def.name.as_str();
         let ip = match spec.ip {
-            Some(ip) => self.check_address(def, ip)?,
+            Some(ip) => {
+                let by = if spec.reserved {
+                    Claimant::Reservation
+                } else {
+                    Claimant::Anyone
+                };
+                self.check_address(def, ip, by)?
+            }
+            None if spec.reserved => return Err(invalid("a reserved attach needs its ip")),
             None => match self.allocate(def, attempt).await? {
                 Pending::Ready(ip) => ip,
                 Pending::AfterClaim(after) => return Ok(Pending::AfterClaim(after)),
@@ -168,6 +166,7 @@ impl Node {
             container_ifname,
             container_id: spec.key.as_ref().map(|k| k.container_id.clone()),
             plumbing: spec.plumbing,
+            ports: Vec::new(),
         };
         let planned = self.plan_endpoint(def, &saved);
         if nl.link_by_name(&planned.host_ifname).await?.is_some() {
@@ -226,109 +225,6 @@ impl Node {
                 let inside = Netlink::in_netns(&netns::netns_path(&spec.netns))?;
                 Ok((next_container_ifname(&inside).await?, Some(inside)))
             }
-        }
-    }
-
-    /// An address the caller chose: a free host address of the network, not
-    /// one it keeps for itself.
-    fn check_address(&self, def: &NetworkDef, ip: Ipv4Addr) -> Result<Ipv4Addr> {
-        rules::host_address(ip, &def.name, def.subnet)
-            .and_then(|()| rules::not_reserved(ip, &def.name, def.gateway(), &def.aux))
-            .map_err(invalid)?;
-        if addresses_in_use(&self.plan.config, self.membership.resolved(), &def.name).contains(&ip)
-        {
-            return Err(exists(format!(
-                "{ip} is already in use in network {}",
-                def.name
-            )));
-        }
-        Ok(ip)
-    }
-
-    /// The next free address in this node's blocks, claiming a new block when
-    /// they are full. With gossip the claim must settle first; alone it holds
-    /// at once.
-    async fn allocate(&mut self, def: &NetworkDef, mut attempt: u32) -> Result<Pending<Ipv4Addr>> {
-        let network = def.name.as_str();
-        loop {
-            let used = addresses_in_use(&self.plan.config, self.membership.resolved(), network);
-            let allocation = ipam::allocate(
-                network,
-                def.subnet,
-                self.name(),
-                &self.membership.resolved().claims,
-                &used,
-                self.settle(),
-            );
-            match allocation {
-                Allocation::Address(ip) => {
-                    self.claim_ahead(def, used, ip).await;
-                    return Ok(Pending::Ready(ip));
-                }
-                Allocation::Settling(ms) => {
-                    return Ok(Pending::AfterClaim(Duration::from_millis(ms)));
-                }
-                Allocation::Claim(index) if attempt < MAX_CLAIMS => {
-                    self.commit(Change::ClaimBlock(BlockClaim {
-                        network: network.to_owned(),
-                        index,
-                        claimed_ms: now_ms(),
-                    }))
-                    .await?;
-                    match self.membership.claim_settle() {
-                        Some(after) => return Ok(Pending::AfterClaim(after)),
-                        None => attempt += 1,
-                    }
-                }
-                Allocation::Claim(_) => anyhow::bail!(
-                    "could not claim an address block in network {network}: other nodes kept winning the claims"
-                ),
-                Allocation::Exhausted => anyhow::bail!(
-                    "network {network} ({}) has no free address block left",
-                    def.subnet
-                ),
-            }
-        }
-    }
-
-    fn settle(&self) -> ipam::Settle {
-        ipam::Settle {
-            now_ms: now_ms(),
-            settle_ms: self
-                .membership
-                .claim_settle()
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        }
-    }
-
-    /// With `ip` taken, claims the next block if this node's blocks are
-    /// running low, so that it has settled before it is needed. Alone a claim
-    /// holds at once: nothing to gain. A failed claim is only logged: the
-    /// attach has its address.
-    async fn claim_ahead(&mut self, def: &NetworkDef, mut used: BTreeSet<Ipv4Addr>, ip: Ipv4Addr) {
-        if self.membership.claim_settle().is_none() {
-            return;
-        }
-        used.insert(ip);
-        let claims = &self.membership.resolved().claims;
-        let free = ipam::free_in_own_blocks(&def.name, def.subnet, self.name(), claims, &used);
-        if free >= ipam::CLAIM_AHEAD {
-            return;
-        }
-        let Some(index) = ipam::next_unclaimed(&def.name, def.subnet, claims) else {
-            return;
-        };
-        let claim = BlockClaim {
-            network: def.name.clone(),
-            index,
-            claimed_ms: now_ms(),
-        };
-        match self.commit(Change::ClaimBlock(claim)).await {
-            Ok(()) => info!(
-                "claimed address block {index} of network {} ahead of need ({free} addresses left)",
-                def.name
-            ),
-            Err(e) => warn!("claiming a block of network {} ahead: {e:#}", def.name),
         }
     }
 
