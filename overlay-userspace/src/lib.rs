@@ -41,4 +41,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod gossip;
 pub mod host;
+pub mod logging;
+pub mod metrics;
 pub mod model;
+pub mod monitor;

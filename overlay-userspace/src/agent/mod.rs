@@ -40,6 +40,8 @@ use crate::{
     dataplane::pins,
     gossip::key::ClusterKey,
     host::{netlink::Netlink, plan},
+    metrics,
+    monitor::{self, Monitor},
 };
 
 /// How the agent was started.
@@ -88,14 +90,29 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let plan = plan::plan(config, pin_dir, &nl).await?;
 
     let mut node = Node::new(plan, runtime, state_file);
+    let monitor = Monitor::new();
+    let mut listeners = monitor.listeners();
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let started = async {
         node.start(&nl, key.as_ref()).await?;
-        api::server::serve(&socket, calls_tx)
+        let metrics = match node.plan.config.metrics_listen {
+            Some(listen) => Some(
+                metrics::server::serve(
+                    listen,
+                    &node.plan.pin_dir,
+                    node.metrics(),
+                    monitor.listeners(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let server = api::server::serve(&socket, calls_tx, monitor.clone())?;
+        anyhow::Ok((server, metrics))
     }
     .await;
-    let server = match started {
-        Ok(server) => server,
+    let (server, metrics) = match started {
+        Ok(started) => started,
         Err(e) => {
             let note = if node.adopted() {
                 "; the dataplane the previous agent left is untouched"
@@ -106,6 +123,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             return Err(e.context(format!("setup failed{note}")));
         }
     };
+    let relay = node.take_drop_events().map(|events| {
+        tokio::spawn(monitor::relay(
+            events,
+            monitor.clone(),
+            node.plan.pin_dir.clone(),
+        ))
+    });
     node.sync().await;
     announce_ready(&node, &socket);
 
@@ -125,6 +149,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             }
             _ = warmup_check.tick(), if !node.membership.is_warm() => {
                 node.sync().await;
+                continue;
+            }
+            Ok(()) = listeners.changed() => {
+                let observe = listeners.borrow_and_update().observe();
+                node.observe(observe);
                 continue;
             }
             _ = ticker.tick() => {
@@ -148,6 +177,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
     server.abort();
+    for task in [metrics, relay].into_iter().flatten() {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     info!(
         "shutting down{}",
@@ -170,7 +202,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 fn announce_ready(node: &Node, socket: &Path) {
     let plan = &node.plan;
     info!(
-        "node {} up: VTEP {} on {} (MTU {}), decap {}, {} local endpoint(s), maps pinned in {}, API on {}{}{}",
+        "node {} up: VTEP {} on {} (MTU {}), decap {}, {} local endpoint(s), maps pinned in {}, API on {}{}{}{}",
         plan.config.node,
         plan.underlay.vtep,
         plan.underlay.name,
@@ -181,6 +213,10 @@ fn announce_ready(node: &Node, socket: &Path) {
         socket.display(),
         match &plan.config.cluster {
             Some(c) => format!(", gossip on {} (seeds {:?})", c.listen, c.seeds),
+            None => String::new(),
+        },
+        match &plan.config.metrics_listen {
+            Some(listen) => format!(", metrics on http://{listen}/metrics"),
             None => String::new(),
         },
         if node.adopted() {

@@ -3,7 +3,7 @@
 //! [`Node::sync`] resolves the cluster, announces this node's record and brings
 //! the maps to the desired state.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     cluster::record::{EndpointRecord, NetworkDef, NodeRecord},
-    dataplane::{Dataplane, pins, reconcile::Prune},
+    dataplane::{Dataplane, Observe, events::DropEvents, pins, reconcile::Prune},
     desired::desired_state,
     gossip::{key::ClusterKey, now_ms},
     host::{
@@ -23,6 +23,7 @@ use crate::{
         netns,
         plan::{NodePlan, PlannedEndpoint, host_ifname},
     },
+    metrics::{AgentMetrics, ClusterView},
     model::Mac,
 };
 
@@ -37,6 +38,7 @@ pub struct Node {
     adopting: bool,
     pub(super) endpoints: Endpoints,
     pub(super) membership: Membership,
+    metrics: Arc<AgentMetrics>,
 }
 
 /// What to leave behind when the agent stops.
@@ -53,6 +55,7 @@ pub enum Teardown {
 
 impl Node {
     pub fn new(plan: NodePlan, runtime: RuntimeState, state_file: StateFile) -> Node {
+        let metrics = AgentMetrics::new(plan.config.decap);
         Node {
             plan,
             runtime,
@@ -61,6 +64,26 @@ impl Node {
             adopting: false,
             endpoints: Endpoints::default(),
             membership: Membership::alone(),
+            metrics,
+        }
+    }
+
+    /// What the agent reports to the metrics endpoint.
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The drop events of the loaded dataplane, for the monitor's one reader.
+    pub fn take_drop_events(&mut self) -> Option<DropEvents> {
+        self.dataplane.as_mut()?.take_drop_events()
+    }
+
+    /// Asks the programs to report what the connected monitors and traces need.
+    pub fn observe(&mut self, observe: Observe) {
+        if let Some(dataplane) = self.dataplane.as_mut()
+            && let Err(e) = dataplane.set_observe(observe)
+        {
+            warn!("asking the programs to report drops and traces: {e:#}");
         }
     }
 
@@ -114,6 +137,9 @@ impl Node {
             self.membership
                 .join(&self.plan.config.node, &section, key, &record)
                 .await?;
+            if let Some(stats) = self.membership.transport_stats() {
+                self.metrics.set_transport(stats);
+            }
         }
         Ok(())
     }
@@ -251,16 +277,24 @@ impl Node {
         }
     }
 
+    /// One reconcile pass, timed and counted for the metrics.
     fn apply(&mut self, prune: Prune) -> Result<crate::dataplane::reconcile::Changes> {
+        let started = Instant::now();
         let desired = desired_state(
             &self.plan,
             self.membership.resolved(),
             self.endpoints.veths(),
         );
-        self.dataplane
+        let applied = self
+            .dataplane
             .as_mut()
-            .context("the dataplane is not loaded")?
-            .apply(&desired, prune)
+            .context("the dataplane is not loaded")
+            .and_then(|d| d.apply(&desired, prune));
+        self.metrics
+            .reconciled(started.elapsed(), applied.as_ref().ok().copied());
+        self.metrics
+            .set_view(ClusterView::of(self.membership.resolved(), &desired));
+        applied
     }
 
     /// A container's veth disappears with its namespace. Such an endpoint is

@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::{cluster::resolve::Member, gossip::transport::TransportCounts};
+use crate::{
+    cluster::resolve::Member, gossip::transport::TransportCounts, monitor::record::Filter,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -32,6 +34,25 @@ pub enum Request {
     },
     EndpointLs,
     Members,
+}
+
+/// The requests whose connection stays open ([`crate::api::stream`]); the
+/// agent's loop never sees them. The same `op` tag as [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum StreamRequest {
+    /// Streams the drops that match `filter` until the client goes.
+    Monitor {
+        #[serde(default)]
+        filter: Filter,
+    },
+    /// Logs the decisions on packets between `a` and `b` (or anything, without
+    /// `b`) in network `vni` (or any) until the client goes.
+    Trace {
+        a: Ipv4Addr,
+        b: Option<Ipv4Addr>,
+        vni: Option<u32>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

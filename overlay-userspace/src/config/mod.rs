@@ -120,6 +120,8 @@ pub struct ClusterConfig {
     pub vxlan_port: u16,
     pub source_ports: [u16; 2],
     pub decap: DecapMode,
+    /// Where the Prometheus endpoint listens; none by default.
+    pub metrics_listen: Option<SocketAddr>,
     pub networks: Vec<NetworkConfig>,
     pub endpoints: Vec<EndpointConfig>,
     pub remotes: Vec<RemoteConfig>,
@@ -179,6 +181,15 @@ vtep = "192.168.1.5"
         assert_eq!(c.decap, DecapMode::Tc);
         assert_eq!(c.endpoints[0].mac, Mac([0x02, 0x42, 10, 0, 0, 3]));
         assert_eq!(c.networks[0].subnet.to_string(), "10.0.0.0/24");
+    }
+
+    #[test]
+    fn metrics_are_off_unless_asked_for() {
+        assert_eq!(parse(GOOD).unwrap().metrics_listen, None);
+        let c = parse(&format!("metrics_listen = \"127.0.0.1:9464\"\n{GOOD}")).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let c = parse(&format!("metrics_listen = \"[::1]:9464\"\n{GOOD}")).unwrap();
+        assert_eq!(c.metrics_listen, Some("[::1]:9464".parse().unwrap()));
     }
 
     #[test]
@@ -264,6 +275,14 @@ vtep = "192.168.1.5"
             (
                 GOOD.replace("name = \"uber-net\"", "name = \"uber:net\""),
                 "network[0].name: \"uber:net\" is not a network name",
+            ),
+            (
+                format!("metrics_listen = \"9464\"\n{GOOD}"),
+                "metrics_listen: \"9464\" is not an address and port",
+            ),
+            (
+                format!("metrics_listen = \"127.0.0.1:0\"\n{GOOD}"),
+                "metrics_listen: \"127.0.0.1:0\" needs a port",
             ),
         ];
         for (text, expected) in cases {

@@ -1,7 +1,9 @@
 //! The host floor: this machine's interfaces and namespaces. The cluster file
 //! resolved against the machine ([`plan`]); rtnetlink ([`netlink`]); entering
-//! namespaces ([`netns`]); an endpoint's veth pair ([`veth`]).
+//! namespaces ([`netns`]); an endpoint's veth pair ([`veth`]); interface
+//! names ([`ifname`]).
 
+pub mod ifname;
 pub mod netlink;
 pub mod netns;
 pub mod plan;
