@@ -116,3 +116,20 @@ pub struct MemberList {
 
 /// A request on its way to the agent, with where its answer goes.
 pub type Call = (Request, oneshot::Sender<Response>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_requests_read_back() {
+        for text in [
+            r#"{"op":"monitor","filter":{"reasons":[],"vni":null,"ips":[]}}"#,
+            r#"{"op":"monitor","filter":{"reasons":["drop_no_fdb"],"vni":4097,"ips":["10.0.0.1"]}}"#,
+            r#"{"op":"trace","a":"10.0.0.3","b":null,"vni":null}"#,
+        ] {
+            let r: Result<StreamRequest, _> = serde_json::from_str(text);
+            assert!(r.is_ok(), "{text}: {r:?}");
+        }
+    }
+}

@@ -24,12 +24,11 @@ pub async fn monitor(args: &MonitorArgs) -> Result<()> {
         },
     };
     let (mut stream, _) = Stream::open(&socket, &request).await?;
-    if !args.api.json {
-        eprintln!(
-            "listening for drops on {} (Ctrl-C to stop)",
-            socket.display()
-        );
-    }
+    // On stderr, so that stdout is only drops (and JSON with --json).
+    eprintln!(
+        "listening for drops on {} (Ctrl-C to stop)",
+        socket.display()
+    );
     let mut shown = 0;
     let mut out = std::io::stdout().lock();
     while args.count.is_none_or(|n| shown < n) {
