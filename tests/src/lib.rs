@@ -15,6 +15,7 @@ mod cmd;
 mod kernel_vxlan;
 mod netns;
 pub mod prog_run;
+pub mod prometheus;
 mod scale;
 pub mod scenario;
 mod seed_overlay;
