@@ -154,11 +154,15 @@ fn log_event(event: &ClusterEvent) {
             vtep,
             gossip,
             generation,
-        } => info!(
-            event = name, node = node.as_str(), vtep:? = vtep, gossip:? = gossip, generation = *generation;
-            "node {node} joined (VTEP {}, generation {generation})",
-            vtep.map_or_else(|| "none".to_owned(), |v| v.to_string())
-        ),
+        } => {
+            let vtep = vtep.map_or_else(|| "none".to_owned(), |v| v.to_string());
+            let gossip = gossip.map_or_else(|| "none".to_owned(), |g| g.to_string());
+            info!(
+                event = name, node = node.as_str(), vtep = vtep.as_str(), gossip = gossip.as_str(),
+                generation = *generation;
+                "node {node} joined (VTEP {vtep}, gossip {gossip}, generation {generation})"
+            );
+        }
         ClusterEvent::NodeDied { node, generation } => warn!(
             event = name, node = node.as_str(), generation = *generation;
             "node {node} died: its endpoints are withdrawn"
