@@ -240,7 +240,7 @@ pub struct DropEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct RateWindow {
-    /// When the current window began (`bpf_ktime_get_ns()`).
+    /// When the current window began (`bpf_ktime_get_coarse_ns()`).
     pub start_ns: u64,
     /// How much of the window's allowance is used.
     pub used: u32,

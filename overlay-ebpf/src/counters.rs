@@ -3,7 +3,7 @@
 //! and reported (a drop event, a log record) when there is anyone to tell.
 
 use aya_ebpf::bindings::{TC_ACT_SHOT, xdp_action};
-use overlay_common::Counter;
+use overlay_common::{Config, Counter};
 
 use crate::{
     maps::STATS,
@@ -37,13 +37,14 @@ impl DropVerdict for u32 {
 }
 
 /// Counts a dropped frame under `reason`, reports it if a monitor listens (or
-/// the reason is one that is logged), and returns the hook's drop verdict. The
-/// cost while nobody listens: one more load and test.
+/// the reason is one that is logged), and returns the hook's drop verdict.
+/// `cfg` is the program's copy of CONFIG: while nobody listens, the drop costs
+/// one more test of a flag already at hand.
 #[inline(always)]
-pub fn drop<C: Hooked, V: DropVerdict>(ctx: &C, reason: Counter, bytes: u32) -> V {
+pub fn drop<C: Hooked, V: DropVerdict>(ctx: &C, cfg: &Config, reason: Counter, bytes: u32) -> V {
     count(reason, bytes);
-    if monitor::wants_report(reason) {
-        ctx.report_drop(reason, bytes);
+    if monitor::wants_report(cfg, reason) && !monitor::refused_at_once(reason) {
+        ctx.report_drop(reason, bytes, cfg.flags);
     }
     V::DROP
 }

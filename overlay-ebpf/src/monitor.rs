@@ -10,13 +10,13 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, TC_ACT_SHOT, xdp_md},
-    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::{error, warn};
 use overlay_common::{
-    CONFIG_F_MONITOR, Counter, DROP_SAMPLE_LEN, HOOK_ENDPOINT, HOOK_UNDERLAY_TC, HOOK_UNDERLAY_XDP,
-    LOG_RECORDS_PER_SEC, MONITOR_EVENTS_PER_SEC, MonitorCpu, RateWindow,
+    CONFIG_F_MONITOR, Config, Counter, DROP_SAMPLE_LEN, HOOK_ENDPOINT, HOOK_UNDERLAY_TC,
+    HOOK_UNDERLAY_XDP, LOG_RECORDS_PER_SEC, MONITOR_EVENTS_PER_SEC, MonitorCpu, RateWindow,
 };
 
 use crate::{
@@ -40,7 +40,7 @@ pub trait Hooked {
     /// Copies the frame's first `len` bytes (1..=`DROP_SAMPLE_LEN`) to `dst`.
     fn copy_start(&self, dst: *mut u8, len: u32) -> bool;
     /// This program type's [`report_drop`] subprogram.
-    fn report_drop(&self, reason: Counter, len: u32) -> u32;
+    fn report_drop(&self, reason: Counter, len: u32, flags: u32) -> u32;
     /// This program type's `trace::begin` subprogram.
     fn trace_begin(&self) -> u32;
 }
@@ -71,8 +71,8 @@ impl Hooked for TcContext {
         }
     }
     #[inline(always)]
-    fn report_drop(&self, reason: Counter, len: u32) -> u32 {
-        report_drop_tc(self.skb.skb, reason as u32, len)
+    fn report_drop(&self, reason: Counter, len: u32, flags: u32) -> u32 {
+        report_drop_tc(self.skb.skb, reason as u32, len, flags)
     }
     #[inline(always)]
     fn trace_begin(&self) -> u32 {
@@ -102,8 +102,8 @@ impl Hooked for XdpContext {
         unsafe { bpf_xdp_load_bytes(self.as_ptr().cast(), 0, dst.cast(), len) == 0 }
     }
     #[inline(always)]
-    fn report_drop(&self, reason: Counter, len: u32) -> u32 {
-        report_drop_xdp(self.ctx, reason as u32, len)
+    fn report_drop(&self, reason: Counter, len: u32, flags: u32) -> u32 {
+        report_drop_xdp(self.ctx, reason as u32, len, flags)
     }
     #[inline(always)]
     fn trace_begin(&self) -> u32 {
@@ -114,11 +114,27 @@ impl Hooked for XdpContext {
 /// Whether a drop under `reason` has something to report: a monitor listens,
 /// or the reason is one that is logged. Inlined into every drop.
 #[inline(always)]
-pub fn wants_report(reason: Counter) -> bool {
-    is_logged(reason)
-        || CONFIG
-            .get(0)
-            .is_some_and(|c| c.flags & CONFIG_F_MONITOR != 0)
+pub fn wants_report(cfg: &Config, reason: Counter) -> bool {
+    cfg.flags & CONFIG_F_MONITOR != 0 || is_logged(reason)
+}
+
+/// A drop event the rate limit refuses without asking the clock (see
+/// [`admit`]): decided and counted in the drop's own code, so that in a flood
+/// past the limit a drop costs a lookup, a compare and an increment more, and
+/// no call. `false`: ask [`report_drop`].
+#[inline(always)]
+pub fn refused_at_once(reason: Counter) -> bool {
+    if is_logged(reason) {
+        return false;
+    }
+    let Some(cpu) = this_cpu() else {
+        return false;
+    };
+    if cpu.event_window.used < MONITOR_EVENTS_PER_SEC || cpu.events_limited % 64 == 0 {
+        return false;
+    }
+    cpu.events_limited += 1;
+    true
 }
 
 /// Drops that should never happen on a working node, and so are logged.
@@ -130,29 +146,42 @@ const fn is_logged(reason: Counter) -> bool {
 /// The report of a TC program's drop: see [`report_drop`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn report_drop_tc(skb: *mut __sk_buff, reason: u32, len: u32) -> u32 {
-    report_drop(&TcContext::new(skb), reason, len)
+pub extern "C" fn report_drop_tc(skb: *mut __sk_buff, reason: u32, len: u32, flags: u32) -> u32 {
+    report_drop(&TcContext::new(skb), reason, len, flags)
 }
 
 /// The report of an XDP program's drop: see [`report_drop`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn report_drop_xdp(ctx: *mut xdp_md, reason: u32, len: u32) -> u32 {
-    report_drop(&XdpContext::new(ctx), reason, len)
+pub extern "C" fn report_drop_xdp(ctx: *mut xdp_md, reason: u32, len: u32, flags: u32) -> u32 {
+    report_drop(&XdpContext::new(ctx), reason, len, flags)
 }
 
-/// Takes one from this second's allowance of `window`, if any is left.
+/// Takes one from the current window's allowance, if any is left; counts a
+/// refusal in `refused`. A window lasts at least a second and admits at most
+/// `per_second`. The clock is read when a window opens, and once its allowance
+/// is used up only on every 64th refusal, to see whether a second has passed:
+/// in a flood a refusal costs a compare and an increment, and a new window
+/// opens at most 63 refusals late.
 #[inline(always)]
-fn admit(window: &mut RateWindow, per_second: u32, now: u64) -> bool {
-    if now.wrapping_sub(window.start_ns) >= WINDOW_NS {
-        window.start_ns = now;
-        window.used = 0;
+fn admit(window: &mut RateWindow, per_second: u32, refused: &mut u64) -> bool {
+    if window.used < per_second {
+        if window.used == 0 {
+            window.start_ns = coarse_now();
+        }
+        window.used += 1;
+        return true;
     }
-    if window.used >= per_second {
-        return false;
+    if *refused % 64 == 0 {
+        let now = coarse_now();
+        if now.wrapping_sub(window.start_ns) >= WINDOW_NS {
+            window.start_ns = now;
+            window.used = 1;
+            return true;
+        }
     }
-    window.used += 1;
-    true
+    *refused += 1;
+    false
 }
 
 #[inline(always)]
@@ -161,20 +190,25 @@ fn this_cpu() -> Option<&'static mut MonitorCpu> {
     MONITOR.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
+/// The clock of the rate limiters: a tick's resolution is plenty for
+/// one-second windows, and it costs a fraction of `bpf_ktime_get_ns`.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// Whether a log record may be written now; counts the ones that may not.
 #[inline(always)]
 pub fn may_log() -> bool {
     let Some(cpu) = this_cpu() else {
         return false;
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if admit(&mut cpu.log_window, LOG_RECORDS_PER_SEC, now) {
-        true
-    } else {
-        cpu.logs_limited += 1;
-        false
-    }
+    admit(
+        &mut cpu.log_window,
+        LOG_RECORDS_PER_SEC,
+        &mut cpu.logs_limited,
+    )
 }
 
 /// The report of one drop: a log record for the reasons that are logged, and
@@ -185,7 +219,7 @@ pub fn may_log() -> bool {
 /// register holds, and the verifier refuses one that may return a pointer into
 /// its stack.
 #[inline(always)]
-fn report_drop<C: Hooked>(ctx: &C, reason: u32, len: u32) -> u32 {
+fn report_drop<C: Hooked>(ctx: &C, reason: u32, len: u32, flags: u32) -> u32 {
     let Some(reason) = Counter::from_index(reason) else {
         return 0;
     };
@@ -208,21 +242,22 @@ fn report_drop<C: Hooked>(ctx: &C, reason: u32, len: u32) -> u32 {
             );
         }
     }
-    let Some(cfg) = CONFIG.get(0) else {
-        return 0;
-    };
-    if cfg.flags & CONFIG_F_MONITOR == 0 {
+    if flags & CONFIG_F_MONITOR == 0 {
         return 0;
     }
     let Some(cpu) = this_cpu() else {
         return 0;
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if !admit(&mut cpu.event_window, MONITOR_EVENTS_PER_SEC, now) {
-        cpu.events_limited += 1;
+    if !admit(
+        &mut cpu.event_window,
+        MONITOR_EVENTS_PER_SEC,
+        &mut cpu.events_limited,
+    ) {
         return 0;
     }
+    let Some(cfg) = CONFIG.get(0) else {
+        return 0;
+    };
     let Some(mut entry) = EVENTS.reserve(0) else {
         cpu.events_lost += 1;
         return 0;
@@ -235,7 +270,7 @@ fn report_drop<C: Hooked>(ctx: &C, reason: u32, len: u32) -> u32 {
     };
     // SAFETY: `event` is the reserved record, DropEvent-sized and aligned.
     unsafe {
-        (*event).time_ns = now;
+        (*event).time_ns = bpf_ktime_get_ns();
         (*event).reason = reason as u32;
         (*event).ifindex = ctx.ifindex();
         (*event).frame_len = len;

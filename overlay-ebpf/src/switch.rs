@@ -21,7 +21,7 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &Config) -> i32 {
     // SAFETY: ctx is a valid skb.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(ep) = endpoint(ifindex) else {
-        return drop(ctx, Counter::DropUnknownEndpoint, len);
+        return drop(ctx, cfg, Counter::DropUnknownEndpoint, len);
     };
     tc_pull(
         ctx,
@@ -32,21 +32,21 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &Config) -> i32 {
         },
     );
     let Some(eth) = ctx.ptr_at::<Eth>(0) else {
-        return drop(ctx, Counter::DropUnsupported, len);
+        return drop(ctx, cfg, Counter::DropUnsupported, len);
     };
     // SAFETY: bounds-checked above.
     let eth = unsafe { core::ptr::read_unaligned(eth) };
     if eth.src_addr != ep.mac {
-        return drop(ctx, Counter::DropSpoofedMac, len);
+        return drop(ctx, cfg, Counter::DropSpoofedMac, len);
     }
     match eth.ether_type {
         ETH_P_IP => {
             let Some(ip) = ctx.ptr_at::<Ipv4>(ETH_LEN) else {
-                return drop(ctx, Counter::DropUnsupported, len);
+                return drop(ctx, cfg, Counter::DropUnsupported, len);
             };
             // SAFETY: bounds-checked above.
             if unsafe { (*ip).src_addr } != ep.ip {
-                return drop(ctx, Counter::DropSpoofedIp, len);
+                return drop(ctx, cfg, Counter::DropSpoofedIp, len);
             }
             forward(ctx, cfg, &ep, eth.dst_addr, len)
         }
@@ -58,9 +58,9 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &Config) -> i32 {
                 unsafe { bpf_redirect(ifindex, 0) as i32 }
             }
             FromEndpoint::Forward { dst } => forward(ctx, cfg, &ep, dst, len),
-            FromEndpoint::Drop(reason) => drop(ctx, reason, len),
+            FromEndpoint::Drop(reason) => drop(ctx, cfg, reason, len),
         },
-        _ => drop(ctx, Counter::DropUnsupported, len),
+        _ => drop(ctx, cfg, Counter::DropUnsupported, len),
     }
 }
 
@@ -68,7 +68,7 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &Config) -> i32 {
 #[inline(always)]
 fn forward(ctx: &TcContext, cfg: &Config, ep: &Endpoint, dst: [u8; 6], len: u32) -> i32 {
     if is_multicast(&dst) {
-        return drop(ctx, Counter::DropFlood, len);
+        return drop(ctx, cfg, Counter::DropFlood, len);
     }
     match locate(ep.vni, dst) {
         Some(Location::Local { ifindex }) => {
@@ -76,6 +76,6 @@ fn forward(ctx: &TcContext, cfg: &Config, ep: &Endpoint, dst: [u8; 6], len: u32)
             deliver::into_container(ctx, ifindex)
         }
         Some(Location::Remote { vtep }) => encap::to_remote(ctx, cfg, ep.vni, vtep),
-        None => drop(ctx, Counter::DropNoFdb, len),
+        None => drop(ctx, cfg, Counter::DropNoFdb, len),
     }
 }

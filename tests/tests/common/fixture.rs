@@ -16,9 +16,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use overlay_common::{
-    CONFIG_F_MONITOR, CONFIG_F_READY, CONFIG_F_TRACE, Config, Counter, program_names,
+    CONFIG_F_MONITOR, CONFIG_F_READY, CONFIG_F_TRACE, Config, Counter, map_names, program_names,
 };
 use overlay_tests::{
     Netns,
@@ -203,13 +203,7 @@ impl Fixture {
     }
 
     pub fn prog_fd(&mut self, name: &str) -> Result<i32> {
-        let ebpf = self.programs.ebpf_mut();
-        let fd = if name == program_names::UNDERLAY_XDP {
-            programs::xdp(ebpf, name)?.fd()?.as_fd().as_raw_fd()
-        } else {
-            programs::classifier(ebpf, name)?.fd()?.as_fd().as_raw_fd()
-        };
-        Ok(fd)
+        prog_fd(self.programs.ebpf_mut(), name)
     }
 
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
@@ -226,11 +220,7 @@ impl Fixture {
     pub fn run(&mut self, prog: &str, frame: &[u8], ifindex: u32) -> Result<Outcome> {
         let fd = self.prog_fd(prog)?;
         let before = self.counters()?;
-        let ctx = if prog == program_names::UNDERLAY_XDP {
-            None
-        } else {
-            Some(skb_ctx(ifindex))
-        };
+        let ctx = (!prog.contains("xdp")).then(|| skb_ctx(ifindex));
         let path = netns_path(&self.scratch.ns.name);
         let (retval, out, _) = {
             let _inside = NetnsGuard::enter(&path)?;
@@ -259,10 +249,39 @@ impl Fixture {
         repeat: u32,
     ) -> Result<(u32, u32)> {
         let fd = self.prog_fd(prog)?;
-        let ctx = (prog != program_names::UNDERLAY_XDP).then(|| skb_ctx(ifindex));
+        let ctx = (!prog.contains("xdp")).then(|| skb_ctx(ifindex));
         let _inside = NetnsGuard::enter(&netns_path(&self.scratch.ns.name))?;
         let (retval, _, mean) = test_run(fd, frame, ctx.as_ref(), repeat)?;
         Ok((retval, mean))
+    }
+
+    /// Loads another build of the eBPF object on this fixture's maps (those
+    /// it has: an older object lacks the newer ones), for a before/after
+    /// comparison of the same paths on the same tables.
+    pub fn load_other(&self, object: &[u8]) -> Result<Ebpf> {
+        let paths: Vec<(&str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|name| (*name, self.pins.0.join(name)))
+            .filter(|(_, path)| path.exists())
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object).context("loading the other object")?;
+        for name in [
+            program_names::ENDPOINT_INGRESS,
+            program_names::UNDERLAY_INGRESS_TC,
+        ] {
+            programs::classifier(&mut ebpf, name)?.load()?;
+        }
+        for name in [
+            program_names::UNDERLAY_XDP,
+            program_names::ENDPOINT_PEER_XDP,
+        ] {
+            programs::xdp(&mut ebpf, name)?.load()?;
+        }
+        Ok(ebpf)
     }
 
     /// Sets CONFIG's `CONFIG_F_MONITOR` and `CONFIG_F_TRACE` bits to `flags`,
@@ -273,6 +292,15 @@ impl Fixture {
         self.maps.config.set(0, config, 0)?;
         Ok(())
     }
+}
+
+/// The fd of program `name` of `ebpf` (XDP if its name says so).
+pub fn prog_fd(ebpf: &mut Ebpf, name: &str) -> Result<i32> {
+    Ok(if name.contains("xdp") {
+        programs::xdp(ebpf, name)?.fd()?.as_fd().as_raw_fd()
+    } else {
+        programs::classifier(ebpf, name)?.fd()?.as_fd().as_raw_fd()
+    })
 }
 
 #[derive(Debug)]
