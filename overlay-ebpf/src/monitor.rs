@@ -172,7 +172,7 @@ fn admit(window: &mut RateWindow, per_second: u32, refused: &mut u64) -> bool {
         window.used += 1;
         return true;
     }
-    if *refused % 64 == 0 {
+    if refused.is_multiple_of(64) {
         let now = coarse_now();
         if now.wrapping_sub(window.start_ns) >= WINDOW_NS {
             window.start_ns = now;

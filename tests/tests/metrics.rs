@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use overlay_common::{ABI_FINGERPRINT, MAX_FDB_ENTRIES};
+use overlay_common::{ABI_FINGERPRINT, Counter, FDB_KIND_GATEWAY, MAX_FDB_ENTRIES};
 use overlay_tests::{
     Agent, Cluster, ClusterFile, Decap, EndpointSection, NetworkSection, Overlay, RemoteSection,
     in_netns, node_ip, ping,
@@ -47,7 +47,8 @@ fn file(c: &Cluster, i: usize, ns: &str) -> ClusterFile {
             .push(NetworkSection::new(FAR_NET, 4099, "10.9.0.0/16"));
         f.remotes = (0..FAR_REMOTES)
             .map(|n| {
-                let ip = Ipv4Addr::new(10, 9, (n / 200) as u8, (n % 200 + 1) as u8);
+                // From .2: 10.9.0.1 is far-net's gateway.
+                let ip = Ipv4Addr::new(10, 9, (n / 200) as u8, (n % 200 + 2) as u8);
                 RemoteSection {
                     network: FAR_NET.into(),
                     ip,
@@ -60,8 +61,22 @@ fn file(c: &Cluster, i: usize, ns: &str) -> ClusterFile {
     f
 }
 
-fn fdb_entries(c: &Cluster, i: usize) -> Result<usize> {
-    Ok(Maps::from_pins(&c.pin_dir(i))?.fdb.keys().count())
+/// The kind of each of host `i`'s FDB entries.
+fn fdb_kinds(c: &Cluster, i: usize) -> Result<Vec<u32>> {
+    Ok(Maps::from_pins(&c.pin_dir(i))?
+        .fdb
+        .iter()
+        .map(|entry| entry.map(|(_, e)| e.kind))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Host `i`'s FDB entries of endpoints: a network with a way out also holds
+/// its gateway's.
+fn endpoint_entries(c: &Cluster, i: usize) -> Result<usize> {
+    Ok(fdb_kinds(c, i)?
+        .into_iter()
+        .filter(|&kind| kind != FDB_KIND_GATEWAY)
+        .count())
 }
 
 fn counter(c: &Cluster, i: usize, reason: &str) -> Result<(u64, u64)> {
@@ -84,13 +99,13 @@ fn prometheus_sees_the_counters_rise_and_the_fdb_fill() -> Result<()> {
     c.start_agent(2, &fb, &[])?;
     let b_ip = fb.endpoints[0].ip;
     wait_until(Duration::from_secs(10), "host1 learns b", || {
-        Ok(fdb_entries(&c, 1)? == FAR_REMOTES as usize + 2)
+        Ok(endpoint_entries(&c, 1)? == FAR_REMOTES as usize + 2)
     })?;
     let prom = Prometheus::start(c.host_ns(1), addr(PROMETHEUS), &[addr(METRICS)])?;
     let wait = Duration::from_secs(20);
 
     // The FDB's fill ratio is what the agent installed, as the kernel holds it.
-    let installed = fdb_entries(&c, 1)? as f64;
+    let installed = fdb_kinds(&c, 1)?.len() as f64;
     let ratio = prom.wait_for(
         r#"overlay_map_entries{map="FDB"} / overlay_map_max_entries{map="FDB"}"#,
         wait,
@@ -242,6 +257,15 @@ fn the_endpoint_serves_get_metrics_only_and_a_taken_port_fails_the_setup() -> Re
     ] {
         ensure!(body.contains(family), "no {family:?} in:\n{body}");
     }
+    // Every counter the programs keep is a series, the way out's included.
+    for counter in Counter::ALL {
+        let series = format!(
+            "overlay_dataplane_packets_total{{reason=\"{}\"}}",
+            counter.name()
+        );
+        ensure!(body.contains(&series), "no {series} in:\n{body}");
+    }
+    ensure!(body.contains("reason=\"to_gateway\""), "{body}");
     // Gossip is off: no transport, no members but this node.
     ensure!(!body.contains("overlay_gossip_"), "{body}");
     ensure!(

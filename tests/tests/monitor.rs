@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::{Ipv4Addr, UdpSocket},
-    path::PathBuf,
+    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -114,12 +114,12 @@ impl Drop for MonitorProcess {
     }
 }
 
-fn monitor_flag(pin_dir: &PathBuf) -> Result<bool> {
+fn monitor_flag(pin_dir: &Path) -> Result<bool> {
     let config = Maps::from_pins(pin_dir)?.config.get(&0, 0)?;
     Ok(config.flags & CONFIG_F_MONITOR != 0)
 }
 
-fn monitor_totals(pin_dir: &PathBuf) -> Result<MonitorCpu> {
+fn monitor_totals(pin_dir: &Path) -> Result<MonitorCpu> {
     Maps::from_pins(pin_dir)?.monitor_totals()
 }
 

@@ -99,6 +99,7 @@ fn try_main() -> Result<()> {
             Err(err).with_context(|| format!("executing {}", binary.display()))
         }
         Task::Test { args } => {
+            prereqs::ensure_for_tests()?;
             let binary = build()?;
             prereqs::ensure_prometheus()?;
             // One test at a time: the topology tests each run two agents and move

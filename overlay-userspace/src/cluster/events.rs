@@ -158,6 +158,10 @@ mod tests {
                             subnet: "10.0.0.0/24".parse().unwrap(),
                             created_ms: 1,
                             origin: "n1".into(),
+                            gateway: None,
+                            aux: Vec::new(),
+                            mtu: None,
+                            internal: false,
                         },
                     )
                 })

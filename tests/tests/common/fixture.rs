@@ -34,9 +34,9 @@ use overlay_userspace::{
         programs::{self, Programs},
         reconcile::{Tables, reconcile},
     },
-    desired::{DesiredState, LocalEndpoint, RemoteEndpoint},
+    desired::{DesiredState, EgressNets, Gateway, LocalEndpoint, RemoteEndpoint},
     host::netns::{NetnsGuard, netns_path},
-    model::Mac,
+    model::{Mac, gateway_mac},
 };
 
 pub const TC_ACT_OK: u32 = 0;
@@ -178,6 +178,13 @@ impl Fixture {
                 mac: Mac(mac_of(C2_IP)),
                 vtep: REMOTE_VTEP,
             }],
+            // uber-net has a way out; other-net is internal and has none.
+            gateways: vec![Gateway {
+                vni: VNI,
+                ip: UBER_NET.gateway(),
+                mac: gateway_mac(UBER_NET.gateway()),
+            }],
+            egress: EgressNets::default(),
         };
         let tables = Tables::from_desired(&state);
         // DEVMAP entries name interfaces of the updater's namespace.
