@@ -46,4 +46,7 @@ pub mod desired;
 pub mod docker;
 pub mod gossip;
 pub mod host;
+pub mod logging;
+pub mod metrics;
 pub mod model;
+pub mod monitor;

@@ -52,6 +52,9 @@ pub struct ClusterFile {
     pub source_ports: Option<[u16; 2]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decap: Option<Decap>,
+    /// Where the agent serves its Prometheus metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(default, rename = "network", skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkSection>,
     #[serde(default, rename = "endpoint", skip_serializing_if = "Vec::is_empty")]
@@ -164,6 +167,7 @@ impl ClusterFile {
             vxlan_port: Some(4790),
             source_ports: Some([40000, 50000]),
             decap: Some(Decap::Xdp),
+            metrics_listen: Some(addr("127.0.0.1:9464")),
             networks: vec![NetworkSection {
                 mtu: Some(1400),
                 gateway: Some("10.0.0.254".into()),

@@ -21,6 +21,7 @@ mod kernel_vxlan;
 mod netns;
 mod podman;
 pub mod prog_run;
+pub mod prometheus;
 mod scale;
 pub mod scenario;
 mod seed_overlay;
@@ -31,7 +32,7 @@ mod traffic;
 mod selftest;
 
 pub use agent::{Agent, LeftDataplane, keygen, overlay_binary};
-pub use capture::{Capture, is_arp, is_vxlan, vxlan_inner};
+pub use capture::{Capture, inject, is_arp, is_vxlan, vxlan_inner};
 pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
 pub use cluster_file::{
     ClusterFile, ClusterSection, Decap, DockerSection, EndpointSection, NetworkSection,

@@ -118,6 +118,11 @@ fn bad_inputs_are_refused_with_file_field_and_problem() -> Result<()> {
             "source_ports: [60999, 32768] is not a range".into(),
         ),
         (
+            "metrics address without a port",
+            good.clone().raw("metrics_listen", "127.0.0.1"),
+            "metrics_listen: \"127.0.0.1\" is not an address and port".into(),
+        ),
+        (
             "overlapping subnets",
             with(&|f| f.network_mut(OTHER_NET.name).subnet = "10.0.0.128/25".into()),
             "network[1].subnet: 10.0.0.128/25 overlaps network \"uber-net\"'s subnet 10.0.0.0/24"
@@ -239,6 +244,7 @@ fn every_key_the_builder_writes_is_read_by_the_agent() -> Result<()> {
             && config.source_ports != defaults.source_ports
     );
     ensure!(config.decap == DecapMode::Xdp && defaults.decap == DecapMode::Tc);
+    ensure!(config.metrics_listen == file.metrics_listen && defaults.metrics_listen.is_none());
 
     let (network, written) = (&config.networks[0], &file.networks[0]);
     ensure!(network.name == written.name && Some(i64::from(network.vni)) == written.vni);

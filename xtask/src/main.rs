@@ -37,7 +37,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Build, then run every test: the test bed's self-tests, unit, program
-    /// (BPF_PROG_TEST_RUN), topology, interop, lifecycle, config and gossip cluster.
+    /// (BPF_PROG_TEST_RUN), drop events, topology, interop, lifecycle, config,
+    /// gossip cluster, monitor, metrics (installs Debian's prometheus) and logs.
     /// Needs root; nothing is skipped.
     Test {
         /// Extra arguments for the test binaries, e.g. a test name filter.
@@ -106,6 +107,7 @@ fn try_main() -> Result<()> {
         Task::Test { args } => {
             prereqs::ensure_for_tests()?;
             let binary = build()?;
+            prereqs::ensure_prometheus()?;
             // One test at a time: the topology tests each run two agents and move
             // tens of megabytes on a two-core machine. overlay-userspace is there
             // for its own unit tests.

@@ -41,6 +41,8 @@ use crate::{
     docker::DockerPlugin,
     gossip::key::ClusterKey,
     host::{netlink::Netlink, plan},
+    metrics,
+    monitor::{self, Monitor},
 };
 
 /// How the agent was started.
@@ -90,6 +92,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let plan = plan::plan(config, pin_dir, &nl).await?;
 
     let mut node = Node::new(plan, runtime, state_file);
+    let monitor = Monitor::new();
+    let mut listeners = monitor.listeners();
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let started = async {
         node.start(&nl, key.as_ref()).await?;
@@ -97,8 +101,25 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             .as_ref()
             .map(|d| DockerPlugin::start(d, &state_dir, calls_tx.clone()))
             .transpose()?;
-        match api::server::serve(&socket, calls_tx) {
-            Ok(server) => Ok((server, docker)),
+        let served = async {
+            let metrics = match node.plan.config.metrics_listen {
+                Some(listen) => Some(
+                    metrics::server::serve(
+                        listen,
+                        &node.plan.pin_dir,
+                        node.metrics(),
+                        monitor.listeners(),
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let server = api::server::serve(&socket, calls_tx, monitor.clone())?;
+            anyhow::Ok((server, metrics))
+        }
+        .await;
+        match served {
+            Ok((server, metrics)) => Ok((server, metrics, docker)),
             Err(e) => {
                 if let Some(docker) = docker {
                     docker.stop();
@@ -108,8 +129,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
     .await;
-    let (server, docker) = match started {
-        Ok(server) => server,
+    let (server, metrics, docker) = match started {
+        Ok(started) => started,
         Err(e) => {
             let note = if node.adopted() {
                 "; the dataplane the previous agent left is untouched"
@@ -120,6 +141,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             return Err(e.context(format!("setup failed{note}")));
         }
     };
+    let relay = node.take_drop_events().map(|events| {
+        tokio::spawn(monitor::relay(
+            events,
+            monitor.clone(),
+            node.plan.pin_dir.clone(),
+        ))
+    });
     node.sync().await;
     announce_ready(&node, &socket);
 
@@ -139,6 +167,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             }
             _ = warmup_check.tick(), if !node.membership.is_warm() => {
                 node.sync().await;
+                continue;
+            }
+            Ok(()) = listeners.changed() => {
+                let observe = listeners.borrow_and_update().observe();
+                node.observe(observe);
                 continue;
             }
             _ = ticker.tick() => {
@@ -162,6 +195,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
     server.abort();
+    for task in [metrics, relay].into_iter().flatten() {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     if let Some(docker) = docker {
         docker.stop();
@@ -221,7 +257,7 @@ fn drop_queued_detaches(
 fn announce_ready(node: &Node, socket: &Path) {
     let plan = &node.plan;
     info!(
-        "node {} up: VTEP {} on {} (MTU {}), decap {}, {} local endpoint(s), maps pinned in {}, API on {}{}{}",
+        "node {} up: VTEP {} on {} (MTU {}), decap {}, {} local endpoint(s), maps pinned in {}, API on {}{}{}{}",
         plan.config.node,
         plan.underlay.vtep,
         plan.underlay.name,
@@ -232,6 +268,10 @@ fn announce_ready(node: &Node, socket: &Path) {
         socket.display(),
         match &plan.config.cluster {
             Some(c) => format!(", gossip on {} (seeds {:?})", c.listen, c.seeds),
+            None => String::new(),
+        },
+        match &plan.config.metrics_listen {
+            Some(listen) => format!(", metrics on http://{listen}/metrics"),
             None => String::new(),
         },
         if node.adopted() {

@@ -3,7 +3,7 @@
 //! [`Node::sync`] resolves the cluster, announces this node's record and brings
 //! the maps to the desired state.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     cluster::record::{EndpointRecord, NetworkDef, NodeRecord},
-    dataplane::{Dataplane, pins, reconcile::Prune},
+    dataplane::{Dataplane, Observe, events::DropEvents, pins, reconcile::Prune},
     desired::desired_state,
     gossip::{key::ClusterKey, now_ms},
     host::{
@@ -24,6 +24,7 @@ use crate::{
         netns,
         plan::{NodePlan, PlannedEndpoint, host_ifname},
     },
+    metrics::{AgentMetrics, ClusterView},
     model::Plumbing,
 };
 
@@ -38,6 +39,7 @@ pub struct Node {
     adopting: bool,
     pub(super) endpoints: Endpoints,
     pub(super) membership: Membership,
+    metrics: Arc<AgentMetrics>,
     /// The way out: the agent's nftables table (and DOCKER-USER rules).
     way_out: WayOut,
 }
@@ -56,6 +58,7 @@ pub enum Teardown {
 
 impl Node {
     pub fn new(plan: NodePlan, runtime: RuntimeState, state_file: StateFile) -> Node {
+        let metrics = AgentMetrics::new(plan.config.decap);
         Node {
             way_out: WayOut::new(&plan.config.node),
             plan,
@@ -65,6 +68,26 @@ impl Node {
             adopting: false,
             endpoints: Endpoints::default(),
             membership: Membership::alone(),
+            metrics,
+        }
+    }
+
+    /// What the agent reports to the metrics endpoint.
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The drop events of the loaded dataplane, for the monitor's one reader.
+    pub fn take_drop_events(&mut self) -> Option<DropEvents> {
+        self.dataplane.as_mut()?.take_drop_events()
+    }
+
+    /// Asks the programs to report what the connected monitors and traces need.
+    pub fn observe(&mut self, observe: Observe) {
+        if let Some(dataplane) = self.dataplane.as_mut()
+            && let Err(e) = dataplane.set_observe(observe)
+        {
+            warn!("asking the programs to report drops and traces: {e:#}");
         }
     }
 
@@ -132,6 +155,9 @@ impl Node {
             self.membership
                 .join(&self.plan.config.node, &section, key, &record)
                 .await?;
+            if let Some(stats) = self.membership.transport_stats() {
+                self.metrics.set_transport(stats);
+            }
         }
         Ok(())
     }
@@ -281,26 +307,35 @@ impl Node {
         }
     }
 
-    /// Brings the maps and the way out to the desired state.
+    /// Brings the maps and the way out to the desired state; the pass is
+    /// timed and counted for the metrics.
     fn apply(
         &mut self,
         prune: Prune,
         force_way_out: bool,
     ) -> Result<crate::dataplane::reconcile::Changes> {
+        let started = Instant::now();
         let desired = desired_state(
             &self.plan,
             self.membership.resolved(),
             self.endpoints.veths(),
         );
-        let changes = self
+        let applied = self
             .dataplane
             .as_mut()
-            .context("the dataplane is not loaded")?
-            .apply(&desired, prune)?;
-        if let Some(what) = self.way_out.apply(&desired.egress, force_way_out)? {
-            info!("{what}");
-        }
-        Ok(changes)
+            .context("the dataplane is not loaded")
+            .and_then(|d| d.apply(&desired, prune))
+            .and_then(|changes| {
+                if let Some(what) = self.way_out.apply(&desired.egress, force_way_out)? {
+                    info!("{what}");
+                }
+                Ok(changes)
+            });
+        self.metrics
+            .reconciled(started.elapsed(), applied.as_ref().ok().copied());
+        self.metrics
+            .set_view(ClusterView::of(self.membership.resolved(), &desired));
+        applied
     }
 
     /// A container's veth disappears with its namespace. Such an endpoint is

@@ -23,6 +23,7 @@ use crate::{
     cluster::resolve::Member,
     gossip::transport::TransportCounts,
     model::{Mac, Plumbing, PortMapping, Subnet},
+    monitor::record::Filter,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +97,25 @@ pub enum Request {
     },
     EndpointLs,
     Members,
+}
+
+/// The requests whose connection stays open ([`crate::api::stream`]); the
+/// agent's loop never sees them. The same `op` tag as [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum StreamRequest {
+    /// Streams the drops that match `filter` until the client goes.
+    Monitor {
+        #[serde(default)]
+        filter: Filter,
+    },
+    /// Logs the decisions on packets between `a` and `b` (or anything, without
+    /// `b`) in network `vni` (or any) until the client goes.
+    Trace {
+        a: Ipv4Addr,
+        b: Option<Ipv4Addr>,
+        vni: Option<u32>,
+    },
 }
 
 /// A network to create, with the options Docker's `network create` and CNI
@@ -336,6 +356,18 @@ pub type Call = (Request, oneshot::Sender<Response>);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_requests_read_back() {
+        for text in [
+            r#"{"op":"monitor","filter":{"reasons":[],"vni":null,"ips":[]}}"#,
+            r#"{"op":"monitor","filter":{"reasons":["drop_no_fdb"],"vni":4097,"ips":["10.0.0.1"]}}"#,
+            r#"{"op":"trace","a":"10.0.0.3","b":null,"vni":null}"#,
+        ] {
+            let r: Result<StreamRequest, _> = serde_json::from_str(text);
+            assert!(r.is_ok(), "{text}: {r:?}");
+        }
+    }
 
     #[test]
     fn requests_read_as_documented_and_old_fields_still_parse() {

@@ -12,12 +12,19 @@ use tokio::{
 
 use super::{
     MAX_REQUEST,
-    proto::{Call, Request, Response},
+    proto::{Call, Request, Response, StreamRequest},
+    stream,
 };
+use crate::monitor::Monitor;
 
 /// Binds the socket (replacing a stale one: the caller holds the node's lock, so
-/// no live agent owns it) and forwards each request to `calls`.
-pub fn serve(socket: &Path, calls: mpsc::Sender<Call>) -> Result<tokio::task::JoinHandle<()>> {
+/// no live agent owns it) and forwards each request to `calls`, but monitors
+/// and traces to `monitor`.
+pub fn serve(
+    socket: &Path,
+    calls: mpsc::Sender<Call>,
+    monitor: std::sync::Arc<Monitor>,
+) -> Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -35,18 +42,34 @@ pub fn serve(socket: &Path, calls: mpsc::Sender<Call>) -> Result<tokio::task::Jo
                 continue;
             };
             let calls = calls.clone();
+            let monitor = monitor.clone();
             tokio::spawn(async move {
-                let _ = answer(stream, calls).await;
+                let _ = answer(stream, calls, &monitor).await;
             });
         }
     }))
 }
 
-async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
+async fn answer(
+    stream: UnixStream,
+    calls: mpsc::Sender<Call>,
+    monitor: &std::sync::Arc<Monitor>,
+) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     reader.read_line(&mut line).await?;
+    if let Ok(request) = serde_json::from_str::<StreamRequest>(&line) {
+        let read = reader.into_inner().into_inner();
+        return match request {
+            StreamRequest::Monitor { filter } => {
+                stream::serve_monitor(monitor, &filter, read, write).await
+            }
+            StreamRequest::Trace { a, b, vni } => {
+                stream::serve_trace(monitor, (a, b, vni), read, write).await
+            }
+        };
+    }
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
             let (tx, rx) = oneshot::channel();

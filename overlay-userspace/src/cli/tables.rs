@@ -3,17 +3,17 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CStr,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
-use overlay_common::{Counter, FDB_KIND_GATEWAY, FDB_KIND_LOCAL, FDB_KIND_REMOTE};
+use overlay_common::{FDB_KIND_GATEWAY, FDB_KIND_LOCAL, FDB_KIND_REMOTE};
 use serde_json::{Value, json};
 
 use crate::{
     dataplane::{maps::Maps, pins},
+    host,
     model::Mac,
 };
 
@@ -148,21 +148,17 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
             (vec!["VTEP", "ENDPOINTS"], rows)
         }
         Table::Stats => {
-            let mut rows = Vec::new();
-            for &counter in Counter::ALL {
-                let per_cpu = maps
-                    .stats
-                    .get(&(counter as u32), 0)
-                    .context("reading STATS")?;
-                let (packets, bytes) = per_cpu
-                    .iter()
-                    .fold((0u64, 0u64), |(p, b), v| (p + v.packets, b + v.bytes));
-                rows.push(vec![
-                    ("counter", json!(counter.name())),
-                    ("packets", json!(packets)),
-                    ("bytes", json!(bytes)),
-                ]);
-            }
+            let rows = maps
+                .counter_totals()?
+                .into_iter()
+                .map(|(counter, total)| {
+                    vec![
+                        ("counter", json!(counter.name())),
+                        ("packets", json!(total.packets)),
+                        ("bytes", json!(total.bytes)),
+                    ]
+                })
+                .collect();
             (vec!["COUNTER", "PACKETS", "BYTES"], rows)
         }
     };
@@ -210,13 +206,8 @@ pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The interface name for an ifindex in this namespace, or `#N` if it is not here.
 fn ifname(ifindex: u32) -> String {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
-    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if ptr.is_null() {
-        return format!("#{ifindex}");
+    match host::ifname::ifname(ifindex) {
+        Some(name) => format!("{name}(#{ifindex})"),
+        None => format!("#{ifindex}"),
     }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    let name = unsafe { CStr::from_ptr(buf.as_ptr().cast()) };
-    format!("{}(#{ifindex})", name.to_string_lossy())
 }

@@ -144,6 +144,8 @@ pub struct ClusterConfig {
     pub vxlan_port: u16,
     pub source_ports: [u16; 2],
     pub decap: DecapMode,
+    /// Where the Prometheus endpoint listens; none by default.
+    pub metrics_listen: Option<SocketAddr>,
     pub networks: Vec<NetworkConfig>,
     pub endpoints: Vec<EndpointConfig>,
     pub remotes: Vec<RemoteConfig>,
@@ -227,6 +229,15 @@ vtep = "192.168.1.5"
         let c = parse(&text).unwrap();
         assert_ne!(c.networks[0].vni, clash);
         assert_eq!(c.networks[1].vni, clash);
+    }
+
+    #[test]
+    fn metrics_are_off_unless_asked_for() {
+        assert_eq!(parse(GOOD).unwrap().metrics_listen, None);
+        let c = parse(&format!("metrics_listen = \"127.0.0.1:9464\"\n{GOOD}")).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let c = parse(&format!("metrics_listen = \"[::1]:9464\"\n{GOOD}")).unwrap();
+        assert_eq!(c.metrics_listen, Some("[::1]:9464".parse().unwrap()));
     }
 
     #[test]
@@ -332,6 +343,14 @@ vtep = "192.168.1.5"
             (
                 GOOD.replace("name = \"uber-net\"", "name = \"uber:net\""),
                 "network[0].name: \"uber:net\" is not a network name",
+            ),
+            (
+                format!("metrics_listen = \"9464\"\n{GOOD}"),
+                "metrics_listen: \"9464\" is not an address and port",
+            ),
+            (
+                format!("metrics_listen = \"127.0.0.1:0\"\n{GOOD}"),
+                "metrics_listen: \"127.0.0.1:0\" needs a port",
             ),
             (
                 format!("{GOOD}\n[[network]]\nname = \"b\"\nvni = 9\nsubnet = \"10.0.0.128/25\"\n"),

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub vxlan_port: Option<u16>,
     pub source_ports: Option<[u16; 2]>,
     pub decap: Option<DecapMode>,
+    pub metrics_listen: Option<String>,
     #[serde(default, rename = "network")]
     pub networks: Vec<RawNetwork>,
     #[serde(default, rename = "endpoint")]

@@ -3,7 +3,7 @@
 //! the node plan (`host::plan`) all call these. Each returns the problem in words
 //! that make sense after "field: ".
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use overlay_common::VNI_MAX;
 
@@ -241,6 +241,17 @@ pub fn docker_engine(address: &str) -> Result<std::path::PathBuf, String> {
     }
 }
 
+/// Where the metrics endpoint listens: an address (IPv4 or IPv6) and a port.
+pub fn metrics_listen(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an address and port such as \"127.0.0.1:9464\""))?;
+    if addr.port() == 0 {
+        return Err(format!("{text:?} needs a port"));
+    }
+    Ok(addr)
+}
+
 /// A `[low, high]` range of outer UDP source ports.
 pub fn source_ports(ports: [u16; 2]) -> Result<(), String> {
     if ports[0] == 0 || ports[0] > ports[1] {
@@ -300,6 +311,9 @@ mod tests {
         assert!(host_address(Ipv4Addr::new(10, 0, 1, 3), "n", s).is_err());
         assert!(unicast(Ipv4Addr::new(224, 0, 0, 1)).is_err());
         assert!(source_ports([10, 9]).is_err());
+        assert!(metrics_listen("127.0.0.1:9464").is_ok());
+        assert!(metrics_listen("0.0.0.0:0").is_err());
+        assert!(metrics_listen("localhost:9464").is_err());
     }
 
     #[test]

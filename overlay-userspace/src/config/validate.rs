@@ -34,6 +34,11 @@ pub fn validate(file: &Path, raw: RawConfig) -> Result<ClusterConfig, ConfigErro
     }
     let source_ports = raw.source_ports.unwrap_or(DEFAULT_SOURCE_PORTS);
     rules::source_ports(source_ports).map_err(|p| v.err("source_ports", p))?;
+    let metrics_listen = raw
+        .metrics_listen
+        .as_deref()
+        .map(|text| rules::metrics_listen(text).map_err(|p| v.err("metrics_listen", p)))
+        .transpose()?;
 
     let networks = v.networks(&raw.networks)?;
     let mut addresses = Addresses::default();
@@ -56,6 +61,7 @@ pub fn validate(file: &Path, raw: RawConfig) -> Result<ClusterConfig, ConfigErro
         vxlan_port,
         source_ports,
         decap: raw.decap.unwrap_or_default(),
+        metrics_listen,
         networks,
         endpoints,
         remotes,

@@ -5,20 +5,27 @@
 //! - [`maps`]: typed handles on the maps; [`reconcile`]: desired state → map
 //!   diff, applied; `batch`: whole-map reads;
 //! - [`programs`]: loading and attaching the programs; [`kernel`]: what the
-//!   running kernel offers them.
+//!   running kernel offers them;
+//! - [`usage`]: counters and occupancy as the maps hold them; [`events`]: the
+//!   drop events of the monitor; [`logs`]: the programs' log records.
 
 mod batch;
+pub mod events;
 pub mod kernel;
+pub mod logs;
 pub mod maps;
 pub mod pins;
 pub mod programs;
 pub mod reconcile;
+pub mod usage;
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use overlay_common::{CONFIG_F_MONITOR, CONFIG_F_TRACE, TraceFlow};
 
 use self::{
+    events::DropEvents,
     maps::Maps,
     programs::{Hook, Programs},
     reconcile::{Changes, Prune, Tables},
@@ -35,29 +42,94 @@ pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay"))
 }
 
+/// What the programs are asked to report besides counting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observe {
+    /// A monitor listens: drops write events.
+    pub monitor: bool,
+    /// The flow whose decisions are logged.
+    pub trace: Option<TraceFlow>,
+}
+
+impl Observe {
+    fn flags(self) -> u32 {
+        (if self.monitor { CONFIG_F_MONITOR } else { 0 })
+            | (if self.trace.is_some() {
+                CONFIG_F_TRACE
+            } else {
+                0
+            })
+    }
+}
+
 /// One node's loaded dataplane: its maps, its programs and where they attach.
 pub struct Dataplane {
     maps: Maps,
     programs: Programs,
     decap: DecapMode,
+    observe: Observe,
+    /// Until the agent takes them to its monitor.
+    events: Option<DropEvents>,
+    /// Reads the programs' log records into the agent's log.
+    logs: tokio::task::JoinHandle<()>,
 }
 
 impl Dataplane {
     /// Loads the programs with every map pinned under `pin_dir`, reusing the
-    /// maps a previous agent left there (see [`pins::load_adopting`]).
+    /// maps a previous agent left there (see [`pins::load_adopting`]), and
+    /// starts reading their logs.
     pub fn load(pin_dir: &Path, decap: DecapMode) -> Result<Dataplane> {
-        let (ebpf, maps) = pins::load_adopting(pin_dir)?;
-        let programs = Programs::load(ebpf, pin_dir)?;
+        let (mut ebpf, maps) = pins::load_adopting(pin_dir)?;
+        let events = DropEvents::take(&mut ebpf)?;
+        let logs = logs::start(&mut ebpf)?;
+        let programs = match Programs::load(ebpf, pin_dir) {
+            Ok(programs) => programs,
+            Err(e) => {
+                logs.abort();
+                return Err(e);
+            }
+        };
         Ok(Dataplane {
             maps,
             programs,
             decap,
+            observe: Observe::default(),
+            events: Some(events),
+            logs,
         })
     }
 
     /// Brings every map to what `desired` implies.
     pub fn apply(&mut self, desired: &DesiredState, prune: Prune) -> Result<Changes> {
-        reconcile::reconcile_with(&mut self.maps, &Tables::from_desired(desired), prune)
+        let mut want = Tables::from_desired(desired);
+        want.config.flags |= self.observe.flags();
+        reconcile::reconcile_with(&mut self.maps, &want, prune)
+    }
+
+    /// Asks the programs to report what `observe` says, at once: the flow
+    /// first, then the flags in CONFIG that make them look at it.
+    pub fn set_observe(&mut self, observe: Observe) -> Result<()> {
+        if let Some(flow) = observe.trace {
+            self.maps.trace.set(0, flow, 0).context("writing TRACE")?;
+        }
+        let mut config = self.maps.config.get(&0, 0).context("reading CONFIG")?;
+        config.flags = (config.flags & !(CONFIG_F_MONITOR | CONFIG_F_TRACE)) | observe.flags();
+        self.maps
+            .config
+            .set(0, config, 0)
+            .context("writing CONFIG")?;
+        self.observe = observe;
+        Ok(())
+    }
+
+    /// The drop events, for the one reader there may be.
+    pub fn take_drop_events(&mut self) -> Option<DropEvents> {
+        self.events.take()
+    }
+
+    /// The maps, to read the counters and occupancy from.
+    pub fn maps(&self) -> &Maps {
+        &self.maps
     }
 
     pub fn attach_underlay(&mut self, underlay: &str) -> Result<()> {
@@ -97,8 +169,14 @@ impl Dataplane {
         self.programs.detach_unadopted()
     }
 
-    /// Leaves programs, links and maps in place for the next agent.
+    /// Leaves programs, links and maps in place for the next agent. Nobody
+    /// listens any more, so the programs stop writing events.
     pub fn keep(mut self) {
+        if self.observe != Observe::default()
+            && let Err(e) = self.set_observe(Observe::default())
+        {
+            log::warn!("clearing the monitor flags before leaving: {e:#}");
+        }
         self.programs.keep_all();
     }
 
@@ -109,5 +187,11 @@ impl Dataplane {
         drop(self);
         let unpinned = pins::unpin(pin_dir);
         detached.and(unpinned)
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.logs.abort();
     }
 }

@@ -14,7 +14,7 @@ use aya::{
 };
 use overlay_common::map_names;
 
-use super::{ebpf_object, maps::Maps};
+use super::{ebpf_object, logs, maps::Maps};
 
 /// Default root under which each node pins its maps, in `<root>/<node>/`.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/overlay";
@@ -46,10 +46,13 @@ pub fn load_adopting(pin_dir: &Path) -> Result<(Ebpf, Maps)> {
         .iter()
         .map(|name| (*name, pin_dir.join(name)))
         .collect();
+    // Log statements above the agent's log level are left out by the verifier.
+    let log_level = logs::ebpf_log_level();
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
+    loader.override_global(aya_log::LEVEL, &log_level, true);
     let mut ebpf = loader
         .load(ebpf_object())
         .context("loading the eBPF object")?;
@@ -72,9 +75,11 @@ fn check_pinned_shapes(pin_dir: &Path) -> Result<()> {
             continue;
         };
         let ours = match map {
-            Map::Array(m) | Map::HashMap(m) | Map::PerCpuArray(m) | Map::DevMapHash(m) => {
-                m.info()?
-            }
+            Map::Array(m)
+            | Map::HashMap(m)
+            | Map::PerCpuArray(m)
+            | Map::DevMapHash(m)
+            | Map::RingBuf(m) => m.info()?,
             _ => continue,
         };
         if (
