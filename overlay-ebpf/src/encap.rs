@@ -22,8 +22,8 @@ use crate::{
     counters::{count, drop},
     maps::{NEXT_HOPS, NextHop},
     parse::{
-        ETH_LEN, ETH_P_IP, Eth, IPPROTO_UDP, IPV4_VIHL_NO_OPTIONS, Ipv4, Packet, Udp,
-        VXLAN_FLAG_I, Vxlan,
+        ETH_LEN, ETH_P_IP, Eth, IPPROTO_UDP, IPV4_VIHL_NO_OPTIONS, Ipv4, Packet, Udp, VXLAN_FLAG_I,
+        Vxlan,
     },
 };
 
@@ -62,7 +62,7 @@ const ENCAP_ROOM_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
 pub fn to_remote(ctx: &TcContext, cfg: &Config, vni: u32, remote_vtep: [u8; 4]) -> i32 {
     let frame_len = ctx.len();
     let Some(inner_eth) = ctx.ptr_at::<Eth>(0) else {
-        return drop(Counter::DropUnsupported, frame_len);
+        return drop(ctx, cfg, Counter::DropUnsupported, frame_len);
     };
     // SAFETY: bounds-checked above.
     let inner_eth = unsafe { core::ptr::read_unaligned(inner_eth) };
@@ -107,10 +107,10 @@ pub fn to_remote(ctx: &TcContext, cfg: &Config, vni: u32, remote_vtep: [u8; 4]) 
         .adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_ROOM_FLAGS)
         .is_err()
     {
-        return drop(Counter::DropError, frame_len);
+        return drop(ctx, cfg, Counter::DropError, frame_len);
     }
     if ctx.store(0, &head, 0).is_err() {
-        return drop(Counter::DropError, frame_len);
+        return drop(ctx, cfg, Counter::DropError, frame_len);
     }
     count(Counter::Encap, frame_len);
 
@@ -125,12 +125,7 @@ pub fn to_remote(ctx: &TcContext, cfg: &Config, vni: u32, remote_vtep: [u8; 4]) 
                 let mut nh: bpf_redir_neigh = core::mem::zeroed();
                 nh.nh_family = u32::from(AF_INET);
                 nh.__bindgen_anon_1.ipv4_nh = gateway;
-                bpf_redirect_neigh(
-                    ifindex,
-                    &mut nh,
-                    core::mem::size_of::<bpf_redir_neigh>() as i32,
-                    0,
-                ) as i32
+                bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
             }
             Via::Kernel => {
                 // No usable FIB answer (e.g. forwarding disabled on the underlay):
@@ -163,7 +158,7 @@ const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 fn cached_next_hop(vtep: [u8; 4]) -> Option<NextHop> {
     // SAFETY: copied out at once; the map is not preallocated, so an element is
     // freed only after an RCU grace period, never reused under a reader.
-    let hop = unsafe { *NEXT_HOPS.get(&vtep)? };
+    let hop = unsafe { *NEXT_HOPS.get(vtep)? };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     (now.wrapping_sub(hop.looked_up_ns) < NEXT_HOP_TTL_NS).then_some(hop)
@@ -182,7 +177,7 @@ fn route(ctx: &TcContext, cfg: &Config, remote_vtep: [u8; 4]) -> Via {
         fib_lookup(
             ctx.as_ptr(),
             &mut fib,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            size_of::<bpf_fib_lookup>() as i32,
             BPF_FIB_LOOKUP_OUTPUT,
         )
     } as u32;
@@ -195,7 +190,7 @@ fn route(ctx: &TcContext, cfg: &Config, remote_vtep: [u8; 4]) -> Via {
                 // SAFETY: plain helper call.
                 looked_up_ns: unsafe { bpf_ktime_get_coarse_ns() },
             };
-            let _ = NEXT_HOPS.insert(&remote_vtep, &hop, 0);
+            let _ = NEXT_HOPS.insert(remote_vtep, hop, 0);
             Via::Hop(hop)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Via::Neigh {

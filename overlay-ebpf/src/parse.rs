@@ -32,7 +32,7 @@ pub trait Packet {
     #[inline(always)]
     fn ptr_at<T>(&self, offset: usize) -> Option<*mut T> {
         let start = self.data() + offset;
-        if start + core::mem::size_of::<T>() > self.data_end() {
+        if start + size_of::<T>() > self.data_end() {
             return None;
         }
         Some(start as *mut T)

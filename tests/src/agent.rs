@@ -11,7 +11,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{netns::netns_path, scale::scaled};
+use crate::{
+    cmd::output_ok,
+    netns::netns_path,
+    scale::scaled,
+    scenario::{PIN_ROOT, run_dir_for, socket_for, state_dir_for},
+};
 
 /// The agent binary `cargo xtask build` produces; `OVERLAY_BINARY` overrides the
 /// path, for test binaries run elsewhere (inside `cargo xtask vmtest`'s VMs).
@@ -28,19 +33,21 @@ pub fn overlay_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Where agents pin by default, one directory per node.
-const PIN_ROOT: &str = "/sys/fs/bpf/overlay";
+/// Writes a new cluster key to `path` (`overlay keygen`).
+pub fn keygen(path: &Path) -> Result<()> {
+    output_ok(
+        Command::new(overlay_binary()?)
+            .args(["keygen", "--output"])
+            .arg(path),
+    )?;
+    Ok(())
+}
+
 fn ready_timeout() -> Duration {
     scaled(Duration::from_secs(30))
 }
 fn stop_timeout() -> Duration {
     scaled(Duration::from_secs(10))
-}
-
-/// Where an agent keeps its API socket and state file, next to its pins:
-/// `/run/overlay-tests/<pin dir name>/`.
-pub fn run_dir_for(pin_dir: &Path) -> PathBuf {
-    Path::new("/run/overlay-tests").join(pin_dir.file_name().unwrap_or_default())
 }
 
 /// A running `overlay agent`. Stopped (SIGTERM, then SIGKILL after 10 s) on drop,
@@ -106,7 +113,19 @@ impl Agent {
         pin_dir: &Path,
         extra: &[&str],
     ) -> Result<Agent> {
-        let mut child = spawn(node_ns, binary, config, pin_dir, extra, Stdio::piped())?;
+        Agent::start_with_env(node_ns, binary, config, pin_dir, extra, &[])
+    }
+
+    /// [`Agent::start`], with `env` (e.g. `RUST_LOG`) set for the agent.
+    pub fn start_with_env(
+        node_ns: &str,
+        binary: &Path,
+        config: &Path,
+        pin_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
+        let mut child = spawn(node_ns, binary, config, pin_dir, extra, env, Stdio::piped())?;
         let stdout = child.stdout.take().expect("piped");
         let mut agent = Agent {
             stderr: StderrLog::collect(&mut child),
@@ -154,7 +173,7 @@ impl Agent {
         pin_dir: &Path,
         extra: &[&str],
     ) -> Result<(ExitStatus, String)> {
-        let mut child = spawn(node_ns, binary, config, pin_dir, extra, Stdio::null())?;
+        let mut child = spawn(node_ns, binary, config, pin_dir, extra, &[], Stdio::null())?;
         let stderr = StderrLog::collect(&mut child);
         match wait_for(&mut child, ready_timeout())? {
             Some(status) => {
@@ -180,7 +199,7 @@ impl Agent {
 
     /// The agent's API socket.
     pub fn socket(&self) -> PathBuf {
-        run_dir_for(&self.pin_dir).join("api.sock")
+        socket_for(&self.pin_dir)
     }
 
     /// The agent's process id.
@@ -191,8 +210,11 @@ impl Agent {
     /// SIGKILL: the agent gets no chance to clean up, and its dataplane stays.
     pub fn kill(mut self) -> Result<LeftDataplane> {
         let mut child = self.child.take().expect("running until stopped");
-        child.kill().context("killing the agent")?;
+        let killed = child.kill().context("killing the agent");
+        // Reaped whether or not the kill succeeded (it fails if the agent has
+        // exited already), so no zombie is left.
         child.wait().context("reaping the agent")?;
+        killed?;
         Ok(LeftDataplane {
             pin_dir: Some(std::mem::take(&mut self.pin_dir)),
         })
@@ -235,13 +257,12 @@ impl Agent {
     /// too, so a leak shows even though the machine is left clean.
     pub fn stop_with(mut self, signal: i32) -> Result<ExitStatus> {
         let mut child = self.child.take().expect("running until stopped");
-        let status = match terminate(&mut child, signal)? {
-            Some(status) => status,
-            None => bail!(
+        let Some(status) = terminate(&mut child, signal)? else {
+            bail!(
                 "the agent ignored signal {signal} for {:?} and was killed:\n{}",
                 stop_timeout(),
                 self.stderr.so_far()
-            ),
+            );
         };
         let _ = std::fs::remove_dir_all(run_dir_for(&self.pin_dir));
         if self.pin_dir.exists() {
@@ -275,6 +296,7 @@ fn spawn(
     config: &Path,
     pin_dir: &Path,
     extra: &[&str],
+    env: &[(&str, &str)],
     stdout: Stdio,
 ) -> Result<Child> {
     Command::new("nsenter")
@@ -286,10 +308,11 @@ fn spawn(
         .arg("--pin-dir")
         .arg(pin_dir)
         .arg("--socket")
-        .arg(run_dir_for(pin_dir).join("api.sock"))
+        .arg(socket_for(pin_dir))
         .arg("--state-dir")
-        .arg(run_dir_for(pin_dir).join("state"))
+        .arg(state_dir_for(pin_dir))
         .args(extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(Stdio::piped())

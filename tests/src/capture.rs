@@ -1,4 +1,5 @@
-//! Frame capture on one interface, in-process, and predicates on the frames.
+//! Frame capture on one interface, in-process, sending crafted frames out of
+//! one, and predicates on the frames.
 
 use std::{
     ffi::{CStr, CString},
@@ -69,26 +70,25 @@ impl Drop for Capture {
     }
 }
 
-/// Sends raw Ethernet frames out of `ifname` in `ns`, as a host on that link
-/// would send them.
-pub fn send_frames(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) -> Result<()> {
+/// Sends each of `frames` as it is, out of `ifname` in namespace `ns`: a
+/// container's frame as the container's own stack would not write it.
+pub fn inject(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) -> Result<()> {
     let c_name = CString::new(ifname)?;
-    let label = format!("sending on {ifname} in {ns}");
     join(in_netns(ns, move || {
         let socket = bind_packet_socket(&c_name)?;
         for frame in &frames {
-            // SAFETY: a valid fd, and a buffer valid for its length.
+            // SAFETY: the frame is valid for its length; the socket is bound.
             let sent =
                 unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
             ensure!(
-                usize::try_from(sent) == Ok(frame.len()),
-                "{}",
+                usize::try_from(sent).ok() == Some(frame.len()),
+                "sending a frame: {}",
                 std::io::Error::last_os_error()
             );
         }
         Ok(())
     }))
-    .context(label)
+    .with_context(|| format!("sending frames out of {ifname} in {ns}"))
 }
 
 /// An AF_PACKET socket that sees only `ifname`: opened with protocol 0, which

@@ -1,9 +1,11 @@
 //! A cluster of N hosts on one L2 segment, each running an agent in gossip mode:
-//! the test bed for membership. Host i is `<p>n<i>` with underlay `eth0` at
-//! 172.30.0.(10+i)/24, plugged into a bridge in `<p>sw`.
+//! the test bed for membership. Host i is `<p>n<i>` (named as the scenario's
+//! [`Names`] says) with underlay `eth0` at 172.30.0.(10+i)/24, plugged into a
+//! bridge in `<p>sw`.
 
 use std::{
     collections::BTreeMap,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -12,15 +14,16 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    agent::{Agent, overlay_binary},
-    cmd::{TempDir, ip, output_ok, write_config},
+    agent::{Agent, keygen, overlay_binary},
+    cluster_file::{ClusterFile, ClusterSection},
+    cmd::{TempDir, ip, output_ok},
     netns::Netns,
+    scenario::{Names, UNDERLAY, gossip_addr},
 };
 
-pub const GOSSIP_PORT: u16 = 7946;
-
-pub fn node_ip(i: usize) -> String {
-    format!("172.30.0.{}", 10 + i)
+/// Host `i`'s underlay address.
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(172, 30, 0, u8::try_from(10 + i).expect("at most 245 hosts"))
 }
 
 /// One host of the cluster.
@@ -32,7 +35,7 @@ pub struct ClusterHost {
 }
 
 pub struct Cluster {
-    pub prefix: String,
+    pub names: Names,
     // Field order is drop order: agents, then containers, then hosts.
     pub agents: BTreeMap<usize, Agent>,
     containers: Vec<Netns>,
@@ -45,16 +48,13 @@ pub struct Cluster {
 impl Cluster {
     /// `n` hosts on one switch, no agents yet, a cluster key written.
     pub fn create(prefix: &str, n: usize) -> Result<Cluster> {
-        let switch = Netns::create(&format!("{prefix}sw"))?;
+        let names = Names::new(prefix);
+        let switch = Netns::create(&names.switch_ns())?;
         let dir = TempDir::new(prefix)?;
         let key_file = dir.path().join("cluster.key");
-        output_ok(
-            Command::new(overlay_binary()?)
-                .args(["keygen", "--output"])
-                .arg(&key_file),
-        )?;
+        keygen(&key_file)?;
         let mut cluster = Cluster {
-            prefix: prefix.to_owned(),
+            names,
             agents: BTreeMap::new(),
             containers: Vec::new(),
             hosts: Vec::new(),
@@ -66,19 +66,19 @@ impl Cluster {
         ip(&format!("-n {sw} link add br0 type bridge"))?;
         ip(&format!("-n {sw} link set br0 up"))?;
         for i in 1..=n {
-            let ns = Netns::create(&format!("{prefix}n{i}"))?;
+            let ns = Netns::create(&cluster.names.node_ns(i))?;
             let port = format!("p{i}");
             ip(&format!(
-                "-n {} link add eth0 type veth peer name {port} netns {sw}",
+                "-n {} link add {UNDERLAY} type veth peer name {port} netns {sw}",
                 ns.name
             ))?;
             ip(&format!("-n {sw} link set {port} master br0 up"))?;
             ip(&format!(
-                "-n {} addr add {}/24 dev eth0",
+                "-n {} addr add {}/24 dev {UNDERLAY}",
                 ns.name,
                 node_ip(i)
             ))?;
-            ip(&format!("-n {} link set eth0 up", ns.name))?;
+            ip(&format!("-n {} link set {UNDERLAY} up", ns.name))?;
             ns.run_ok(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])?;
             cluster.hosts.push(ClusterHost {
                 index: i,
@@ -90,7 +90,7 @@ impl Cluster {
     }
 
     pub fn node_name(&self, i: usize) -> String {
-        format!("{}-node{i}", self.prefix)
+        self.names.node_name(i)
     }
 
     pub fn host_ns(&self, i: usize) -> &str {
@@ -98,34 +98,30 @@ impl Cluster {
     }
 
     pub fn pin_dir(&self, i: usize) -> PathBuf {
-        PathBuf::from(format!("/sys/fs/bpf/overlay/{}", self.node_name(i)))
+        self.names.pin_dir(i)
     }
 
-    /// The cluster file of host `i`: gossip on its underlay address, the first
-    /// host as seed, and `body` (networks, endpoints) after it.
-    pub fn config(&self, i: usize, key_file: &Path, body: &str) -> String {
-        format!(
-            "node = \"{}\"\nunderlay = \"eth0\"\n{body}\n[cluster]\nlisten = \"{}:{GOSSIP_PORT}\"\n\
-             seeds = [\"{}:{GOSSIP_PORT}\"]\nkey_file = \"{}\"\n",
-            self.node_name(i),
-            node_ip(i),
-            node_ip(1),
-            key_file.display()
-        )
-    }
-
-    pub fn write_config(&self, i: usize, body: &str) -> Result<PathBuf> {
-        let text = self.config(i, &self.key_file, body);
-        write_config(self.dir.path(), &format!("node{i}.toml"), &text)
+    /// Host `i`'s cluster file with nothing but gossip: on its underlay address,
+    /// the first host as seed, under the cluster key. Networks and endpoints are
+    /// the caller's to add.
+    pub fn node_file(&self, i: usize) -> ClusterFile {
+        ClusterFile {
+            cluster: Some(ClusterSection::new(
+                gossip_addr(node_ip(i)),
+                vec![gossip_addr(node_ip(1))],
+                &self.key_file,
+            )),
+            ..ClusterFile::new(self.node_name(i), UNDERLAY)
+        }
     }
 
     pub fn config_path(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node{i}.toml"))
     }
 
-    /// Writes host `i`'s config with `body` and starts its agent.
-    pub fn start_agent(&mut self, i: usize, body: &str, extra: &[&str]) -> Result<&Agent> {
-        let config = self.write_config(i, body)?;
+    /// Writes `file` as host `i`'s config and starts its agent.
+    pub fn start_agent(&mut self, i: usize, file: &ClusterFile, extra: &[&str]) -> Result<&Agent> {
+        let config = file.write(self.dir.path(), &format!("node{i}.toml"))?;
         let agent = Agent::start(
             &self.hosts[i - 1].ns.name,
             &overlay_binary()?,
@@ -139,7 +135,7 @@ impl Cluster {
 
     /// An empty namespace `<prefix><name>`, deleted with the cluster.
     pub fn container(&mut self, name: &str) -> Result<String> {
-        let ns = Netns::create(&format!("{}{name}", self.prefix))?;
+        let ns = Netns::create(&self.names.container_ns(name))?;
         let name = ns.name.clone();
         self.containers.push(ns);
         Ok(name)

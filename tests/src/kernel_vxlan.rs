@@ -2,17 +2,15 @@
 //! the way the seed article 002 ("Deep dive into Docker overlay networks, part 3")
 //! builds a Docker overlay host, with the kernel's VXLAN device and a bridge.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::process::Command;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, ensure};
 
-use crate::cmd::{ip, output_ok};
-
-/// Docker's addressing: 02:42 followed by the four bytes of the IPv4 address.
-pub fn docker_mac(ip: Ipv4Addr) -> String {
-    let o = ip.octets();
-    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
-}
+use crate::{
+    cmd::{ip, output_ok},
+    scenario::Container,
+    topology::SeedTopology,
+};
 
 /// One overlay network (one VNI) on a host namespace whose underlay is `eth0`: a
 /// bridge `br<vni>` and a VXLAN device `vxlan<vni>` (`proxy learning`, UDP 4789)
@@ -65,6 +63,31 @@ impl KernelVxlanNode {
             mtu,
             veths: 0,
         })
+    }
+
+    /// Node `node` of `topology` as Docker would build it for `containers`, all
+    /// on one network: those of this node plugged in, the others as remotes
+    /// behind their node's VTEP.
+    pub fn seed_node(
+        topology: &SeedTopology,
+        node: u8,
+        containers: &[Container],
+    ) -> Result<KernelVxlanNode> {
+        let network = containers.first().context("no containers")?.network;
+        ensure!(
+            containers.iter().all(|c| c.network == network),
+            "one kernel VXLAN device carries one network: {containers:?}"
+        );
+        let mut host =
+            KernelVxlanNode::create(topology.node(node), network.vni, SeedTopology::vtep(node))?;
+        for c in containers {
+            if c.node == node {
+                host.add_container(&topology.names.container_ns(c.name), &c.mac(), &c.cidr())?;
+            } else {
+                host.add_remote(&c.ip.to_string(), &c.mac(), SeedTopology::vtep(c.node))?;
+            }
+        }
+        Ok(host)
     }
 
     /// Plugs the empty namespace `container_ns` into the bridge: its `eth0` gets

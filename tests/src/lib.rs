@@ -1,7 +1,9 @@
 //! The test bed: network namespaces as hosts, the seed article's topology, agent
-//! processes, a kernel-VXLAN reference host, in-process traffic and capture.
-//! Everything it creates is removed by a guard's `Drop`, so a failing test cleans
-//! up too.
+//! processes, a kernel-VXLAN reference host, in-process traffic and capture, and
+//! the one scenario (containers, networks, names) with the cluster files that
+//! describe it, and real container engines (dockerd, Podman) with offline
+//! images. Everything it creates is removed by a guard's `Drop`, so a
+//! failing test cleans up too.
 //!
 //! This library does not depend on the overlay crates, so `cargo xtask demo` can
 //! use it without building them first.
@@ -9,25 +11,44 @@
 mod agent;
 mod capture;
 mod cluster;
+mod cluster_file;
 mod cmd;
+pub mod cni;
+mod docker_overlay;
+mod dockerd;
+mod image;
 mod kernel_vxlan;
 mod netns;
+mod podman;
 pub mod prog_run;
+pub mod prometheus;
 mod scale;
+pub mod scenario;
+mod seed_overlay;
 mod topology;
 mod traffic;
 
 #[cfg(test)]
 mod selftest;
 
-pub use agent::{Agent, LeftDataplane, overlay_binary, run_dir_for};
-pub use capture::{Capture, is_arp, is_vxlan, send_frames, vxlan_inner};
-pub use cluster::{Cluster, ClusterHost, GOSSIP_PORT, cli_at, node_ip, rss_kib, wait_until};
+pub use agent::{Agent, LeftDataplane, keygen, overlay_binary};
+pub use capture::{Capture, inject, is_arp, is_vxlan, vxlan_inner};
+pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
+pub use cluster_file::{
+    ClusterFile, ClusterSection, Decap, DockerSection, EndpointSection, NetworkSection,
+    RemoteSection,
+};
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
-pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT, docker_mac};
+pub use docker_overlay::{DockerContainer, DockerOverlay};
+pub use dockerd::{DOCKER_CLIENT, Dockerd, DockerdOptions};
+pub use image::busybox_rootfs_tar;
+pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
+pub use podman::{Podman, PodmanContainer};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
-pub use topology::{NODE1_VTEP, NODE2_VTEP, SeedTopology, TopologyOptions};
+pub use seed_overlay::Overlay;
+pub use topology::{NODE1_VTEP, NODE2_VTEP, OUTSIDE_IP, SeedTopology, TopologyOptions};
 pub use traffic::{
     IpReceived, PingStats, TransferReport, ip_received, link_stats, ping, tcp_transfer,
+    tcp_transfer_via,
 };

@@ -3,14 +3,16 @@
 //! guard driven with a stand-in agent. Needs root, like every test here.
 
 use std::{
-    net::Ipv4Addr,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, ensure};
 
-use crate::*;
+use crate::{
+    scenario::{C1, C2},
+    *,
+};
 
 /// No namespace whose name starts with `prefix` is left.
 fn assert_gone(prefix: &str) -> Result<()> {
@@ -234,15 +236,12 @@ fn capture_records_one_interface_both_ways() -> Result<()> {
 fn kernel_vxlan_nodes_join_their_containers() -> Result<()> {
     let prefix = unique_prefix("tk");
     let mut t = SeedTopology::create(&prefix, TopologyOptions::default())?;
-    let (ip1, ip2) = (Ipv4Addr::new(10, 0, 0, 3), Ipv4Addr::new(10, 0, 0, 4));
-    let c1 = t.container("c1")?.name.clone();
-    let c2 = t.container("c2")?.name.clone();
-    let mut node1 = KernelVxlanNode::create(t.node(1), 4097, NODE1_VTEP)?;
-    let mut node2 = KernelVxlanNode::create(t.node(2), 4097, NODE2_VTEP)?;
-    node1.add_container(&c1, &docker_mac(ip1), &format!("{ip1}/24"))?;
-    node2.add_container(&c2, &docker_mac(ip2), &format!("{ip2}/24"))?;
-    node1.add_remote(&ip2.to_string(), &docker_mac(ip2), NODE2_VTEP)?;
-    node2.add_remote(&ip1.to_string(), &docker_mac(ip1), NODE1_VTEP)?;
+    let (ip1, ip2) = (C1.ip, C2.ip);
+    let c1 = t.container(C1.name)?.name.clone();
+    let c2 = t.container(C2.name)?.name.clone();
+    for node in [1, 2] {
+        KernelVxlanNode::seed_node(&t, node, &[C1, C2])?;
+    }
 
     let capture = Capture::start(t.node(1), "eth0")?;
     for (from, to) in [(&c1, ip2), (&c2, ip1)] {

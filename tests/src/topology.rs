@@ -3,12 +3,17 @@
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::{cmd::ip, netns::Netns};
+use crate::{cmd::ip, netns::Netns, scenario::Names};
 
 /// node1's underlay address, on 172.31.1.0/24.
 pub const NODE1_VTEP: &str = "172.31.1.5";
 /// node2's underlay address, on 192.168.1.0/24.
 pub const NODE2_VTEP: &str = "192.168.1.5";
+
+/// A host outside the overlay, behind the router on a segment of its own
+/// (TEST-NET-3): where the containers' way out leads.
+pub const OUTSIDE_IP: &str = "203.0.113.10";
+const OUTSIDE_ROUTER_IP: &str = "203.0.113.1";
 
 /// Per node: its address, the router's address on that segment, and the router's
 /// interface name.
@@ -51,26 +56,29 @@ impl Default for TopologyOptions {
 
 /// node1 (`<p>n1`, 172.31.1.5/24) and node2 (`<p>n2`, 192.168.1.5/24), each with
 /// its underlay as `eth0` and a default route via the router `<p>rt` (.1 on both
-/// segments). Nothing is created in the root namespace; dropping the topology
+/// segments), named as [`Names`] says. Nothing is created in the root namespace; dropping the topology
 /// deletes every namespace, containers first.
 pub struct SeedTopology {
-    pub prefix: String,
+    pub names: Names,
     // Field order is drop order: containers go before the hosts.
     containers: Vec<Netns>,
+    outside: Option<Netns>,
     router: Netns,
     nodes: [Netns; 2],
 }
 
 impl SeedTopology {
     pub fn create(prefix: &str, opts: TopologyOptions) -> Result<SeedTopology> {
+        let names = Names::new(prefix);
         let topology = SeedTopology {
-            prefix: prefix.to_owned(),
             containers: Vec::new(),
-            router: Netns::create(&format!("{prefix}rt"))?,
+            outside: None,
+            router: Netns::create(&names.router_ns())?,
             nodes: [
-                Netns::create(&format!("{prefix}n1"))?,
-                Netns::create(&format!("{prefix}n2"))?,
+                Netns::create(&names.node_ns(1))?,
+                Netns::create(&names.node_ns(2))?,
             ],
+            names,
         };
         topology
             .wire(opts)
@@ -128,6 +136,26 @@ impl SeedTopology {
         &self.router.name
     }
 
+    /// A host outside the overlay (`<prefix>ex`, [`OUTSIDE_IP`]), behind the
+    /// router on its own segment, made on first use; its namespace. Deleted
+    /// with the topology.
+    pub fn outside_host(&mut self) -> Result<&str> {
+        if self.outside.is_none() {
+            let ns = Netns::create(&self.names.outside_ns())?;
+            let (n, rt) = (ns.name.as_str(), self.router.name.as_str());
+            ip(&format!(
+                "-n {n} link add eth0 type veth peer name r3 netns {rt}"
+            ))?;
+            ip(&format!("-n {rt} addr add {OUTSIDE_ROUTER_IP}/24 dev r3"))?;
+            ip(&format!("-n {rt} link set r3 up"))?;
+            ip(&format!("-n {n} addr add {OUTSIDE_IP}/24 dev eth0"))?;
+            ip(&format!("-n {n} link set eth0 up"))?;
+            ip(&format!("-n {n} route add default via {OUTSIDE_ROUTER_IP}"))?;
+            self.outside = Some(ns);
+        }
+        Ok(&self.outside.as_ref().expect("made above").name)
+    }
+
     /// The namespace of node 1 or 2.
     pub fn node(&self, node: u8) -> &str {
         &self.nodes[usize::from(node) - 1].name
@@ -142,14 +170,14 @@ impl SeedTopology {
     /// plumbs it (the agent, or [`crate::KernelVxlanNode`]) creates its `eth0`.
     /// Deleted with the topology.
     pub fn container(&mut self, name: &str) -> Result<&Netns> {
-        let ns = Netns::create(&format!("{}{name}", self.prefix))?;
+        let ns = Netns::create(&self.names.container_ns(name))?;
         self.containers.push(ns);
         Ok(self.containers.last().expect("just pushed"))
     }
 
     /// Deletes a container's namespace now, as when a container goes away.
     pub fn remove_container(&mut self, name: &str) -> Result<()> {
-        let full = format!("{}{name}", self.prefix);
+        let full = self.names.container_ns(name);
         let at = self
             .containers
             .iter()

@@ -11,21 +11,28 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use overlay_common::{FDB_KIND_REMOTE, FdbEntry, FdbKey};
 use overlay_tests::{
-    Cluster, cli_at, ip, node_ip, overlay_binary, ping, rss_kib, unique_prefix, wait_until,
+    Agent, Cluster, ClusterFile, EndpointSection, cli_at, ip, keygen, node_ip, overlay_binary,
+    ping, rss_kib,
+    scenario::{UBER_NET, docker_mac},
+    unique_prefix, wait_until,
 };
-use overlay_userspace::loader::Maps;
+use overlay_userspace::dataplane::maps::Maps;
 use serde_json::Value;
+
+/// The VNI of uber-net, as the FDB keys it.
+const UBER: u32 = UBER_NET.vni;
 
 /// Withdrawal target: a dead node's entries leave the others within this.
 const WITHDRAWAL: Duration = Duration::from_secs(5);
 
-const RED: &str = "[[network]]\nname = \"red\"\nvni = 100\nsubnet = \"10.9.0.0/24\"\n";
+/// Remote FDB entries: (VNI, MAC) → VTEP.
+type RemoteFdb = BTreeMap<(u32, [u8; 6]), [u8; 4]>;
 
-/// The remote entries in the FDB pinned under `pin_dir`: (VNI, MAC) → VTEP.
-fn remote_fdb(pin_dir: &Path) -> Result<BTreeMap<(u32, [u8; 6]), [u8; 4]>> {
+/// The remote entries in the FDB pinned under `pin_dir`.
+fn remote_fdb(pin_dir: &Path) -> Result<RemoteFdb> {
     let maps = Maps::from_pins(pin_dir)?;
     let mut out = BTreeMap::new();
-    for entry in maps.fdb.iter() {
+    for entry in &maps.fdb {
         let (key, value): (FdbKey, FdbEntry) = entry?;
         if value.kind == FDB_KIND_REMOTE {
             out.insert((key.vni, key.mac), value.remote_vtep);
@@ -44,19 +51,25 @@ fn mac_bytes(mac: &str) -> Result<[u8; 6]> {
     Ok(out)
 }
 
+/// `overlay endpoint add --network NETWORK --netns NETNS EXTRA…` against the
+/// agent at `socket`; its stdout.
+fn endpoint_add_at(socket: &Path, network: &str, netns: &str, extra: &[&str]) -> Result<String> {
+    let mut args = vec!["endpoint", "add", "--network", network, "--netns", netns];
+    args.extend(extra);
+    cli_at(socket, &args)
+}
+
 /// `endpoint add` through host `i`'s CLI: (IP, MAC).
 fn add_endpoint(c: &Cluster, i: usize, network: &str, netns: &str) -> Result<(Ipv4Addr, [u8; 6])> {
-    let out: Value = serde_json::from_str(&c.cli(
-        i,
-        &[
-            "endpoint",
-            "add",
-            "--network",
-            network,
-            "--netns",
-            netns,
-            "--json",
-        ],
+    let agent = c
+        .agents
+        .get(&i)
+        .with_context(|| format!("no agent on host {i}"))?;
+    let out: Value = serde_json::from_str(&endpoint_add_at(
+        &agent.socket(),
+        network,
+        netns,
+        &["--json"],
     )?)?;
     let ip = out["ip"].as_str().context("ip")?.parse()?;
     Ok((ip, mac_bytes(out["mac"].as_str().context("mac")?)?))
@@ -66,9 +79,31 @@ fn members(c: &Cluster, i: usize) -> Result<Value> {
     Ok(serde_json::from_str(&c.cli(i, &["members", "--json"])?)?)
 }
 
-fn start_all(c: &mut Cluster, n: usize, body: &str) -> Result<()> {
+/// Host `i`'s file with uber-net, the network every test here uses.
+fn uber_file(c: &Cluster, i: usize) -> ClusterFile {
+    ClusterFile {
+        networks: vec![UBER_NET.section()],
+        ..c.node_file(i)
+    }
+}
+
+/// Host `i`'s file with uber-net and one endpoint in it, at `ip`.
+fn file_with_endpoint(c: &Cluster, i: usize, netns: &str, ip: Ipv4Addr) -> ClusterFile {
+    ClusterFile {
+        endpoints: vec![EndpointSection::new(UBER_NET.name, netns, ip)],
+        ..uber_file(c, i)
+    }
+}
+
+/// Agents on hosts 1 to `n`, with uber-net in their files or no network at all.
+fn start_all(c: &mut Cluster, n: usize, with_uber_net: bool) -> Result<()> {
     for i in 1..=n {
-        c.start_agent(i, body, &[])?;
+        let file = if with_uber_net {
+            uber_file(c, i)
+        } else {
+            c.node_file(i)
+        };
+        c.start_agent(i, &file, &[])?;
     }
     Ok(())
 }
@@ -85,12 +120,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[test]
 fn five_nodes_learn_a_new_endpoint_within_a_second() -> Result<()> {
     let mut c = Cluster::create(&unique_prefix("g5"), 5)?;
-    start_all(&mut c, 5, RED)?;
+    start_all(&mut c, 5, true)?;
     let mut delays = Vec::new();
     for round in 0..20 {
         let owner = round % 5 + 1;
         let ns = c.container(&format!("e{round}"))?;
-        let (ip, mac) = add_endpoint(&c, owner, "red", &ns)?;
+        let (ip, mac) = add_endpoint(&c, owner, UBER_NET.name, &ns)?;
         let added = Instant::now();
         let others: Vec<usize> = (1..=5).filter(|&i| i != owner).collect();
         wait_until(
@@ -98,7 +133,7 @@ fn five_nodes_learn_a_new_endpoint_within_a_second() -> Result<()> {
             &format!("{ip} in every FDB"),
             || {
                 for &i in &others {
-                    if !has_remote(&c, i, 100, mac)? {
+                    if !has_remote(&c, i, UBER, mac)? {
                         return Ok(false);
                     }
                 }
@@ -120,15 +155,15 @@ fn five_nodes_learn_a_new_endpoint_within_a_second() -> Result<()> {
 #[test]
 fn dead_nodes_are_withdrawn_and_return() -> Result<()> {
     let mut c = Cluster::create(&unique_prefix("gf"), 3)?;
-    start_all(&mut c, 3, RED)?;
+    start_all(&mut c, 3, true)?;
     let mut macs = BTreeMap::new();
     for i in 1..=3 {
         let ns = c.container(&format!("e{i}"))?;
-        macs.insert(i, add_endpoint(&c, i, "red", &ns)?.1);
+        macs.insert(i, add_endpoint(&c, i, UBER_NET.name, &ns)?.1);
     }
     let everyone_knows = |c: &Cluster, who: usize| -> Result<bool> {
         for i in (1..=3).filter(|&i| i != who) {
-            if !has_remote(c, i, 100, macs[&who])? {
+            if !has_remote(c, i, UBER, macs[&who])? {
                 return Ok(false);
             }
         }
@@ -136,7 +171,7 @@ fn dead_nodes_are_withdrawn_and_return() -> Result<()> {
     };
     let nobody_knows = |c: &Cluster, who: usize, alive: &[usize]| -> Result<bool> {
         for &i in alive {
-            if has_remote(c, i, 100, macs[&who])? {
+            if has_remote(c, i, UBER, macs[&who])? {
                 return Ok(false);
             }
         }
@@ -185,37 +220,46 @@ fn dead_nodes_are_withdrawn_and_return() -> Result<()> {
     Ok(())
 }
 
+/// Three hosts with agents on the first two only, the third left to the test,
+/// and an endpoint on each host of `with_endpoint` that the other agent has
+/// learned: their MACs, by host.
+fn two_agents_and_a_spare_host(
+    tag: &str,
+    with_endpoint: &[usize],
+) -> Result<(Cluster, BTreeMap<usize, [u8; 6]>)> {
+    let mut c = Cluster::create(&unique_prefix(tag), 3)?;
+    for i in 1..=2 {
+        c.start_agent(i, &uber_file(&c, i), &[])?;
+    }
+    let mut macs = BTreeMap::new();
+    for &i in with_endpoint {
+        let ns = c.container(&format!("e{i}"))?;
+        macs.insert(i, add_endpoint(&c, i, UBER_NET.name, &ns)?.1);
+    }
+    for (&owner, &mac) in &macs {
+        let other = 3 - owner;
+        wait_until(
+            Duration::from_secs(10),
+            &format!("node{other} learns node{owner}'s endpoint"),
+            || has_remote(&c, other, UBER, mac),
+        )?;
+    }
+    Ok((c, macs))
+}
+
 #[test]
 fn a_sender_with_the_wrong_key_changes_nothing() -> Result<()> {
-    let mut c = Cluster::create(&unique_prefix("gk"), 3)?;
-    for i in 1..=2 {
-        c.start_agent(i, RED, &[])?;
-    }
-    let ns1 = c.container("e1")?;
-    let ns2 = c.container("e2")?;
-    add_endpoint(&c, 1, "red", &ns1)?;
-    let (_, mac2) = add_endpoint(&c, 2, "red", &ns2)?;
-    wait_until(
-        Duration::from_secs(10),
-        "node1 learns node2's endpoint",
-        || has_remote(&c, 1, 100, mac2),
-    )?;
+    let (mut c, _) = two_agents_and_a_spare_host("gk", &[1, 2])?;
     let fdb_before = [remote_fdb(&c.pin_dir(1))?, remote_fdb(&c.pin_dir(2))?];
 
     // node3 holds another key and announces an endpoint of its own.
     let other_key = c.dir.path().join("other.key");
-    overlay_tests::output_ok(
-        std::process::Command::new(overlay_binary()?)
-            .args(["keygen", "--output"])
-            .arg(&other_key),
-    )?;
+    keygen(&other_key)?;
     let ns3 = c.container("e3")?;
-    let body =
-        format!("{RED}[[endpoint]]\nnetwork = \"red\"\nnetns = \"{ns3}\"\nip = \"10.9.0.200\"\n");
-    let text = c.config(3, &other_key, &body);
-    let path = overlay_tests::write_config(c.dir.path(), "node3.toml", &text)?;
-    let intruder =
-        overlay_tests::Agent::start(c.host_ns(3), &overlay_binary()?, &path, &c.pin_dir(3), &[])?;
+    let mut file = file_with_endpoint(&c, 3, &ns3, Ipv4Addr::new(10, 0, 0, 200));
+    file.cluster.as_mut().context("a gossip file")?.key_file = other_key;
+    let path = file.write(c.dir.path(), "node3.toml")?;
+    let intruder = Agent::start(c.host_ns(3), &overlay_binary()?, &path, &c.pin_dir(3), &[])?;
     // Long enough for many gossip rounds and a failure-detector timeout.
     std::thread::sleep(Duration::from_secs(3));
     ensure!(
@@ -250,17 +294,8 @@ fn a_sender_with_the_wrong_key_changes_nothing() -> Result<()> {
 
 #[test]
 fn a_vtep_announced_twice_stays_with_its_first_owner() -> Result<()> {
-    let mut c = Cluster::create(&unique_prefix("gv"), 3)?;
-    for i in 1..=2 {
-        c.start_agent(i, RED, &[])?;
-    }
-    let ns2 = c.container("e2")?;
-    let (_, mac2) = add_endpoint(&c, 2, "red", &ns2)?;
-    wait_until(
-        Duration::from_secs(10),
-        "node1 learns node2's endpoint",
-        || has_remote(&c, 1, 100, mac2),
-    )?;
+    let (mut c, macs) = two_agents_and_a_spare_host("gv", &[2])?;
+    let mac2 = macs[&2];
 
     // node3 also holds node2's address (as a /32 it never answers ARP for) and
     // announces it as its VTEP, with an endpoint behind it.
@@ -270,12 +305,13 @@ fn a_vtep_announced_twice_stays_with_its_first_owner() -> Result<()> {
         "ip netns exec {h3} sysctl -qw net.ipv4.conf.all.arp_ignore=2 net.ipv4.conf.eth0.arp_ignore=2"
     ))?;
     let ns3 = c.container("e3")?;
-    let body = format!(
-        "vtep = \"{}\"\n{RED}[[endpoint]]\nnetwork = \"red\"\nnetns = \"{ns3}\"\nip = \"10.9.0.201\"\n",
-        node_ip(2)
-    );
-    c.start_agent(3, &body, &[])?;
-    let impostor_mac = [0x02, 0x42, 10, 9, 0, 201];
+    let impostor = Ipv4Addr::new(10, 0, 0, 201);
+    let file = ClusterFile {
+        vtep: Some(node_ip(2)),
+        ..file_with_endpoint(&c, 3, &ns3, impostor)
+    };
+    c.start_agent(3, &file, &[])?;
+    let impostor_mac = mac_bytes(&docker_mac(impostor))?;
     let refused = wait_until(
         Duration::from_secs(10),
         "node1 reports node3 refused",
@@ -289,11 +325,11 @@ fn a_vtep_announced_twice_stays_with_its_first_owner() -> Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     let fdb = remote_fdb(&c.pin_dir(1))?;
     ensure!(
-        !fdb.contains_key(&(100, impostor_mac)),
+        !fdb.contains_key(&(UBER, impostor_mac)),
         "node3's endpoint was accepted: {fdb:?}"
     );
     ensure!(
-        fdb.get(&(100, mac2)) == Some(&node_ip(2).parse::<Ipv4Addr>()?.octets()),
+        fdb.get(&(UBER, mac2)) == Some(&node_ip(2).octets()),
         "node2's endpoint must stay, behind node2's VTEP: {fdb:?}"
     );
     eprintln!(
@@ -312,7 +348,7 @@ fn networks(c: &Cluster, i: usize) -> Result<Value> {
 #[test]
 fn conflicting_networks_resolve_the_same_on_every_node() -> Result<()> {
     let mut c = Cluster::create(&unique_prefix("gn"), 3)?;
-    start_all(&mut c, 3, "")?;
+    start_all(&mut c, 3, false)?;
     // Created on both sides of a partition, with different VNIs.
     c.set_link(2, false)?;
     c.cli(
@@ -432,25 +468,14 @@ fn conflicting_networks_resolve_the_same_on_every_node() -> Result<()> {
 fn concurrent_allocations_never_collide() -> Result<()> {
     const PER_NODE: usize = 10;
     let mut c = Cluster::create(&unique_prefix("ga"), 3)?;
-    start_all(&mut c, 3, RED)?;
+    start_all(&mut c, 3, true)?;
     let mut jobs = Vec::new();
     for i in 1..=3 {
         for k in 0..PER_NODE {
             let ns = c.container(&format!("a{i}x{k}"))?;
             let socket = c.agents[&i].socket();
             jobs.push(std::thread::spawn(move || -> Result<(usize, String)> {
-                let out = cli_at(
-                    &socket,
-                    &[
-                        "endpoint",
-                        "add",
-                        "--network",
-                        "red",
-                        "--netns",
-                        &ns,
-                        "--json",
-                    ],
-                )?;
+                let out = endpoint_add_at(&socket, UBER_NET.name, &ns, &["--json"])?;
                 let v: Value = serde_json::from_str(&out)?;
                 Ok((i, v["ip"].as_str().context("ip")?.to_owned()))
             }));
@@ -490,7 +515,7 @@ fn concurrent_allocations_never_collide() -> Result<()> {
 #[test]
 fn endpoints_come_and_go_while_traffic_flows() -> Result<()> {
     let mut c = Cluster::create(&unique_prefix("gt"), 2)?;
-    start_all(&mut c, 2, "")?;
+    start_all(&mut c, 2, false)?;
     c.cli(
         1,
         &[
@@ -561,7 +586,7 @@ fn cli_errors_are_clear() -> Result<()> {
         format!("{err:#}").contains("is `overlay agent` running"),
         "{err:#}"
     );
-    c.start_agent(1, RED, &[])?;
+    c.start_agent(1, &uber_file(&c, 1), &[])?;
     for (args, expected) in [
         (
             vec![
@@ -599,7 +624,7 @@ fn cli_errors_are_clear() -> Result<()> {
             ],
             "not a network name",
         ),
-        (vec!["network", "rm", "red"], "cluster file"),
+        (vec!["network", "rm", UBER_NET.name], "cluster file"),
         (vec!["network", "rm", "nope"], "no network named nope"),
         (
             vec!["endpoint", "add", "--network", "nope", "--netns", "x"],
@@ -610,14 +635,14 @@ fn cli_errors_are_clear() -> Result<()> {
                 "endpoint",
                 "add",
                 "--network",
-                "red",
+                UBER_NET.name,
                 "--netns",
                 "no-such-ns",
             ],
             "does not exist",
         ),
         (
-            vec!["endpoint", "rm", "--network", "red", "--netns", "x"],
+            vec!["endpoint", "rm", "--network", UBER_NET.name, "--netns", "x"],
             "has no endpoint",
         ),
     ] {
@@ -625,21 +650,13 @@ fn cli_errors_are_clear() -> Result<()> {
         ensure!(format!("{err:#}").contains(expected), "{args:?}: {err:#}");
     }
     let ns = c.container("e")?;
-    let err = c
-        .cli(
-            1,
-            &[
-                "endpoint",
-                "add",
-                "--network",
-                "red",
-                "--netns",
-                &ns,
-                "--ip",
-                "10.9.1.1",
-            ],
-        )
-        .expect_err("outside");
+    let err = endpoint_add_at(
+        &c.agents[&1].socket(),
+        UBER_NET.name,
+        &ns,
+        &["--ip", "10.0.1.1"],
+    )
+    .expect_err("outside");
     ensure!(format!("{err:#}").contains("not a host address"), "{err:#}");
     Ok(())
 }
@@ -650,14 +667,14 @@ fn cli_errors_are_clear() -> Result<()> {
 fn restarts_lose_at_most_one_ping() -> Result<()> {
     let mut c = Cluster::create(&unique_prefix("gr"), 2)?;
     for i in 1..=2 {
-        c.start_agent(i, RED, &["--keep"])?;
+        c.start_agent(i, &uber_file(&c, i), &["--keep"])?;
     }
     let a = c.container("a")?;
     let b = c.container("b")?;
-    add_endpoint(&c, 1, "red", &a)?;
-    let (ip_b, mac_b) = add_endpoint(&c, 2, "red", &b)?;
+    add_endpoint(&c, 1, UBER_NET.name, &a)?;
+    let (ip_b, mac_b) = add_endpoint(&c, 2, UBER_NET.name, &b)?;
     wait_until(Duration::from_secs(5), "node1 learns b", || {
-        has_remote(&c, 1, 100, mac_b)
+        has_remote(&c, 1, UBER, mac_b)
     })?;
     ensure!(
         ping(&a, &ip_b.to_string(), 2, &[])?.received == 2,
@@ -688,7 +705,10 @@ fn restarts_lose_at_most_one_ping() -> Result<()> {
         eprintln!("{phase}: {lost} of {} pings lost", stats.transmitted);
         ensure!(lost <= 1, "{phase}: {lost} pings lost ({stats:?})");
         // The new agent has adopted everything: the maps still hold b.
-        ensure!(has_remote(&c, 1, 100, mac_b)?, "{phase}: node1 still has b");
+        ensure!(
+            has_remote(&c, 1, UBER, mac_b)?,
+            "{phase}: node1 still has b"
+        );
     }
     // Without --keep, the last agents remove everything when the test ends.
     for node in [1, 2] {
@@ -709,17 +729,15 @@ fn restarts_lose_at_most_one_ping() -> Result<()> {
 fn twenty_nodes_converge_and_report_their_memory() -> Result<()> {
     const N: usize = 20;
     let mut c = Cluster::create(&unique_prefix("gm"), N)?;
-    let mut bodies = Vec::new();
+    let mut files = Vec::new();
     for i in 1..=N {
         let ns = c.container(&format!("e{i}"))?;
-        bodies.push(format!(
-            "{RED}[[endpoint]]\nnetwork = \"red\"\nnetns = \"{ns}\"\nip = \"10.9.0.{}\"\n",
-            100 + i
-        ));
+        let ip = Ipv4Addr::new(10, 0, 0, u8::try_from(100 + i)?);
+        files.push(file_with_endpoint(&c, i, &ns, ip));
     }
     let started = Instant::now();
-    for i in 1..=N {
-        c.start_agent(i, &bodies[i - 1], &[])?;
+    for (i, file) in (1..=N).zip(&files) {
+        c.start_agent(i, file, &[])?;
     }
     let all_started = started.elapsed();
     let converged = wait_until(

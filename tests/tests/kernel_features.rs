@@ -7,7 +7,7 @@
 mod common;
 
 use anyhow::{Context as _, Result, ensure};
-use common::Overlay;
+use overlay_tests::{Decap, Overlay};
 
 const TCX_LOG: &str = "TC programs attach as TCX links";
 const NETLINK_LOG: &str = "falling back to cls_bpf filters under a clsact qdisc";
@@ -36,7 +36,7 @@ fn netlink_tc_filters(ns: &str) -> Result<Vec<String>> {
 #[test]
 fn tc_attach_mode_follows_the_kernel_and_is_logged_once() -> Result<()> {
     let tcx = kernel_version()? >= (6, 6);
-    let o = Overlay::start("tc")?;
+    let o = Overlay::start(Decap::Tc)?;
     // node1 has three endpoints (c1, c3, c4), node2 two (c2, c5); each node
     // also has TC decap on its underlay.
     for (node, attachments) in [(1u8, 4usize), (2, 3)] {

@@ -3,27 +3,47 @@
 
 mod common;
 
-use anyhow::{Result, ensure};
-use common::{C1, C2, C3, Overlay};
-use overlay_tests::{Agent, overlay_binary, ping, sh, write_config};
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
-/// What an agent can leave behind: interfaces on its node, and BPF links (TCX or
-/// XDP attachments) of the dataplane's programs anywhere on the machine, or its
-/// netlink TC filters on the node.
+use anyhow::{Result, ensure};
+use overlay_tests::{
+    Agent, ClusterFile, Decap, EndpointSection, NetworkSection, Overlay, ping,
+    scenario::{C1, C2, C3, UNDERLAY, pin_dir_of},
+    sh,
+};
+
+/// What an agent can leave behind: interfaces on its node, and attachments of
+/// its programs: BPF links (TCX or XDP) anywhere on the machine, or netlink TC
+/// filters on the node.
 #[derive(Debug, PartialEq)]
 struct NodeFootprint {
     links: Vec<String>,
     attached_programs: usize,
 }
 
-const OUR_PROGRAMS: [&str; 4] = [
-    "endpoint_ingress",
-    "underlay_ingress",
-    "underlay_xdp",
-    "endpoint_peer_xdp",
-];
+/// The ids of the BPF programs the agents hold open, from their fdinfo. Other
+/// engineers' agents on the same machine load the same programs, so counting by
+/// program name would count theirs too.
+fn programs_of(agents: &[&Agent]) -> Result<BTreeSet<u64>> {
+    let mut ids = BTreeSet::new();
+    for agent in agents {
+        let dir = format!("/proc/{}/fdinfo", agent.pid());
+        for entry in std::fs::read_dir(&dir)? {
+            let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            ids.extend(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|id| id.trim().parse::<u64>().ok()),
+            );
+        }
+    }
+    ensure!(!ids.is_empty(), "the agents hold no BPF program");
+    Ok(ids)
+}
 
-fn footprint(o: &Overlay, node: u8) -> Result<NodeFootprint> {
+fn footprint(o: &Overlay, node: u8, programs: &BTreeSet<u64>) -> Result<NodeFootprint> {
     let links: serde_json::Value =
         serde_json::from_str(&sh(&format!("ip -n {} -j link show", o.node_ns(node)))?)?;
     let mut links: Vec<String> = links
@@ -33,26 +53,19 @@ fn footprint(o: &Overlay, node: u8) -> Result<NodeFootprint> {
         .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
         .collect();
     links.sort();
-    let programs: serde_json::Value = serde_json::from_str(&sh("bpftool -j prog show")?)?;
-    let ours: Vec<u64> = programs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| OUR_PROGRAMS.iter().any(|name| p["name"] == *name))
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
+    let ours = |id: Option<u64>| id.is_some_and(|id| programs.contains(&id));
     let bpf_links: serde_json::Value = serde_json::from_str(&sh("bpftool -j link show")?)?;
     let mut attached_programs = bpf_links
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ours.contains(&id)))
+        .filter(|l| ours(l["prog_id"].as_u64()))
         .count();
     // Before 6.6 TC programs attach as netlink filters, not links (see
-    // overlay_userspace::kernel); they are listed per namespace.
+    // overlay_userspace::dataplane::kernel); they are listed per namespace.
     attached_programs += common::netlink_tc_filters(&o.node_ns(node))?
         .iter()
-        .filter(|f| f["id"].as_u64().is_some_and(|id| ours.contains(&id)))
+        .filter(|f| ours(f["id"].as_u64()))
         .count();
     Ok(NodeFootprint {
         links,
@@ -65,22 +78,22 @@ fn container_links(o: &Overlay, ns: &str) -> Result<String> {
     sh(&format!("ip -n {ns} -br link show"))
 }
 
-fn exit_removes_everything(decap: &'static str, signal: i32) -> Result<()> {
+fn exit_removes_everything(decap: Decap, signal: i32) -> Result<()> {
     let mut o = Overlay::build(decap)?;
-    // Links are counted machine-wide (bpftool cannot tell namespaces apart), so
-    // what counts is the difference this agent makes.
-    let before = footprint(&o, 1)?;
+    let no_programs = BTreeSet::new();
+    let before = footprint(&o, 1, &no_programs)?;
     o.start_agent(1)?;
-    let running = footprint(&o, 1)?;
+    let programs = programs_of(&[&o.agents[0]])?;
+    let running = footprint(&o, 1, &programs)?;
     // Three endpoints on node1 (c1, c3, c4): three veths, three TC attachments plus
     // decap, and in XDP mode an XDP_PASS program on each container-side veth; in
-    // TC mode the tunnel GRO device (overlay_userspace::tunnel_gro) as well.
-    let devices = if decap == "tc" { 4 } else { 3 };
+    // TC mode the tunnel GRO device (overlay_userspace::host::tunnel_gro) as well.
+    let devices = if decap == Decap::Tc { 4 } else { 3 };
     ensure!(
         running.links.len() == before.links.len() + devices,
         "while running: {running:?}"
     );
-    let expected = if decap == "xdp" { 7 } else { 4 };
+    let expected = if decap == Decap::Xdp { 7 } else { 4 };
     ensure!(
         running.attached_programs == before.attached_programs + expected,
         "while running, expected {expected} attachments: {running:?}"
@@ -99,8 +112,9 @@ fn exit_removes_everything(decap: &'static str, signal: i32) -> Result<()> {
         status.success(),
         "the agent must exit cleanly on signal {signal}: {status:?}"
     );
+    // The programs it loaded may be gone; links to them must be.
     ensure!(
-        footprint(&o, 1)? == before,
+        footprint(&o, 1, &programs)? == before,
         "after exit the node must be as before"
     );
     ensure!(
@@ -117,34 +131,35 @@ fn exit_removes_everything(decap: &'static str, signal: i32) -> Result<()> {
 
 #[test]
 fn sigterm_removes_everything_tc() -> Result<()> {
-    exit_removes_everything("tc", libc::SIGTERM)
+    exit_removes_everything(Decap::Tc, libc::SIGTERM)
 }
 
 #[test]
 fn sigint_removes_everything_xdp() -> Result<()> {
-    exit_removes_everything("xdp", libc::SIGINT)
+    exit_removes_everything(Decap::Xdp, libc::SIGINT)
 }
 
 /// A second agent on the same underlay fails to attach XDP decap after it has
 /// created its endpoint: it must undo that, say why, and disturb nothing else.
 #[test]
 fn setup_failing_half_way_is_rolled_back() -> Result<()> {
-    let mut o = Overlay::build("xdp")?;
+    let mut o = Overlay::build(Decap::Xdp)?;
     o.start_agent(1)?;
     o.start_agent(2)?;
-    let before = footprint(&o, 1)?;
-    o.topology.container("c9")?;
-    let c9 = format!("{}c9", o.prefix);
-    let intruder = format!(
-        "node = \"{}-intruder\"\nunderlay = \"eth0\"\ndecap = \"xdp\"\n\
-         [[network]]\nname = \"n\"\nvni = 77\nsubnet = \"10.7.0.0/24\"\n\
-         [[endpoint]]\nnetwork = \"n\"\nnetns = \"{c9}\"\nip = \"10.7.0.9\"\n",
-        o.prefix
-    );
-    let path = write_config(o.dir.path(), "intruder.toml", &intruder)?;
-    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/overlay/{}-intruder", o.prefix));
+    let programs = programs_of(&o.agents.iter().collect::<Vec<_>>())?;
+    let before = footprint(&o, 1, &programs)?;
+    // Its own node name, network and container: nothing but the underlay is shared.
+    let c9 = o.topology.container("c9")?.name.clone();
+    let intruder = ClusterFile {
+        decap: Some(Decap::Xdp),
+        networks: vec![NetworkSection::new("n", 77, "10.7.0.0/24")],
+        endpoints: vec![EndpointSection::new("n", &c9, Ipv4Addr::new(10, 7, 0, 9))],
+        ..ClusterFile::new(format!("{}-intruder", o.prefix()), UNDERLAY)
+    };
+    let path = intruder.write(o.dir.path(), "intruder.toml")?;
+    let pin_dir = pin_dir_of(&intruder.node);
     let (status, stderr) =
-        Agent::run_to_completion(&o.node_ns(1), &overlay_binary()?, &path, &pin_dir, &[])?;
+        Agent::run_to_completion(&o.node_ns(1), &o.binary, &path, &pin_dir, &[])?;
     ensure!(!status.success(), "the intruder must fail");
     ensure!(
         stderr.contains("setup failed; everything it had done was undone"),
@@ -154,9 +169,12 @@ fn setup_failing_half_way_is_rolled_back() -> Result<()> {
         stderr.contains("XDP decap"),
         "the reason must be given: {stderr}"
     );
+    // The intruder's own links went with its process (or its pins, checked
+    // below); the first agents' attachments must all still be there.
+    let after = footprint(&o, 1, &programs)?;
     ensure!(
-        footprint(&o, 1)? == before,
-        "the node must be as before the intruder"
+        after == before,
+        "the node must be as before the intruder: {before:?} -> {after:?}"
     );
     ensure!(
         !container_links(&o, &c9)?.contains("eth0"),
@@ -175,7 +193,7 @@ fn setup_failing_half_way_is_rolled_back() -> Result<()> {
 /// the tables at the next reconcile, and the agent still exits cleanly.
 #[test]
 fn a_vanished_container_is_withdrawn() -> Result<()> {
-    let mut o = Overlay::build("tc")?;
+    let mut o = Overlay::build(Decap::Tc)?;
     o.start_agent_with(1, &["--reconcile-interval", "1"])?;
     let fdb_has = |o: &Overlay, mac: &str| -> Result<bool> {
         Ok(o.table(1, "fdb")?

@@ -1,308 +1,25 @@
 //! Program tests: the loaded eBPF programs run on crafted frames through
 //! BPF_PROG_TEST_RUN, and every output byte, verdict and counter is checked.
-//!
-//! The programs run inside a scratch network namespace holding an "underlay" with a
-//! permanent neighbour for its gateway (so the FIB lookup during encapsulation gives
-//! a known next-hop MAC) and two endpoint veths.
+//! The fixture is in `common/fixture.rs`.
 
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    os::fd::{AsFd as _, AsRawFd as _},
-    path::PathBuf,
-};
+#[path = "common/fixture.rs"]
+mod fixture;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result, ensure};
-use aya::Ebpf;
-use overlay_common::{CONFIG_F_READY, Config, Counter, program_names};
+use fixture::*;
+use overlay_common::program_names;
 use overlay_tests::{
-    Netns,
     prog_run::{eth, ipv4_checksum, ipv4_udp, skb_ctx, test_run},
-    sh, unique_prefix,
+    scenario::UBER_NET,
+    sh,
 };
 use overlay_userspace::{
-    config::Mac,
-    loader::{self, Maps, Programs},
-    membership::{DesiredState, LocalEndpoint, RemoteEndpoint},
-    netlink::{NetnsGuard, netns_path},
-    reconcile::{Tables, reconcile},
+    dataplane::programs,
+    host::netns::{NetnsGuard, netns_path},
+    model::gateway_mac,
 };
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-
-const VNI: u32 = 4097;
-const OTHER_VNI: u32 = 4098;
-const LOCAL_VTEP: Ipv4Addr = Ipv4Addr::new(172, 31, 1, 5);
-const REMOTE_VTEP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 5);
-const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const C1_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-const C2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
-const C3_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
-const SOURCE_PORTS: [u16; 2] = [32768, 60999];
-
-fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
-    Mac::from_ipv4(ip).0
-}
-
-// ---------------------------------------------------------------- the fixture
-
-/// A scratch namespace with the devices the programs look up; deleted on drop.
-struct Scratch {
-    ns: Netns,
-}
-
-impl Scratch {
-    fn create() -> Result<Scratch> {
-        let ns = Netns::create(&unique_prefix("ovprog"))?;
-        let n = ns.name.as_str();
-        for cmd in [
-            format!("ip -n {n} link add uplink type veth peer name uplinkp"),
-            format!("ip -n {n} link add ep0 type veth peer name ep0p"),
-            format!("ip -n {n} link add ep1 type veth peer name ep1p"),
-            format!("ip -n {n} addr add {LOCAL_VTEP}/24 dev uplink"),
-            format!("ip -n {n} link set uplink up"),
-            format!("ip -n {n} link set uplinkp up"),
-            format!("ip -n {n} link set ep0 up"),
-            format!("ip -n {n} link set ep1 up"),
-            format!("ip -n {n} route add 192.168.1.0/24 via 172.31.1.1 dev uplink"),
-            format!(
-                "ip -n {n} neigh add 172.31.1.1 lladdr 02:00:00:00:00:01 dev uplink nud permanent"
-            ),
-            format!("ip netns exec {n} sysctl -qw net.ipv4.conf.all.forwarding=1"),
-        ] {
-            sh(&cmd)?;
-        }
-        Ok(Scratch { ns })
-    }
-
-    fn link(&self, ifname: &str) -> Result<serde_json::Value> {
-        let out = sh(&format!("ip -n {} -j link show dev {ifname}", self.ns.name))?;
-        Ok(serde_json::from_str::<serde_json::Value>(&out)?[0].take())
-    }
-
-    fn ifindex(&self, ifname: &str) -> Result<u32> {
-        Ok(self.link(ifname)?["ifindex"]
-            .as_u64()
-            .context("no ifindex")? as u32)
-    }
-
-    fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
-        let link = self.link(ifname)?;
-        let text = link["address"].as_str().context("no address")?;
-        Ok(text.parse::<Mac>().map_err(anyhow::Error::msg)?.0)
-    }
-}
-
-/// Removes the test's pins on drop.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = loader::unpin(&self.0);
-    }
-}
-
-/// Loaded programs and filled maps inside a scratch namespace.
-struct Fixture {
-    scratch: Scratch,
-    programs: Programs,
-    maps: Maps,
-    _pins: PinDir,
-    underlay_mac: [u8; 6],
-    ep0: u32,
-    uplink: u32,
-}
-
-impl Fixture {
-    fn new() -> Result<Fixture> {
-        ensure!(
-            unsafe { libc::geteuid() } == 0,
-            "program tests need root (BPF_PROG_TEST_RUN, namespaces); run them through `cargo xtask test`"
-        );
-        let scratch = Scratch::create()?;
-        let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", scratch.ns.name)));
-        let mut ebpf = Ebpf::load(loader::ebpf_object()).context("loading the eBPF object")?;
-        let mut maps = Maps::take_and_pin(&mut ebpf, &pins.0)?;
-        let programs = Programs::load(ebpf, &pins.0)?;
-        let (ep0, ep1, uplink) = (
-            scratch.ifindex("ep0")?,
-            scratch.ifindex("ep1")?,
-            scratch.ifindex("uplink")?,
-        );
-        let state = DesiredState {
-            config: Config {
-                vtep_ip: LOCAL_VTEP.octets(),
-                underlay_ifindex: uplink,
-                vxlan_port: 4789,
-                src_port_min: SOURCE_PORTS[0],
-                src_port_max: SOURCE_PORTS[1],
-                flags: CONFIG_F_READY,
-                ..Config::default()
-            },
-            networks: BTreeMap::from([(VNI, 1450), (OTHER_VNI, 1450)]),
-            local: vec![
-                LocalEndpoint {
-                    vni: VNI,
-                    ip: C1_IP,
-                    mac: Mac(mac_of(C1_IP)),
-                    host_ifindex: ep0,
-                },
-                LocalEndpoint {
-                    vni: VNI,
-                    ip: C3_IP,
-                    mac: Mac(mac_of(C3_IP)),
-                    host_ifindex: ep1,
-                },
-            ],
-            remote: vec![RemoteEndpoint {
-                vni: VNI,
-                ip: C2_IP,
-                mac: Mac(mac_of(C2_IP)),
-                vtep: REMOTE_VTEP,
-            }],
-        };
-        let tables = Tables::from_desired(&state);
-        // DEVMAP entries name interfaces of the updater's namespace.
-        let _inside = NetnsGuard::enter(&netns_path(&scratch.ns.name))?;
-        let first = reconcile(&mut maps, &tables)?;
-        ensure!(first.added > 0, "first reconcile added nothing: {first}");
-        let second = reconcile(&mut maps, &tables)?;
-        ensure!(
-            second.is_empty(),
-            "reconcile is not idempotent: second pass did {second}"
-        );
-        drop(_inside);
-        let underlay_mac = scratch.mac("uplink")?;
-        Ok(Fixture {
-            scratch,
-            programs,
-            maps,
-            _pins: pins,
-            underlay_mac,
-            ep0,
-            uplink,
-        })
-    }
-
-    fn prog_fd(&mut self, name: &str) -> Result<i32> {
-        let ebpf = self.programs.ebpf_mut();
-        let fd = if name == program_names::UNDERLAY_XDP {
-            loader::xdp(ebpf, name)?.fd()?.as_fd().as_raw_fd()
-        } else {
-            loader::classifier(ebpf, name)?.fd()?.as_fd().as_raw_fd()
-        };
-        Ok(fd)
-    }
-
-    fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
-        let mut out = BTreeMap::new();
-        for &c in Counter::ALL {
-            let per_cpu = self.maps.stats.get(&(c as u32), 0)?;
-            out.insert(c.name(), per_cpu.iter().map(|v| v.packets).sum());
-        }
-        Ok(out)
-    }
-
-    /// Runs a program once on `frame` (as if received on `ifindex`, for TC) and
-    /// returns its verdict, the output frame, and which counters moved.
-    fn run(&mut self, prog: &str, frame: &[u8], ifindex: u32) -> Result<Outcome> {
-        let fd = self.prog_fd(prog)?;
-        let before = self.counters()?;
-        let ctx = if prog == program_names::UNDERLAY_XDP {
-            None
-        } else {
-            Some(skb_ctx(ifindex))
-        };
-        let path = netns_path(&self.scratch.ns.name);
-        let (retval, out, _) = {
-            let _inside = NetnsGuard::enter(&path)?;
-            test_run(fd, frame, ctx.as_ref(), 1)?
-        };
-        let after = self.counters()?;
-        let moved = after
-            .iter()
-            .filter(|(k, v)| before[*k] != **v)
-            .map(|(k, v)| (*k, v - before[*k]))
-            .collect();
-        Ok(Outcome {
-            retval,
-            frame: out,
-            moved,
-        })
-    }
-}
-
-#[derive(Debug)]
-struct Outcome {
-    retval: u32,
-    frame: Vec<u8>,
-    moved: BTreeMap<&'static str, u64>,
-}
-
-impl Outcome {
-    fn expect(&self, retval: u32, counter: &str) {
-        assert_eq!(
-            self.retval, retval,
-            "{counter}: verdict; counters moved: {:?}",
-            self.moved
-        );
-        assert_eq!(
-            self.moved,
-            BTreeMap::from([(counter, 1)]),
-            "exactly one counter, {counter}, must move by one"
-        );
-    }
-}
-
-// ------------------------------------------------------------ frame crafting
-
-/// A container's UDP datagram as an Ethernet frame.
-fn inner_frame(src_ip: Ipv4Addr, dst_ip: Ipv4Addr, dst_mac: [u8; 6]) -> Vec<u8> {
-    eth(
-        dst_mac,
-        mac_of(src_ip),
-        0x0800,
-        &ipv4_udp(src_ip, dst_ip, 40000, 7777, b"overlay test payload"),
-    )
-}
-
-fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
-    let mut a = vec![0, 1, 0x08, 0, 6, 4];
-    a.extend_from_slice(&op.to_be_bytes());
-    a.extend_from_slice(&sha);
-    a.extend_from_slice(&spa.octets());
-    a.extend_from_slice(&tha);
-    a.extend_from_slice(&tpa.octets());
-    a
-}
-
-fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
-    eth(
-        [0xff; 6],
-        mac_of(sender),
-        0x0806,
-        &arp(1, mac_of(sender), sender, [0; 6], target),
-    )
-}
-
-/// A VXLAN datagram from `src_vtep` to us carrying `inner`, as the kernel sends it.
-fn vxlan_frame(src_vtep: Ipv4Addr, vni: u32, flags: u8, inner: &[u8]) -> Vec<u8> {
-    let mut vx = vec![flags, 0, 0, 0];
-    vx.extend_from_slice(&vni.to_be_bytes()[1..]);
-    vx.push(0);
-    vx.extend_from_slice(inner);
-    eth(
-        [0x02, 0, 0, 0, 0, 0x05],
-        GATEWAY_MAC,
-        0x0800,
-        &ipv4_udp(src_vtep, LOCAL_VTEP, 50000, 4789, &vx),
-    )
-}
 
 // ------------------------------------------------------------------- tests
 
@@ -413,6 +130,43 @@ fn proxy_arp_answers_from_neigh() -> Result<()> {
         );
         assert_eq!(out.frame, expected, "ARP reply for {target}");
     }
+    Ok(())
+}
+
+#[test]
+fn the_gateway_is_answered_from_the_maps_and_its_frames_go_to_the_host() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let (gw, gw_mac) = (UBER_NET.gateway(), gateway_mac(UBER_NET.gateway()).0);
+    let out = fx.run(
+        program_names::ENDPOINT_INGRESS,
+        &arp_request(C1_IP, gw),
+        fx.ep0,
+    )?;
+    out.expect(TC_ACT_REDIRECT, "arp_reply");
+    let expected = eth(
+        mac_of(C1_IP),
+        gw_mac,
+        0x0806,
+        &arp(2, gw_mac, gw, mac_of(C1_IP), C1_IP),
+    );
+    assert_eq!(out.frame, expected, "ARP reply for the gateway");
+    // A packet for the world outside, to the gateway's MAC: to the host stack,
+    // untouched.
+    let outside = Ipv4Addr::new(203, 0, 113, 10);
+    let frame = inner_frame(C1_IP, outside, gw_mac);
+    let out = fx.run(program_names::ENDPOINT_INGRESS, &frame, fx.ep0)?;
+    out.expect(TC_ACT_OK, "to_gateway");
+    assert_eq!(out.frame, frame);
+    // From the tunnel, the gateway's MAC is nobody's to deliver to.
+    let tunnelled = vxlan_frame(REMOTE_VTEP, VNI, 0x08, &inner_frame(C2_IP, outside, gw_mac));
+    fx.run(program_names::UNDERLAY_INGRESS_TC, &tunnelled, fx.uplink)?
+        .expect(TC_ACT_SHOT, "drop_not_local");
+    fx.run(
+        program_names::UNDERLAY_INGRESS_TC,
+        &vxlan_frame(REMOTE_VTEP, VNI, 0x08, &arp_request(C2_IP, gw)),
+        fx.uplink,
+    )?
+    .expect(TC_ACT_SHOT, "drop_not_local");
     Ok(())
 }
 
@@ -681,9 +435,9 @@ fn program_costs_are_measured() -> Result<()> {
     ] {
         let ebpf = fx.programs.ebpf_mut();
         let info = if name.contains("xdp") {
-            loader::xdp(ebpf, name)?.info()?
+            programs::xdp(ebpf, name)?.info()?
         } else {
-            loader::classifier(ebpf, name)?.info()?
+            programs::classifier(ebpf, name)?.info()?
         };
         let insns = info
             .verified_instruction_count()

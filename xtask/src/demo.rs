@@ -5,7 +5,6 @@
 //! down at the end, on failure and on Ctrl-C.
 
 use std::{
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
@@ -14,95 +13,21 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use overlay_tests::{
-    Agent, GOSSIP_PORT, NODE1_VTEP, NODE2_VTEP, SeedTopology, TempDir, TopologyOptions, cli_at, ip,
-    netns_path, output_ok, ping, run_dir_for, tcp_transfer, wait_until, write_config,
+    Decap, NODE1_VTEP, NODE2_VTEP, Overlay, TempDir, ip, netns_path, output_ok, ping,
+    scenario::{C1, C2, C4, C5, Container, JOINER, Names, Scenario},
+    tcp_transfer, wait_until,
 };
 
+/// Every name the demo creates starts with it, so a later demo finds what a
+/// killed one left.
 const PREFIX: &str = "demo";
-const PIN_ROOT: &str = "/sys/fs/bpf/overlay";
 const TRANSFER_BYTES: u64 = 200 * 1024 * 1024;
 
-struct Container {
-    name: &'static str,
-    node: u8,
-    network: &'static str,
-    ip: Ipv4Addr,
-}
-
-impl Container {
-    fn ns(&self) -> String {
-        format!("{PREFIX}{}", self.name)
-    }
-}
-
-/// uber-net (VNI 4097) as in the article, and other-net (VNI 4098) on the same
-/// subnet, so that only the VNI keeps c1 from reaching c4: with separate subnets
-/// the kernel would refuse to route before the overlay had anything to show.
-const CONTAINERS: [Container; 4] = [
-    Container {
-        name: "c1",
-        node: 1,
-        network: "uber-net",
-        ip: Ipv4Addr::new(10, 0, 0, 3),
-    },
-    Container {
-        name: "c2",
-        node: 2,
-        network: "uber-net",
-        ip: Ipv4Addr::new(10, 0, 0, 4),
-    },
-    Container {
-        name: "c3",
-        node: 1,
-        network: "other-net",
-        ip: Ipv4Addr::new(10, 0, 0, 13),
-    },
-    Container {
-        name: "c4",
-        node: 2,
-        network: "other-net",
-        ip: Ipv4Addr::new(10, 0, 0, 14),
-    },
-];
-
-fn node_ns(node: u8) -> String {
-    format!("{PREFIX}n{node}")
-}
-
-fn pin_dir(node: u8) -> PathBuf {
-    Path::new(PIN_ROOT).join(format!("{PREFIX}-node{node}"))
-}
-
-/// The container added at run time, through node2's API.
-const LATE_CONTAINER: &str = "c5";
-
-/// Node `node`'s cluster file: its networks and containers, and gossip with the
-/// other node; no `[[remote]]`: gossip tells each node the other's containers.
-fn node_config(node: u8, key_file: &Path) -> String {
-    let (own, other) = if node == 1 {
-        (NODE1_VTEP, NODE2_VTEP)
-    } else {
-        (NODE2_VTEP, NODE1_VTEP)
-    };
-    let mut s = format!("node = \"{PREFIX}-node{node}\"\nunderlay = \"eth0\"\n");
-    s += "\n[[network]]\nname = \"uber-net\"\nvni = 4097\nsubnet = \"10.0.0.0/24\"\n";
-    s += "\n[[network]]\nname = \"other-net\"\nvni = 4098\nsubnet = \"10.0.0.0/24\"\n";
-    for c in &CONTAINERS {
-        if c.node == node {
-            s += &format!(
-                "\n[[endpoint]]\nnetwork = \"{}\"\nnetns = \"{}\"\nip = \"{}\"\n",
-                c.network,
-                c.ns(),
-                c.ip
-            );
-        }
-    }
-    s += &format!(
-        "\n[cluster]\nlisten = \"{own}:{GOSSIP_PORT}\"\nseeds = [\"{other}:{GOSSIP_PORT}\"]\nkey_file = \"{}\"\n",
-        key_file.display()
-    );
-    s
-}
+/// The scenario's uber-net (VNI 4097) as in the article, c1 on node1 and c2 on
+/// node2, and other-net (VNI 4098) on the same subnet, c4 on node1 and c5 on
+/// node2: only the VNI keeps c1 from reaching c5. The nodes learn each other's
+/// containers by gossip, so the files list no `[[remote]]`.
+const CONTAINERS: [Container; 4] = [C1, C2, C4, C5];
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -173,13 +98,19 @@ pub fn run(binary: &Path) -> Result<()> {
 
 /// What this demo creates outside its temporary directory: namespaces and pins.
 fn demo_objects() -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = ["rt", "n1", "n2", LATE_CONTAINER]
+    let names = Names::new(PREFIX);
+    let mut paths: Vec<PathBuf> = [names.router_ns(), names.node_ns(1), names.node_ns(2)]
         .into_iter()
-        .chain(CONTAINERS.iter().map(|c| c.name))
-        .map(|name| netns_path(&format!("{PREFIX}{name}")))
+        .chain(
+            [JOINER]
+                .into_iter()
+                .chain(CONTAINERS.map(|c| c.name))
+                .map(|c| names.container_ns(c)),
+        )
+        .map(|ns| netns_path(&ns))
         .collect();
-    paths.extend([1, 2].map(pin_dir));
-    paths.extend([1, 2].map(|n| run_dir_for(&pin_dir(n))));
+    paths.extend([1, 2].map(|n| names.pin_dir(n)));
+    paths.extend([1, 2].map(|n| names.run_dir(n)));
     paths
 }
 
@@ -222,52 +153,50 @@ fn remove_leftovers() {
 
 fn scenario(binary: &Path) -> Result<String> {
     step("topology: a router joining 172.31.1.0/24 (node1) and 192.168.1.0/24 (node2)")?;
-    let mut topology = SeedTopology::create(PREFIX, TopologyOptions::default())?;
+    let dir = TempDir::new(PREFIX)?;
+    let key_file = dir.path().join("cluster.key");
+    let scenario = Scenario::new(PREFIX, Decap::Tc)
+        .with_containers(&CONTAINERS)
+        .with_gossip(&key_file);
+    let mut overlay = Overlay::create(scenario, dir)?;
+    overlay.binary = binary.to_owned();
     println!(
         "node1 = netns {} (eth0 {NODE1_VTEP}), node2 = netns {} (eth0 {NODE2_VTEP}), router = netns {}",
-        topology.node(1),
-        topology.node(2),
-        topology.router()
+        overlay.topology.node(1),
+        overlay.topology.node(2),
+        overlay.topology.router()
     );
-    for c in &CONTAINERS {
-        topology.container(c.name)?;
+    for c in CONTAINERS {
         println!(
             "container {:<7} {:<9} {:<10} on node{}",
-            c.ns(),
-            c.network,
+            overlay.ns(c),
+            c.network.name,
             c.ip,
             c.node
         );
     }
-    let dir = TempDir::new(PREFIX)?;
-    let key_file = dir.path().join("cluster.key");
+
+    step("agents: one per node, gossiping under a shared cluster key")?;
     output_ok(
         Command::new(binary)
             .args(["keygen", "--output"])
             .arg(&key_file),
     )?;
-
-    step("agents: one per node, gossiping under a shared cluster key")?;
     println!("cluster key: {} (overlay keygen)", key_file.display());
-    print!("node1's cluster file:\n{}", node_config(1, &key_file));
-    let mut agents = Vec::new();
+    print!(
+        "node1's cluster file:\n{}",
+        std::fs::read_to_string(overlay.config_path(1))?
+    );
     for node in [1u8, 2] {
-        let config = write_config(
-            dir.path(),
-            &format!("node{node}.toml"),
-            &node_config(node, &key_file),
-        )?;
-        agents.push(
-            Agent::start(&node_ns(node), binary, &config, &pin_dir(node), &[])
-                .with_context(|| format!("starting node{node}'s agent"))?,
-        );
+        overlay
+            .start_agent(node)
+            .with_context(|| format!("starting node{node}'s agent"))?;
         println!(
             "node{node}: agent ready, maps pinned in {}",
-            pin_dir(node).display()
+            overlay.pin_dir(node).display()
         );
     }
 
-    let api = |node: u8, args: &[&str]| cli_at(&agents[usize::from(node) - 1].socket(), args);
     step("gossip: each node learns the other's containers")?;
     let learned = wait_until(
         Duration::from_secs(10),
@@ -275,7 +204,7 @@ fn scenario(binary: &Path) -> Result<String> {
         || {
             for node in [1u8, 2] {
                 let list: serde_json::Value =
-                    serde_json::from_str(&api(node, &["endpoint", "ls", "--json"])?)?;
+                    serde_json::from_str(&overlay.cli(node, &["endpoint", "ls", "--json"])?)?;
                 if list.as_array().map_or(0, Vec::len) != CONTAINERS.len() {
                     return Ok(false);
                 }
@@ -285,14 +214,14 @@ fn scenario(binary: &Path) -> Result<String> {
     )?;
     println!("converged {learned:.1?} after the second agent was ready");
     println!("$ overlay members   (on node1)");
-    print!("{}", api(1, &["members"])?);
+    print!("{}", overlay.cli(1, &["members"])?);
     println!("$ overlay endpoint ls   (on node1)");
-    print!("{}", api(1, &["endpoint", "ls"])?);
+    print!("{}", overlay.cli(1, &["endpoint", "ls"])?);
 
-    let [c1, c2, c3, c4] = &CONTAINERS;
+    let [c1, c2, c4, c5] = CONTAINERS;
     step("ping across the overlay, both ways, in both networks")?;
-    for (from, to) in [(c1, c2), (c2, c1), (c3, c4), (c4, c3)] {
-        let stats = ping(&from.ns(), &to.ip.to_string(), 3, &[])?;
+    for (from, to) in [(c1, c2), (c2, c1), (c4, c5), (c5, c4)] {
+        let stats = ping(&overlay.ns(from), &to.ip.to_string(), 3, &[])?;
         println!(
             "{} -> {} ({}): {}/{} replies",
             from.name, to.name, to.ip, stats.received, stats.transmitted
@@ -305,11 +234,11 @@ fn scenario(binary: &Path) -> Result<String> {
         );
     }
 
-    step("isolation: c1 (uber-net) must not reach c4 (other-net) on the same subnet")?;
-    let stats = ping(&c1.ns(), &c4.ip.to_string(), 3, &[])?;
+    step("isolation: c1 (uber-net) must not reach c5 (other-net) on the same subnet")?;
+    let stats = ping(&overlay.ns(c1), &c5.ip.to_string(), 3, &[])?;
     println!(
-        "c1 -> c4 ({}): {}/{} replies",
-        c4.ip, stats.received, stats.transmitted
+        "c1 -> c5 ({}): {}/{} replies",
+        c5.ip, stats.received, stats.transmitted
     );
     ensure!(
         stats.received == 0,
@@ -317,41 +246,47 @@ fn scenario(binary: &Path) -> Result<String> {
     );
 
     step("a container joins at run time: `overlay endpoint add` on node2, address allocated")?;
-    let late = topology.container(LATE_CONTAINER)?.name.clone();
-    let added: serde_json::Value = serde_json::from_str(&api(
+    let joiner = overlay.topology.container(JOINER)?.name.clone();
+    let uber_net = c1.network.name;
+    let added: serde_json::Value = serde_json::from_str(&overlay.cli(
         2,
         &[
             "endpoint",
             "add",
             "--network",
-            "uber-net",
+            uber_net,
             "--netns",
-            &late,
+            &joiner,
             "--json",
         ],
     )?)?;
-    let late_ip = added["ip"]
+    let joiner_ip = added["ip"]
         .as_str()
         .context("no ip in the answer")?
         .to_owned();
     println!(
-        "{late}: {late_ip} ({}) on node2, from node2's address block",
+        "{joiner}: {joiner_ip} ({}) on node2, from node2's address block",
         added["mac"].as_str().unwrap_or("?")
     );
     let stats = wait_until(
         Duration::from_secs(5),
         "c1 reaches the new container",
-        || Ok(ping(&c1.ns(), &late_ip, 1, &[])?.received == 1),
+        || Ok(ping(&overlay.ns(c1), &joiner_ip, 1, &[])?.received == 1),
     )?;
-    println!("c1 -> {late} ({late_ip}): reachable {stats:.1?} after the add");
-    api(
+    println!("c1 -> {joiner} ({joiner_ip}): reachable {stats:.1?} after the add");
+    overlay.cli(
         2,
-        &["endpoint", "rm", "--network", "uber-net", "--netns", &late],
+        &["endpoint", "rm", "--network", uber_net, "--netns", &joiner],
     )?;
-    println!("$ overlay endpoint rm --network uber-net --netns {late}: removed");
+    println!("$ overlay endpoint rm --network {uber_net} --netns {joiner}: removed");
 
     step("TCP: 200 MB from c1 to c2, every byte checked")?;
-    let report = tcp_transfer(&c2.ns(), &c2.ip.to_string(), &c1.ns(), TRANSFER_BYTES)?;
+    let report = tcp_transfer(
+        &overlay.ns(c2),
+        &c2.ip.to_string(),
+        &overlay.ns(c1),
+        TRANSFER_BYTES,
+    )?;
     let gbit = report.gbit_per_s;
     println!(
         "{} bytes arrived intact in {:.2} s: {gbit:.2} Gbit/s",
@@ -363,22 +298,25 @@ fn scenario(binary: &Path) -> Result<String> {
             step(&format!("node{node}: overlay {table}"))?;
             let out = output_ok(
                 Command::new("nsenter")
-                    .arg(format!("--net={}", netns_path(&node_ns(node)).display()))
+                    .arg(format!(
+                        "--net={}",
+                        netns_path(&overlay.node_ns(node)).display()
+                    ))
                     .arg(binary)
                     .arg(table)
                     .arg("--pin-dir")
-                    .arg(pin_dir(node)),
+                    .arg(overlay.pin_dir(node)),
             )?;
             print!("{out}");
         }
     }
 
     step("teardown")?;
-    for agent in agents {
+    for agent in std::mem::take(&mut overlay.agents) {
         let status = agent.stop()?;
         ensure!(status.success(), "an agent exited with {status}");
     }
-    drop(topology);
+    drop(overlay);
     println!("agents stopped (veths, programs and pins removed), namespaces deleted");
     Ok(format!(
         "gossip converged, ping both ways, isolation holds, a run-time container joined, \

@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install prerequisites, then build target/release/overlay (eBPF object included).
+    /// Install prerequisites, then build target/release/overlay (eBPF object
+    /// included) and the CNI plugin target/release/overlay-cni.
     Build,
     /// Build, then run `overlay` with the given arguments, e.g. `-- agent --config node1.toml`.
     Run {
@@ -36,13 +37,18 @@ enum Task {
         args: Vec<String>,
     },
     /// Build, then run every test: the test bed's self-tests, unit, program
-    /// (BPF_PROG_TEST_RUN), topology, interop, lifecycle, config and gossip cluster.
+    /// (BPF_PROG_TEST_RUN), drop events, topology, interop, lifecycle, config,
+    /// gossip cluster, monitor, metrics (installs Debian's prometheus) and logs.
     /// Needs root; nothing is skipped.
     Test {
         /// Extra arguments for the test binaries, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check formatting (`cargo fmt --check`) and lints (`cargo clippy -D
+    /// warnings`, for the host crates and for the eBPF crate on its BPF target),
+    /// as CI does.
+    Lint,
     /// Build, then run the kernel tests inside qemu VMs on Debian's 6.1 and 6.12
     /// kernels (fetched with apt-get, cached under target/vmtest).
     Vmtest(vmtest::Args),
@@ -73,6 +79,11 @@ enum Task {
         #[arg(long = "net", value_name = "NET",
               value_parser = ["veth", "csum", "nic", "switched", "nic-switched"])]
         nets: Vec<String>,
+        /// Only the CNI case: ADD's latency and how soon the other node
+        /// reaches the new container (--rounds: how many containers;
+        /// --baseline: another agent build, interleaved).
+        #[arg(long, conflicts_with = "nets")]
+        cni: bool,
     },
 }
 
@@ -100,7 +111,9 @@ fn try_main() -> Result<()> {
             Err(err).with_context(|| format!("executing {}", binary.display()))
         }
         Task::Test { args } => {
+            prereqs::ensure_for_tests()?;
             let binary = build()?;
+            prereqs::ensure_prometheus()?;
             // One test at a time: the topology tests each run two agents and move
             // tens of megabytes on a two-core machine. overlay-userspace is there
             // for its own unit tests.
@@ -134,9 +147,10 @@ fn try_main() -> Result<()> {
             }
             Ok(())
         }
+        Task::Lint => lint(),
         Task::Vmtest(args) => {
             let binary = build()?;
-            vmtest::run(args, &binary)
+            vmtest::run(&args, &binary)
         }
         Task::Demo => {
             let binary = build()?;
@@ -149,8 +163,12 @@ fn try_main() -> Result<()> {
             no_readme,
             baseline,
             nets,
+            cni,
         } => {
             let binary = build()?;
+            if cni {
+                return bench::cni::run(quick, rounds, out, baseline);
+            }
             bench::run(
                 &binary,
                 &bench::Options {
@@ -167,7 +185,8 @@ fn try_main() -> Result<()> {
     }
 }
 
-/// Prerequisites, then the release build of the `overlay` binary; its path.
+/// Prerequisites, then the release build of the `overlay` and `overlay-cni`
+/// binaries; the path of `overlay`.
 fn build() -> Result<PathBuf> {
     prereqs::ensure_all()?;
     run(Command::new("cargo").current_dir(workspace_root()).args([
@@ -177,10 +196,40 @@ fn build() -> Result<PathBuf> {
         "overlay-userspace",
     ]))?;
     let binary = workspace_root().join("target/release/overlay");
-    if !binary.exists() {
-        bail!("the build succeeded but left no {}", binary.display());
+    for built in [&binary, &binary.with_file_name("overlay-cni")] {
+        if !built.exists() {
+            bail!("the build succeeded but left no {}", built.display());
+        }
     }
     Ok(binary)
+}
+
+/// `cargo fmt --check`, then clippy with warnings denied. The eBPF crate only
+/// builds for the BPF target (its panic handler clashes with std on the host),
+/// so it is linted there, with the nightly toolchain that builds it.
+fn lint() -> Result<()> {
+    prereqs::ensure_all()?;
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "overlay-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("cargo")
+        .current_dir(root.join("overlay-ebpf"))
+        .args(["+nightly", "clippy", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"]))?;
+    println!("lint: fmt and clippy are clean");
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

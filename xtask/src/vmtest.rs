@@ -27,11 +27,13 @@ use kernel::{KernelImage, Series};
 /// The suites that run inside the VM: the test bed's self-tests and every suite
 /// that exercises the kernel. The list is explicit so that a new suite is a
 /// decision (it must be able to run in a bare initramfs), not an accident.
-const SUITES: [&str; 7] = [
+const SUITES: [&str; 9] = [
     "overlay_tests",
     "kernel_features",
     "program",
+    "drop_events",
     "topology",
+    "monitor",
     "interop",
     "lifecycle",
     "config_errors",
@@ -39,13 +41,24 @@ const SUITES: [&str; 7] = [
 
 /// Commands the tests run, carried with their shared libraries, and the host's
 /// `sh` (dash) for init and the tests' `sh -c`. The rest comes from busybox.
-const TOOLS: [&str; 8] = [
-    "sh", "ip", "bridge", "ping", "ethtool", "nsenter", "sysctl", "bpftool",
+const TOOLS: [&str; 9] = [
+    "sh", "ip", "bridge", "ping", "ethtool", "nsenter", "sysctl", "bpftool", "nft",
 ];
 
 /// Modules the tests need, which Debian builds as modules; their dependencies
-/// follow from each module's own `depends=`.
-const MODULES: [&str; 5] = ["veth", "vxlan", "bridge", "sch_ingress", "cls_bpf"];
+/// follow from each module's own `depends=`. The nftables ones carry the
+/// agent's way out (its table filters, tracks and masquerades).
+const MODULES: [&str; 9] = [
+    "veth",
+    "vxlan",
+    "bridge",
+    "sch_ingress",
+    "cls_bpf",
+    "nf_tables",
+    "nft_ct",
+    "nft_masq",
+    "nft_chain_nat",
+];
 
 /// Debian packages the VM runs on: qemu, a static busybox for the guest's
 /// userland, xz for 6.12's compressed modules.
@@ -119,7 +132,7 @@ impl fmt::Display for Accel {
     }
 }
 
-pub fn run(args: Args, overlay: &Path) -> Result<()> {
+pub fn run(args: &Args, overlay: &Path) -> Result<()> {
     prereqs::ensure_debian_packages("the kernel VMs", &PACKAGES)?;
     let series: Vec<Series> = match args.kernel {
         KernelArg::V6_1 => vec![Series::V6_1],
@@ -134,10 +147,10 @@ pub fn run(args: Args, overlay: &Path) -> Result<()> {
     let suites = build_test_binaries()?;
 
     let scratch = Scratch::create(&cache)?;
-    let common = common_archive(overlay, &suites, &args, scratch.path())?;
+    let common = common_archive(overlay, &suites, args, scratch.path())?;
     let mut outcomes = Vec::new();
     for kernel in &kernels {
-        let outcome = boot_and_test(kernel, &common, &args, &cache, scratch.path())
+        let outcome = boot_and_test(kernel, &common, args, &cache, scratch.path())
             .with_context(|| format!("vmtest on {}", kernel.release))?;
         outcomes.push(outcome);
     }

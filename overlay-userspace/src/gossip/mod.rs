@@ -1,8 +1,9 @@
 //! Gossip membership over chitchat: each node's [`NodeRecord`] is its chitchat
-//! key-value state; chitchat spreads it by anti-entropy, and its phi-accrual
+//! key-value state ([`kv`]); chitchat spreads it by anti-entropy, and its phi-accrual
 //! failure detector says which nodes are live.
 
 pub mod key;
+pub mod kv;
 pub mod transport;
 
 use std::{
@@ -22,7 +23,7 @@ use self::{
     key::ClusterKey,
     transport::{SealedTransport, TransportCounts, TransportStats},
 };
-use crate::{config::ClusterSection, membership::NodeRecord};
+use crate::{cluster::record::NodeRecord, config::ClusterSection};
 
 /// A failure detector tuned for a LAN: a node is declared dead after
 /// `PHI_THRESHOLD` mean heartbeat intervals of silence: with the default 200 ms
@@ -45,8 +46,7 @@ pub struct Gossip {
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Gossip {
@@ -77,7 +77,7 @@ impl Gossip {
         };
         let stats = Arc::new(TransportStats::default());
         let transport = SealedTransport::new(key, stats.clone());
-        let published = record.to_kv();
+        let published = kv::encode(record);
         let handle = spawn_chitchat(config, published.clone().into_iter().collect(), &transport)
             .await
             .with_context(|| format!("starting gossip on {}", section.listen))?;
@@ -122,7 +122,7 @@ impl Gossip {
     /// Makes this node's announced state equal `record`, then pushes it to live
     /// peers at once.
     pub async fn publish(&mut self, record: &NodeRecord) {
-        let want = record.to_kv();
+        let want = kv::encode(record);
         if want == self.published {
             return;
         }
@@ -163,7 +163,7 @@ impl Gossip {
                     .iter()
                     .filter(|(id, _)| **id != me)
                     .map(|(id, state)| {
-                        NodeRecord::from_kv(
+                        kv::decode(
                             &id.node_id,
                             id.generation_id,
                             live.contains(id),
@@ -178,6 +178,11 @@ impl Gossip {
 
     pub fn transport_counts(&self) -> TransportCounts {
         self.stats.counts()
+    }
+
+    /// The transport's live counters.
+    pub fn transport_stats(&self) -> Arc<TransportStats> {
+        self.stats.clone()
     }
 
     pub async fn shutdown(self) {

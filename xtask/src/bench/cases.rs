@@ -12,8 +12,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use overlay_tests::{
-    Agent, KernelVxlanNode, NODE1_VTEP, NODE2_VTEP, SeedTopology, TempDir, TopologyOptions,
-    docker_mac, ip, unique_prefix, write_config,
+    Agent, ClusterFile, Decap, KernelVxlanNode, NODE1_VTEP, NODE2_VTEP, RemoteSection,
+    SeedTopology, TempDir, TopologyOptions, ip,
+    scenario::{C1, C2, C3, Container, Names, Scenario, UBER_NET, docker_mac, node_vtep},
+    unique_prefix,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,10 +150,6 @@ impl Spec {
     }
 }
 
-const C1_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-const C2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
-const C3_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
-const VNI: u32 = 4097;
 pub const IPERF_PORT: u16 = 5201;
 pub const RR_PORT: u16 = 7101;
 pub const UDP_PORT: u16 = 7102;
@@ -187,14 +185,10 @@ impl Case {
                 Ipv4Addr::new(10, 1, 2, 2)
             }
             Kind::KernelVxlan => {
-                let cidr = |ip: Ipv4Addr| format!("{ip}/24");
-                let mut n1 = KernelVxlanNode::create(topology.node(1), VNI, NODE1_VTEP)?;
-                n1.add_container(&c1, &docker_mac(C1_IP), &cidr(C1_IP))?;
-                n1.add_remote(&C2_IP.to_string(), &docker_mac(C2_IP), NODE2_VTEP)?;
-                let mut n2 = KernelVxlanNode::create(topology.node(2), VNI, NODE2_VTEP)?;
-                n2.add_container(&c2, &docker_mac(C2_IP), &cidr(C2_IP))?;
-                n2.add_remote(&C1_IP.to_string(), &docker_mac(C1_IP), NODE1_VTEP)?;
-                C2_IP
+                for node in [1, 2] {
+                    KernelVxlanNode::seed_node(&topology, node, &[C1, C2])?;
+                }
+                C2.ip
             }
             Kind::EbpfTc | Kind::EbpfXdp => {
                 // Local delivery is measured by BPF_PROG_TEST_RUN only; c3 exists
@@ -204,9 +198,9 @@ impl Case {
                     topology.container("c3")?;
                 }
                 for node in [1u8, 2] {
-                    let config = ebpf_config(&spec, &prefix, node, with_c3);
-                    let path = write_config(dir.path(), &format!("node{node}.toml"), &config)?;
-                    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/overlay/{prefix}-node{node}"));
+                    let path = ebpf_config(&spec, &prefix, node, with_c3)
+                        .write(dir.path(), &format!("node{node}.toml"))?;
+                    let pin_dir = Names::new(&prefix).pin_dir(node.into());
                     let started = Instant::now();
                     agents.push(
                         Agent::start(topology.node(node), binary, &path, &pin_dir, &[])
@@ -221,7 +215,7 @@ impl Case {
                     }
                     pin_dirs.push(pin_dir);
                 }
-                C2_IP
+                C2.ip
             }
         };
         let iperf = ServerGuard::spawn(&c2, &["iperf3", "-s", "-p", &IPERF_PORT.to_string()])?;
@@ -296,58 +290,38 @@ fn routed(topology: &SeedTopology, c1: &str, c2: &str) -> Result<()> {
     Ok(())
 }
 
-/// A node's cluster file: its container(s) as endpoints, the other node's as a
-/// remote, and for the FDB scale cases enough remote endpoints behind other
-/// VTEPs to fill the FDB to `fdb_entries`.
-fn ebpf_config(spec: &Spec, prefix: &str, node: u8, with_c3: bool) -> String {
+/// A node's cluster file: the scenario's c1 and c2, and c3 on node1 for local
+/// delivery, its own as endpoints and the other node's as remotes; for the FDB
+/// scale cases, enough remote endpoints behind other VTEPs to fill the FDB to
+/// `fdb_entries`.
+fn ebpf_config(spec: &Spec, prefix: &str, node: u8, with_c3: bool) -> ClusterFile {
     let decap = if spec.kind == Kind::EbpfXdp {
-        "xdp"
+        Decap::Xdp
     } else {
-        "tc"
+        Decap::Tc
     };
-    // A /8 leaves room for 100 000 endpoints; the two containers keep their
+    let containers: &[Container] = if with_c3 { &[C1, C2, C3] } else { &[C1, C2] };
+    let mut file = Scenario::new(prefix, decap)
+        .with_containers(containers)
+        .node_file(node);
+    // A /8 leaves room for 100 000 endpoints; the containers keep their
     // addresses from the other cases.
-    let mut s = format!(
-        "node = \"{prefix}-node{node}\"\nunderlay = \"eth0\"\ndecap = \"{decap}\"\n\
-         [[network]]\nname = \"uber-net\"\nvni = {VNI}\nsubnet = \"10.0.0.0/8\"\n"
-    );
-    let endpoint = |s: &mut String, c: &str, ip: Ipv4Addr| {
-        *s += &format!(
-            "[[endpoint]]\nnetwork = \"uber-net\"\nnetns = \"{prefix}{c}\"\nip = \"{ip}\"\n"
-        );
-    };
-    let remote = |s: &mut String, ip: Ipv4Addr, vtep: &str| {
-        *s += &format!(
-            "[[remote]]\nnetwork = \"uber-net\"\nip = \"{ip}\"\nmac = \"{}\"\nvtep = \"{vtep}\"\n",
-            docker_mac(ip)
-        );
-    };
-    let mut fdb = 0u32;
-    if node == 1 {
-        endpoint(&mut s, "c1", C1_IP);
-        remote(&mut s, C2_IP, NODE2_VTEP);
-        fdb += 2;
-        if with_c3 {
-            endpoint(&mut s, "c3", C3_IP);
-            fdb += 1;
-        }
-    } else {
-        endpoint(&mut s, "c2", C2_IP);
-        remote(&mut s, C1_IP, NODE1_VTEP);
-        fdb += 2;
-        if with_c3 {
-            remote(&mut s, C3_IP, NODE1_VTEP);
-            fdb += 1;
-        }
-    }
+    file.network_mut(UBER_NET.name).subnet = "10.0.0.0/8".into();
     // Behind 240 other hosts on the far segment; no packet is ever sent to them.
-    let far = if node == 1 { "192.168.1" } else { "172.31.1" };
+    let [a, b, c, _] = node_vtep(3 - node).octets();
     let base = u32::from(Ipv4Addr::new(10, 1, 0, 0));
+    let fdb = u32::try_from(containers.len()).expect("a handful");
     for i in 0..spec.fdb_entries.unwrap_or(0).saturating_sub(fdb) {
-        let vtep = format!("{far}.{}", 10 + i % 240);
-        remote(&mut s, Ipv4Addr::from(base + 1 + i), &vtep);
+        let ip = Ipv4Addr::from(base + 1 + i);
+        let host = u8::try_from(10 + i % 240).expect("below 250");
+        file.remotes.push(RemoteSection {
+            network: UBER_NET.name.to_owned(),
+            ip,
+            mac: docker_mac(ip),
+            vtep: Ipv4Addr::new(a, b, c, host),
+        });
     }
-    s
+    file
 }
 
 /// A server process in a namespace, killed on drop.
@@ -390,10 +364,38 @@ mod tests {
                 fdb_entries: Some(n),
                 baseline: false,
             };
-            let config = ebpf_config(&spec, "x", node, false);
-            let entries =
-                config.matches("[[endpoint]]").count() + config.matches("[[remote]]").count();
+            let file = ebpf_config(&spec, "x", node, false);
+            let text = file.render().unwrap();
+            let entries = text.matches("[[endpoint]]").count() + text.matches("[[remote]]").count();
             assert_eq!(entries, n as usize);
+            let mut ips: Vec<Ipv4Addr> = file.endpoints.iter().map(|e| e.ip).collect();
+            ips.extend(file.remotes.iter().map(|r| r.ip));
+            ips.sort_unstable();
+            ips.dedup();
+            assert_eq!(ips.len(), n as usize, "every entry has its own address");
+            assert!(
+                ips.iter().all(|ip| ip.octets()[0] == 10),
+                "inside 10.0.0.0/8"
+            );
+            let own = if node == 1 { C1 } else { C2 };
+            assert_eq!(file.endpoints, vec![own.endpoint(&Names::new("x"))]);
         }
+    }
+
+    #[test]
+    fn plain_configs_hold_the_scenario_containers() {
+        let spec = Spec {
+            kind: Kind::EbpfXdp,
+            net: Net::NIC,
+            fdb_entries: None,
+            baseline: false,
+        };
+        let node1 = ebpf_config(&spec, "x", 1, true);
+        assert_eq!(node1.decap, Some(Decap::Xdp));
+        let endpoints: Vec<Ipv4Addr> = node1.endpoints.iter().map(|e| e.ip).collect();
+        assert_eq!(endpoints, vec![C1.ip, C3.ip]);
+        assert_eq!(node1.remotes, vec![C2.remote()]);
+        let node2 = ebpf_config(&spec, "x", 2, true);
+        assert_eq!(node2.remotes, vec![C1.remote(), C3.remote()]);
     }
 }

@@ -299,7 +299,26 @@ pub fn measure(tc_case: &Case, xdp_case: &Case, samples: u32) -> Result<(Vec<Cos
                 true,
             ),
         ];
-        if !xdp {
+        if xdp {
+            // Returns XDP_PASS and nothing else: the floor of a test run.
+            // It uses no map; it is the one attached to c1's eth0.
+            let link: serde_json::Value = serde_json::from_str(&ip(&format!(
+                "-n {} -d -j link show dev eth0",
+                case.client_ns()
+            ))?)?;
+            let floor = link[0]["xdp"]["prog"]["id"]
+                .as_u64()
+                .with_context(|| format!("no XDP program on c1's eth0: {link}"))?
+                as u32;
+            paths.push((
+                "floor (empty program)",
+                floor,
+                not_ours.clone(),
+                None,
+                XDP_PASS,
+                true,
+            ));
+        } else {
             paths.extend([
                 (
                     "encap",
@@ -326,25 +345,6 @@ pub fn measure(tc_case: &Case, xdp_case: &Case, samples: u32) -> Result<(Vec<Cos
                     false,
                 ),
             ]);
-        } else {
-            // Returns XDP_PASS and nothing else: the floor of a test run.
-            // It uses no map; it is the one attached to c1's eth0.
-            let link: serde_json::Value = serde_json::from_str(&ip(&format!(
-                "-n {} -d -j link show dev eth0",
-                case.client_ns()
-            ))?)?;
-            let floor = link[0]["xdp"]["prog"]["id"]
-                .as_u64()
-                .with_context(|| format!("no XDP program on c1's eth0: {link}"))?
-                as u32;
-            paths.push((
-                "floor (empty program)",
-                floor,
-                not_ours.clone(),
-                None,
-                XDP_PASS,
-                true,
-            ));
         }
         let ids: Vec<u32> = paths.iter().map(|p| p.1).collect();
         let measured = in_netns(&node1, move || -> Result<Vec<Timed>> {
@@ -395,8 +395,7 @@ pub fn measure(tc_case: &Case, xdp_case: &Case, samples: u32) -> Result<(Vec<Cos
     let floor = costs
         .iter()
         .find(|c| c.path.starts_with("floor"))
-        .map(|c| c.single_ns)
-        .unwrap_or(0);
+        .map_or(0, |c| c.single_ns);
     for c in &mut costs {
         c.net_ns = i64::from(c.single_ns) - i64::from(floor);
         ensure!(c.single_ns > 0, "{}: the kernel measured no time", c.path);

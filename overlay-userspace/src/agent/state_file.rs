@@ -1,0 +1,277 @@
+//! What this node was told at run time (through the local API) and what it took
+//! over from the cluster, kept on disk so that a restarted agent announces and
+//! serves the same things. The cluster file stays the source for what it defines.
+//!
+//! Requests change it only through a [`Change`], which `Node::commit` saves
+//! before anything else sees it.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cluster::{
+        record::{BlockClaim, NetworkDef},
+        resolve::Resolved,
+    },
+    model::{Mac, Plumbing, PortMapping},
+};
+
+/// An endpoint added through the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedEndpoint {
+    pub network: String,
+    /// A namespace name or path.
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    /// Its name inside the namespace (eth0, eth1, ...), to find it again; for
+    /// a runtime's attachment, the ifname it asked for.
+    pub container_ifname: String,
+    /// The runtime's container ID; `None` for endpoints the CLI added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "is_agent_plumbing")]
+    pub plumbing: Plumbing,
+    /// Its published ports (Docker's `-p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+}
+
+/// An address a runtime's IPAM took for an endpoint still to come (Docker's
+/// RequestAddress, before Join): no one else on this node is given it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Reservation {
+    pub network: String,
+    pub ip: Ipv4Addr,
+}
+
+fn is_agent_plumbing(p: &Plumbing) -> bool {
+    *p == Plumbing::Agent
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeState {
+    /// This node's VTEP and when it first announced it.
+    #[serde(default)]
+    pub vtep: Option<(Ipv4Addr, u64)>,
+    /// Network definitions this node holds besides its file's: created here, or
+    /// copied from the cluster so they outlive the node that created them.
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkDef>,
+    #[serde(default)]
+    pub removed: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub endpoints: Vec<SavedEndpoint>,
+    #[serde(default)]
+    pub blocks: Vec<BlockClaim>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<Reservation>,
+}
+
+/// One change a request (or the agent's start) makes to the runtime state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// This node's VTEP, first announced at the given time.
+    Vtep(Ipv4Addr, u64),
+    CreateNetwork(NetworkDef),
+    /// Removes every run-time definition of the name made up to `removed_ms`,
+    /// the conflicting ones too, and this node's address blocks in it.
+    RemoveNetwork {
+        name: String,
+        removed_ms: u64,
+    },
+    ClaimBlock(BlockClaim),
+    AddEndpoint(SavedEndpoint),
+    RemoveEndpoint {
+        network: String,
+        netns: String,
+    },
+    /// Replaces the published ports of an endpoint.
+    SetPorts {
+        network: String,
+        netns: String,
+        ports: Vec<PortMapping>,
+    },
+    Reserve(Reservation),
+    /// Gives a reserved address back; one not reserved is fine.
+    Release(Reservation),
+}
+
+impl RuntimeState {
+    /// The state after `change`.
+    pub fn with(&self, change: &Change) -> RuntimeState {
+        let mut next = self.clone();
+        match change {
+            Change::Vtep(ip, since) => next.vtep = Some((*ip, *since)),
+            Change::CreateNetwork(def) => {
+                next.networks.insert(def.name.clone(), def.clone());
+            }
+            Change::RemoveNetwork { name, removed_ms } => {
+                next.networks.remove(name);
+                next.removed.insert(name.clone(), *removed_ms);
+                next.blocks.retain(|b| &b.network != name);
+                next.reserved.retain(|r| &r.network != name);
+            }
+            Change::ClaimBlock(claim) => next.blocks.push(claim.clone()),
+            Change::AddEndpoint(e) => next.endpoints.push(e.clone()),
+            Change::RemoveEndpoint { network, netns } => next
+                .endpoints
+                .retain(|e| !(&e.network == network && &e.netns == netns)),
+            Change::SetPorts {
+                network,
+                netns,
+                ports,
+            } => {
+                for e in &mut next.endpoints {
+                    if &e.network == network && &e.netns == netns {
+                        e.ports.clone_from(ports);
+                    }
+                }
+            }
+            Change::Reserve(r) => {
+                if !next.reserved.contains(r) {
+                    next.reserved.push(r.clone());
+                }
+            }
+            Change::Release(r) => next.reserved.retain(|x| x != r),
+        }
+        next
+    }
+
+    /// Copies the accepted networks this node lacks (`in_file` says which its
+    /// cluster file defines), and drops copies the cluster removed, so that a
+    /// definition outlives the node that made it. Whether anything changed.
+    ///
+    /// This only copies definitions and removals that are already in some
+    /// record, so resolving again after it gives the same view.
+    pub fn take_over(&mut self, resolved: &Resolved, in_file: impl Fn(&str) -> bool) -> bool {
+        let mut changed = false;
+        for (name, def) in &resolved.networks {
+            if !in_file(name) && !self.networks.contains_key(name) {
+                self.networks.insert(name.clone(), def.clone());
+                changed = true;
+            }
+        }
+        for (name, &removed_ms) in &resolved.removed {
+            if let Some(def) = self.networks.get(name)
+                && def.removed_by(removed_ms)
+            {
+                self.networks.remove(name);
+                changed = true;
+            }
+            if self.removed.get(name) < Some(&removed_ms) {
+                self.removed.insert(name.clone(), removed_ms);
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(dir: &Path) -> StateFile {
+        StateFile {
+            path: dir.join("state.json"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved state; empty if there is none yet.
+    pub fn load(&self) -> Result<RuntimeState> {
+        match fs::read_to_string(&self.path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid state file", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RuntimeState::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+        }
+    }
+
+    /// Replaces the file atomically: a crash leaves the old state or the new one.
+    pub fn save(&self, state: &RuntimeState) -> Result<()> {
+        write_atomically(&self.path, serde_json::to_string_pretty(state)?.as_bytes())
+    }
+}
+
+/// Replaces `path` with `contents` (creating its directory): a crash leaves
+/// the old file or the new one, never half of either.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("a file in a directory");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(name: &str, created_ms: u64) -> NetworkDef {
+        NetworkDef {
+            name: name.into(),
+            vni: 7,
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            created_ms,
+            origin: "b".into(),
+            gateway: None,
+            aux: Vec::new(),
+            mtu: None,
+            internal: false,
+        }
+    }
+
+    #[test]
+    fn removing_a_network_drops_its_definition_and_blocks_and_remembers_when() {
+        let state = RuntimeState::default()
+            .with(&Change::CreateNetwork(def("red", 10)))
+            .with(&Change::ClaimBlock(BlockClaim {
+                network: "red".into(),
+                index: 0,
+                claimed_ms: 11,
+            }));
+        assert_eq!(state.blocks.len(), 1);
+        let state = state.with(&Change::RemoveNetwork {
+            name: "red".into(),
+            removed_ms: 20,
+        });
+        assert!(state.networks.is_empty() && state.blocks.is_empty());
+        assert_eq!(state.removed["red"], 20);
+    }
+
+    #[test]
+    fn taking_over_copies_what_is_missing_and_drops_what_was_removed() {
+        let mut resolved = Resolved::default();
+        resolved.networks.insert("red".into(), def("red", 10));
+        let mut state = RuntimeState::default();
+        assert!(state.take_over(&resolved, |_| false));
+        assert_eq!(state.networks["red"], def("red", 10));
+        assert!(!state.take_over(&resolved, |_| false), "idempotent");
+        let mut from_file = RuntimeState::default();
+        assert!(!from_file.take_over(&resolved, |n| n == "red"));
+
+        resolved.networks.clear();
+        resolved.removed.insert("red".into(), 15);
+        assert!(state.take_over(&resolved, |_| false));
+        assert!(state.networks.is_empty());
+        assert_eq!(state.removed["red"], 15);
+    }
+}

@@ -1,0 +1,197 @@
+//! The last floor: the eBPF object, its maps and programs, and bringing the maps
+//! to a desired state.
+//!
+//! - [`pins`]: the node's pin directory, and adopting what a previous agent left;
+//! - [`maps`]: typed handles on the maps; [`reconcile`]: desired state → map
+//!   diff, applied; `batch`: whole-map reads;
+//! - [`programs`]: loading and attaching the programs; [`kernel`]: what the
+//!   running kernel offers them;
+//! - [`usage`]: counters and occupancy as the maps hold them; [`events`]: the
+//!   drop events of the monitor; [`logs`]: the programs' log records.
+
+mod batch;
+pub mod events;
+pub mod kernel;
+pub mod logs;
+pub mod maps;
+pub mod pins;
+pub mod programs;
+pub mod reconcile;
+pub mod usage;
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use overlay_common::{CONFIG_F_MONITOR, CONFIG_F_TRACE, TraceFlow};
+
+use self::{
+    events::DropEvents,
+    maps::Maps,
+    programs::{Hook, Programs},
+    reconcile::{Changes, Prune, Tables},
+};
+use crate::{
+    config::DecapMode,
+    desired::DesiredState,
+    host::{netns::netns_path, veth::CreatedEndpoint},
+    model::Plumbing,
+};
+
+/// The compiled eBPF object, embedded at build time.
+pub fn ebpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay"))
+}
+
+/// What the programs are asked to report besides counting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observe {
+    /// A monitor listens: drops write events.
+    pub monitor: bool,
+    /// The flow whose decisions are logged.
+    pub trace: Option<TraceFlow>,
+}
+
+impl Observe {
+    fn flags(self) -> u32 {
+        (if self.monitor { CONFIG_F_MONITOR } else { 0 })
+            | (if self.trace.is_some() {
+                CONFIG_F_TRACE
+            } else {
+                0
+            })
+    }
+}
+
+/// One node's loaded dataplane: its maps, its programs and where they attach.
+pub struct Dataplane {
+    maps: Maps,
+    programs: Programs,
+    decap: DecapMode,
+    observe: Observe,
+    /// Until the agent takes them to its monitor.
+    events: Option<DropEvents>,
+    /// Reads the programs' log records into the agent's log.
+    logs: tokio::task::JoinHandle<()>,
+}
+
+impl Dataplane {
+    /// Loads the programs with every map pinned under `pin_dir`, reusing the
+    /// maps a previous agent left there (see [`pins::load_adopting`]), and
+    /// starts reading their logs.
+    pub fn load(pin_dir: &Path, decap: DecapMode) -> Result<Dataplane> {
+        let (mut ebpf, maps) = pins::load_adopting(pin_dir)?;
+        let events = DropEvents::take(&mut ebpf)?;
+        let logs = logs::start(&mut ebpf)?;
+        let programs = match Programs::load(ebpf, pin_dir) {
+            Ok(programs) => programs,
+            Err(e) => {
+                logs.abort();
+                return Err(e);
+            }
+        };
+        Ok(Dataplane {
+            maps,
+            programs,
+            decap,
+            observe: Observe::default(),
+            events: Some(events),
+            logs,
+        })
+    }
+
+    /// Brings every map to what `desired` implies.
+    pub fn apply(&mut self, desired: &DesiredState, prune: Prune) -> Result<Changes> {
+        let mut want = Tables::from_desired(desired);
+        want.config.flags |= self.observe.flags();
+        reconcile::reconcile_with(&mut self.maps, &want, prune)
+    }
+
+    /// Asks the programs to report what `observe` says, at once: the flow
+    /// first, then the flags in CONFIG that make them look at it.
+    pub fn set_observe(&mut self, observe: Observe) -> Result<()> {
+        if let Some(flow) = observe.trace {
+            self.maps.trace.set(0, flow, 0).context("writing TRACE")?;
+        }
+        let mut config = self.maps.config.get(&0, 0).context("reading CONFIG")?;
+        config.flags = (config.flags & !(CONFIG_F_MONITOR | CONFIG_F_TRACE)) | observe.flags();
+        self.maps
+            .config
+            .set(0, config, 0)
+            .context("writing CONFIG")?;
+        self.observe = observe;
+        Ok(())
+    }
+
+    /// The drop events, for the one reader there may be.
+    pub fn take_drop_events(&mut self) -> Option<DropEvents> {
+        self.events.take()
+    }
+
+    /// The maps, to read the counters and occupancy from.
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn attach_underlay(&mut self, underlay: &str) -> Result<()> {
+        self.programs.attach_underlay(underlay, self.decap)
+    }
+
+    /// Attaches the endpoint program to the host side of an endpoint's veth and,
+    /// for XDP decap, the XDP_PASS program its container side needs to accept
+    /// redirected frames.
+    pub fn attach_endpoint(&mut self, e: &CreatedEndpoint) -> Result<()> {
+        self.programs.attach_endpoint(&e.plan.host_ifname)?;
+        if self.decap == DecapMode::Xdp {
+            // A caller-plumbed end is still in this namespace: it gets the
+            // program here, before the caller moves it.
+            let (netns, ifname) = match e.plan.plumbing {
+                Plumbing::Agent => (netns_path(&e.plan.netns), e.plan.container_ifname.clone()),
+                Plumbing::Caller => ("/proc/thread-self/ns/net".into(), e.plan.peer_ifname()),
+            };
+            self.programs
+                .attach_peer_xdp(&e.plan.host_ifname, &netns, &ifname)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches both of an endpoint's hooks, trying the second when the first
+    /// fails; the first error, if any.
+    pub fn detach_endpoint(&mut self, host_ifname: &str) -> Result<()> {
+        let endpoint = self
+            .programs
+            .detach(&Hook::Endpoint(host_ifname.to_owned()));
+        let peer = self.programs.detach(&Hook::PeerXdp(host_ifname.to_owned()));
+        endpoint.and(peer)
+    }
+
+    /// Detaches the links a previous agent pinned that nothing adopted; their names.
+    pub fn detach_unadopted(&mut self) -> Vec<String> {
+        self.programs.detach_unadopted()
+    }
+
+    /// Leaves programs, links and maps in place for the next agent. Nobody
+    /// listens any more, so the programs stop writing events.
+    pub fn keep(mut self) {
+        if self.observe != Observe::default()
+            && let Err(e) = self.set_observe(Observe::default())
+        {
+            log::warn!("clearing the monitor flags before leaving: {e:#}");
+        }
+        self.programs.keep_all();
+    }
+
+    /// Detaches every program and removes the pins. Carries on past errors and
+    /// returns the first.
+    pub fn remove(mut self, pin_dir: &Path) -> Result<()> {
+        let detached = self.programs.detach_all();
+        drop(self);
+        let unpinned = pins::unpin(pin_dir);
+        detached.and(unpinned)
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.logs.abort();
+    }
+}

@@ -1,0 +1,272 @@
+//! The gossip encoding of a [`NodeRecord`]: the node's chitchat key-value state.
+//! One key per fact, so a change to one endpoint gossips one key.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cluster::record::{BlockClaim, EndpointRecord, NetworkDef, NodeRecord},
+    model::{Mac, Subnet},
+};
+
+const KEY_VTEP: &str = "vtep";
+const PREFIX_NETWORK: &str = "net:";
+const PREFIX_REMOVED: &str = "netrm:";
+const PREFIX_ENDPOINT: &str = "ep:";
+const PREFIX_BLOCK: &str = "blk:";
+
+#[derive(Serialize, Deserialize)]
+struct VtepValue {
+    ip: Ipv4Addr,
+    since_ms: u64,
+}
+
+/// The options after `origin` are left out when they are defaults, and read
+/// as defaults when absent, so records of agents before them still parse.
+#[derive(Serialize, Deserialize)]
+struct NetworkValue {
+    vni: u32,
+    subnet: Subnet,
+    created_ms: u64,
+    origin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gateway: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    aux: Vec<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    internal: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RemovedValue {
+    removed_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EndpointValue {
+    mac: Mac,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BlockValue {
+    claimed_ms: u64,
+}
+
+/// A record as gossip keys: `vtep`, `net:<name>`, `netrm:<name>`,
+/// `ep:<network>:<ip>`, `blk:<network>:<index>`, with JSON values.
+pub fn encode(record: &NodeRecord) -> BTreeMap<String, String> {
+    let mut kv = BTreeMap::new();
+    if let Some(ip) = record.vtep {
+        let value = VtepValue {
+            ip,
+            since_ms: record.vtep_since_ms,
+        };
+        kv.insert(KEY_VTEP.to_owned(), json(&value));
+    }
+    for (name, def) in &record.networks {
+        let value = NetworkValue {
+            vni: def.vni,
+            subnet: def.subnet,
+            created_ms: def.created_ms,
+            origin: def.origin.clone(),
+            gateway: def.gateway,
+            aux: def.aux.clone(),
+            mtu: def.mtu,
+            internal: def.internal,
+        };
+        kv.insert(format!("{PREFIX_NETWORK}{name}"), json(&value));
+    }
+    for (name, removed_ms) in &record.removed {
+        kv.insert(
+            format!("{PREFIX_REMOVED}{name}"),
+            json(&RemovedValue {
+                removed_ms: *removed_ms,
+            }),
+        );
+    }
+    for e in &record.endpoints {
+        kv.insert(
+            format!("{PREFIX_ENDPOINT}{}:{}", e.network, e.ip),
+            json(&EndpointValue { mac: e.mac }),
+        );
+    }
+    for b in &record.blocks {
+        kv.insert(
+            format!("{PREFIX_BLOCK}{}:{}", b.network, b.index),
+            json(&BlockValue {
+                claimed_ms: b.claimed_ms,
+            }),
+        );
+    }
+    kv
+}
+
+/// Parses a node's gossip keys. Keys of other prefixes are ignored (room for
+/// later versions); keys of ours that do not parse are listed in `malformed`.
+pub fn decode<'a>(
+    name: &str,
+    generation: u64,
+    live: bool,
+    gossip_addr: Option<SocketAddr>,
+    kv: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> NodeRecord {
+    let mut r = NodeRecord {
+        name: name.to_owned(),
+        generation,
+        live,
+        gossip_addr,
+        ..NodeRecord::default()
+    };
+    for (key, value) in kv {
+        if !parse_entry(&mut r, key, value) {
+            r.malformed.push(format!("{key}={value}"));
+        }
+    }
+    r.endpoints.sort();
+    r.blocks.sort();
+    r
+}
+
+fn parse_entry(r: &mut NodeRecord, key: &str, value: &str) -> bool {
+    if key == KEY_VTEP {
+        let Ok(v) = serde_json::from_str::<VtepValue>(value) else {
+            return false;
+        };
+        r.vtep = Some(v.ip);
+        r.vtep_since_ms = v.since_ms;
+        return true;
+    }
+    if let Some(name) = key.strip_prefix(PREFIX_NETWORK) {
+        let Ok(v) = serde_json::from_str::<NetworkValue>(value) else {
+            return false;
+        };
+        r.networks.insert(
+            name.to_owned(),
+            NetworkDef {
+                name: name.to_owned(),
+                vni: v.vni,
+                subnet: v.subnet,
+                created_ms: v.created_ms,
+                origin: v.origin,
+                gateway: v.gateway,
+                aux: v.aux,
+                mtu: v.mtu,
+                internal: v.internal,
+            },
+        );
+        return true;
+    }
+    if let Some(name) = key.strip_prefix(PREFIX_REMOVED) {
+        let Ok(v) = serde_json::from_str::<RemovedValue>(value) else {
+            return false;
+        };
+        r.removed.insert(name.to_owned(), v.removed_ms);
+        return true;
+    }
+    if let Some(rest) = key.strip_prefix(PREFIX_ENDPOINT) {
+        let Some((network, ip)) = rest.rsplit_once(':') else {
+            return false;
+        };
+        let (Ok(ip), Ok(v)) = (ip.parse(), serde_json::from_str::<EndpointValue>(value)) else {
+            return false;
+        };
+        r.endpoints.push(EndpointRecord {
+            network: network.to_owned(),
+            ip,
+            mac: v.mac,
+        });
+        return true;
+    }
+    if let Some(rest) = key.strip_prefix(PREFIX_BLOCK) {
+        let Some((network, index)) = rest.rsplit_once(':') else {
+            return false;
+        };
+        let (Ok(index), Ok(v)) = (index.parse(), serde_json::from_str::<BlockValue>(value)) else {
+            return false;
+        };
+        r.blocks.push(BlockClaim {
+            network: network.to_owned(),
+            index,
+            claimed_ms: v.claimed_ms,
+        });
+        return true;
+    }
+    true
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain structs serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_survives_its_gossip_encoding() {
+        let ip = Ipv4Addr::new(10, 0, 0, 3);
+        let mut r = NodeRecord {
+            name: "n1".into(),
+            generation: 7,
+            live: true,
+            vtep: Some(Ipv4Addr::new(172, 31, 1, 5)),
+            ..NodeRecord::default()
+        };
+        r.networks.insert(
+            "a".into(),
+            NetworkDef {
+                name: "a".into(),
+                vni: 4097,
+                subnet: "10.0.0.0/24".parse().unwrap(),
+                created_ms: 0,
+                origin: "n1".into(),
+                gateway: Some(Ipv4Addr::new(10, 0, 0, 254)),
+                aux: vec![Ipv4Addr::new(10, 0, 0, 2)],
+                mtu: Some(1400),
+                internal: true,
+            },
+        );
+        r.removed.insert("b".into(), 5);
+        r.endpoints.push(EndpointRecord {
+            network: "a".into(),
+            ip,
+            mac: Mac::from_ipv4(ip),
+        });
+        r.blocks.push(BlockClaim {
+            network: "a".into(),
+            index: 2,
+            claimed_ms: 9,
+        });
+        let kv = encode(&r);
+        let back = decode(
+            "n1",
+            7,
+            true,
+            None,
+            kv.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        assert_eq!(back, r);
+        let junk = decode("n1", 7, true, None, [("ep:a:nope", "{}")]);
+        assert_eq!(junk.malformed.len(), 1);
+    }
+
+    #[test]
+    fn a_network_announced_before_the_options_existed_reads_with_defaults() {
+        let old = r#"{"vni":4097,"subnet":"10.0.0.0/24","created_ms":5,"origin":"n0"}"#;
+        let r = decode("n0", 1, true, None, [("net:a", old)]);
+        assert!(r.malformed.is_empty(), "{:?}", r.malformed);
+        let def = &r.networks["a"];
+        assert_eq!(def.gateway(), Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(def.way_out(), Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(def.aux.is_empty() && def.mtu.is_none());
+        // And a default network is announced in that old shape.
+        let kv = encode(&r);
+        assert_eq!(kv["net:a"], old);
+    }
+}

@@ -1,0 +1,115 @@
+//! Network namespaces: where named ones live, entering one for a while, and the
+//! per-interface settings that are only reachable from inside.
+
+use std::{
+    fs::File,
+    os::fd::{AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::config::rules;
+
+/// The file of a namespace as the API names it (see [`rules::netns`]): a
+/// path as given, or where `ip netns add NAME` puts a named one.
+pub fn netns_path(netns: &str) -> PathBuf {
+    if netns.starts_with('/') {
+        PathBuf::from(netns)
+    } else {
+        Path::new("/var/run/netns").join(netns)
+    }
+}
+
+/// Whether two namespace references are the same namespace: the same path,
+/// or files of one namespace (nsfs gives each namespace one inode), such as
+/// `/run/netns/x` and `/proc/PID/ns/net` of a process inside it.
+pub fn same_netns(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let (a, b) = (netns_path(a), netns_path(b));
+    a == b
+        || match (std::fs::metadata(&a), std::fs::metadata(&b)) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+}
+
+/// Switches the calling thread into a network namespace until dropped.
+pub struct NetnsGuard {
+    original: File,
+}
+
+impl NetnsGuard {
+    pub fn enter(path: &Path) -> Result<NetnsGuard> {
+        let original = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
+        let target = File::open(path)
+            .with_context(|| format!("opening network namespace {}", path.display()))?;
+        setns(&target).with_context(|| format!("entering network namespace {}", path.display()))?;
+        Ok(NetnsGuard { original })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // Failing to return would leave this thread in the wrong namespace for
+        // everything that follows: nothing sensible can go on.
+        setns(&self.original).expect("returning to the original network namespace");
+    }
+}
+
+fn setns(ns: &File) -> std::io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A namespace (name or path) that must exist already: its path, or the
+/// problem in words that say how to create it.
+pub fn existing(netns: &str) -> std::result::Result<PathBuf, String> {
+    rules::netns(netns)?;
+    let path = netns_path(netns);
+    if path.exists() {
+        Ok(path)
+    } else if netns.starts_with('/') {
+        Err(format!("network namespace {netns} does not exist"))
+    } else {
+        Err(format!(
+            "network namespace {netns:?} does not exist ({}); create it with `ip netns add {netns}`",
+            path.display()
+        ))
+    }
+}
+
+/// Opens a namespace (name or path), with an error that says what is missing.
+pub fn open_netns(netns: &str) -> Result<OwnedFd> {
+    let path = netns_path(netns);
+    let file = File::open(&path).map_err(|e| {
+        anyhow!(
+            "network namespace {netns:?} cannot be opened ({}: {e})",
+            path.display()
+        )
+    })?;
+    Ok(file.into())
+}
+
+/// Turns IPv4 forwarding on for packets that arrive on `ifname` (of the
+/// calling thread's namespace): the kernel decides by the input interface.
+pub fn enable_forwarding(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding");
+    std::fs::write(&path, "1").with_context(|| format!("writing {path}"))
+}
+
+/// Turns IPv6 off on an interface of the calling thread's namespace. The overlay
+/// carries IPv4 only, as Docker's does by default; without this every container
+/// would send router solicitations and MLD reports that the dataplane must drop.
+pub fn disable_ipv6(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Ok(()) => Ok(()),
+        // A kernel without IPv6 has nothing to turn off.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => bail!("writing {path}: {e}"),
+    }
+}
