@@ -247,14 +247,56 @@ impl Summary {
         Ok(())
     }
 
-    pub fn markdown(&self) -> String {
-        let mut s = String::new();
-        s += &format!(
-            "Run of {} ({}, {} rounds interleaved; {}). Medians, with min–max of the rounds.\n\n",
+    /// Which run this was, on what.
+    fn run_line(&self) -> String {
+        format!(
+            "Run of {} ({}, {} rounds interleaved; {}).",
             self.date,
             if self.quick { "quick" } else { "full" },
             self.rounds,
             self.machine
+        )
+    }
+
+    /// The ratios of medians to kernel-vxlan and to routed: the README's one
+    /// table (the rest is in latest.md).
+    fn ratios_markdown(&self) -> String {
+        let mut s = "| case | wire | TCP 1 stream | TCP 4 streams | TCP RR trans/s | UDP 64 B pps |\n|---|---|---|---|---|---|\n".to_owned();
+        for c in self.cases.iter().filter(|c| c.spec.kind != Kind::Routed) {
+            s += &format!("| {} | {} |", case_name(&c.spec), c.spec.net.name());
+            for m in ["tcp1_gbps", "tcp4_gbps", "rr_tps", "udp64_kpps"] {
+                let kv = self.ratio(c, Kind::KernelVxlan, m);
+                let rt = self.ratio(c, Kind::Routed, m);
+                let f = |r: Option<f64>| r.map_or("—".to_owned(), |r| format!("{r:.2}×"));
+                s += &format!(" {} kvx, {} routed |", f(kv), f(rt));
+            }
+            s += "\n";
+        }
+        s
+    }
+
+    /// What the README shows between its bench markers: the run, and the
+    /// ratios (the chart is drawn from the same figures).
+    pub fn readme_markdown(&self, full_tables: &str) -> String {
+        let targets = self.targets();
+        let met = targets.iter().filter(|t| t.met()).count();
+        format!(
+            "{} Ratios of medians to kernel-vxlan and to routed on the same wire and \
+             topology (higher is better for all four):\n\n{}\n{met} of {} targets met. \
+             Every figure (medians with the rounds' min–max, FDB scale, table memory, \
+             per-program costs, verifier counts, programs on real traffic, the targets): \
+             [{full_tables}]({full_tables}).\n",
+            self.run_line(),
+            self.ratios_markdown(),
+            targets.len()
+        )
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        s += &format!(
+            "{} Medians, with min–max of the rounds.\n\n",
+            self.run_line()
         );
         s += "| case | wire |";
         for (_, head, unit, _) in METRICS {
@@ -273,17 +315,7 @@ impl Summary {
         }
         s += "\nRatios of medians to kernel-vxlan and to routed on the same wire and \
               topology (higher is better for all four):\n\n";
-        s += "| case | wire | TCP 1 stream | TCP 4 streams | TCP RR trans/s | UDP 64 B pps |\n|---|---|---|---|---|---|\n";
-        for c in self.cases.iter().filter(|c| c.spec.kind != Kind::Routed) {
-            s += &format!("| {} | {} |", case_name(&c.spec), c.spec.net.name());
-            for m in ["tcp1_gbps", "tcp4_gbps", "rr_tps", "udp64_kpps"] {
-                let kv = self.ratio(c, Kind::KernelVxlan, m);
-                let rt = self.ratio(c, Kind::Routed, m);
-                let f = |r: Option<f64>| r.map_or("—".to_owned(), |r| format!("{r:.2}×"));
-                s += &format!(" {} kvx, {} routed |", f(kv), f(rt));
-            }
-            s += "\n";
-        }
+        s += &self.ratios_markdown();
         if !self.scale.is_empty() {
             s += "\nFDB scale, ebpf-tc [veth], TCP 1 stream (Gbit/s):\n\n| FDB entries per node | median (min–max) | vs. smallest |\n|---|---|---|\n";
             let base = self.scale[0].2.median;
@@ -431,7 +463,7 @@ impl Summary {
         chart::draw(self, &svg)?;
         println!("bench: results in {}", dir.display());
         if readme {
-            update_readme(&crate::workspace_root().join("README.md"), &md, dir)?;
+            update_readme(&crate::workspace_root().join("README.md"), self, dir)?;
         }
         Ok(())
     }
@@ -440,19 +472,17 @@ impl Summary {
 const BEGIN: &str = "<!-- bench:begin (written by `cargo xtask bench`) -->";
 const END: &str = "<!-- bench:end -->";
 
-fn update_readme(readme: &Path, md: &str, dir: &Path) -> Result<()> {
+fn update_readme(readme: &Path, summary: &Summary, dir: &Path) -> Result<()> {
     let text = std::fs::read_to_string(readme)?;
     let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
         println!("bench: README has no bench markers; not updated");
         return Ok(());
     };
-    let rel = dir
-        .strip_prefix(crate::workspace_root())
-        .unwrap_or(dir)
-        .join("latest.svg");
+    let rel = dir.strip_prefix(crate::workspace_root()).unwrap_or(dir);
+    let md = summary.readme_markdown(&rel.join("latest.md").display().to_string());
     let section = format!(
         "{BEGIN}\n\n![ratios to routed, per case and metric]({})\n\n{md}\n{END}",
-        rel.display()
+        rel.join("latest.svg").display()
     );
     let new = format!("{}{section}{}", &text[..a], &text[b + END.len()..]);
     std::fs::write(readme, new)?;
