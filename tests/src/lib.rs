@@ -32,7 +32,7 @@ mod traffic;
 mod selftest;
 
 pub use agent::{Agent, LeftDataplane, keygen, overlay_binary};
-pub use capture::{Capture, inject, is_arp, is_vxlan, vxlan_inner};
+pub use capture::{Capture, inject, ipv4_sources_to, is_arp, is_vxlan, vxlan_inner};
 pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
 pub use cluster_file::{
     ClusterFile, ClusterSection, Decap, DockerSection, EndpointSection, NetworkSection,
