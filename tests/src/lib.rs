@@ -39,7 +39,7 @@ pub use cluster_file::{
     RemoteSection,
 };
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
-pub use docker_overlay::{DockerContainer, DockerOverlay};
+pub use docker_overlay::{DockerContainer, DockerOverlay, netns_handle};
 pub use dockerd::{DOCKER_CLIENT, Dockerd, DockerdOptions};
 pub use image::busybox_rootfs_tar;
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
