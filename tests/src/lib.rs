@@ -40,7 +40,7 @@ pub use cluster_file::{
 };
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
 pub use docker_overlay::{DockerContainer, DockerOverlay, netns_handle};
-pub use dockerd::{DOCKER_CLIENT, Dockerd, DockerdOptions};
+pub use dockerd::{BUSYBOX_IMAGE, DOCKER_CLIENT, Dockerd, DockerdOptions};
 pub use image::busybox_rootfs_tar;
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};

@@ -86,6 +86,11 @@ enum Task {
         /// --baseline: another agent build, interleaved).
         #[arg(long)]
         cni: bool,
+        /// Only `docker run`'s cost: on an overlay-ebpf network against
+        /// `--network none`, alternately, on real dockerds (--rounds: runs
+        /// of each, default 20, quick 5). Installs docker.io if missing.
+        #[arg(long, conflicts_with_all = ["cni", "baseline"])]
+        docker_run: bool,
     },
 }
 
@@ -156,7 +161,7 @@ fn try_main() -> Result<()> {
         Task::Demo { containers } => {
             let binary = build()?;
             if containers {
-                prereqs::ensure_container_engines()?;
+                prereqs::ensure_container_engines("the containers demo")?;
             }
             demo::run(&binary, containers)
         }
@@ -167,8 +172,13 @@ fn try_main() -> Result<()> {
             no_readme,
             baseline,
             cni,
+            docker_run,
         } => {
             let binary = build()?;
+            if docker_run {
+                prereqs::ensure_container_engines("bench --docker-run")?;
+                return bench::docker_run::run(&binary, quick, rounds, out);
+            }
             if cni {
                 return bench::cni::run(quick, rounds, out, baseline);
             }
