@@ -2,7 +2,9 @@
 //! one, and predicates on the frames.
 
 use std::{
+    collections::BTreeSet,
     ffi::{CStr, CString},
+    net::Ipv4Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
         Arc,
@@ -171,6 +173,16 @@ fn capture_loop(socket: &OwnedFd, stop: &AtomicBool) -> Vec<Vec<u8>> {
 /// An ARP frame (untagged).
 pub fn is_arp(frame: &[u8]) -> bool {
     frame.len() >= 14 && frame[12..14] == [0x08, 0x06]
+}
+
+/// The sources of the IPv4 frames to `dst`: who a host saw, after any NAT.
+pub fn ipv4_sources_to(frames: &[Vec<u8>], dst: Ipv4Addr) -> BTreeSet<Ipv4Addr> {
+    frames
+        .iter()
+        .filter(|f| f.len() >= 34 && f[12..14] == [0x08, 0x00])
+        .filter(|f| f[30..34] == dst.octets())
+        .map(|f| Ipv4Addr::new(f[26], f[27], f[28], f[29]))
+        .collect()
 }
 
 /// IPv4 without options, carrying UDP to destination `port`.

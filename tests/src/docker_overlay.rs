@@ -6,13 +6,14 @@
 
 use std::{
     net::Ipv4Addr,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    agent::keygen,
+    agent::{keygen, overlay_binary},
     cluster::wait_until,
     cluster_file::{Decap, DockerSection},
     cmd::{TempDir, ip, unique_prefix},
@@ -24,6 +25,12 @@ use crate::{
 
 /// The name both drivers go by.
 pub const DRIVER: &str = "overlay-ebpf";
+
+/// The name of the handle on the namespace of the container `name` of the
+/// overlay with names built on `prefix`.
+pub fn netns_handle(prefix: &str, name: &str) -> String {
+    format!("{prefix}d{name}")
+}
 
 /// A running Docker container on the overlay.
 #[derive(Clone, Debug)]
@@ -50,11 +57,21 @@ impl DockerOverlay {
     /// The topology, a dockerd per node with the busybox image, and both
     /// agents (with `agent_args`) serving the drivers.
     pub fn start(opts: &DockerdOptions, agent_args: &[&str]) -> Result<DockerOverlay> {
-        let prefix = unique_prefix("dk");
-        let dir = TempDir::new(&prefix)?;
+        DockerOverlay::start_as(&unique_prefix("dk"), &overlay_binary()?, opts, agent_args)
+    }
+
+    /// [`DockerOverlay::start`] with every name built on `prefix` (the
+    /// demo's fixed one) and the agents running `binary`.
+    pub fn start_as(
+        prefix: &str,
+        binary: &Path,
+        opts: &DockerdOptions,
+        agent_args: &[&str],
+    ) -> Result<DockerOverlay> {
+        let dir = TempDir::new(prefix)?;
         let key = dir.path().join("cluster.key");
         keygen(&key)?;
-        let scenario = Scenario::new(&prefix, Decap::Tc)
+        let scenario = Scenario::new(prefix, Decap::Tc)
             .with_containers(&[])
             .with_gossip(&key);
         let mut d = DockerOverlay {
@@ -62,6 +79,7 @@ impl DockerOverlay {
             dockerds: Vec::new(),
             overlay: Overlay::create(scenario, dir)?,
         };
+        d.overlay.binary = binary.to_owned();
         for node in [1, 2] {
             // As on a host that did not forward before Docker: dockerd turns
             // forwarding on and sets its FORWARD policy to DROP.
@@ -187,7 +205,7 @@ impl DockerOverlay {
         let [pid, address, mac] = fields[..] else {
             bail!("docker inspect {id}: {out:?}");
         };
-        let handle = format!("{}d{name}", self.overlay.prefix());
+        let handle = netns_handle(self.overlay.prefix(), name);
         ip(&format!("netns attach {handle} {pid}"))?;
         self.handles.push(Netns {
             name: handle.clone(),

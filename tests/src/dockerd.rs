@@ -57,7 +57,8 @@ impl Dockerd {
     }
 
     pub fn start_with(ns: &str, opts: DockerdOptions) -> Result<Dockerd> {
-        let dir = TempDir::new("dockerd")?;
+        // Named after its host, so that a demo killed outright finds it.
+        let dir = TempDir::new(&format!("{ns}dockerd"))?;
         let d = dir.path().display().to_string();
         for sub in ["etc", "plugins"] {
             std::fs::create_dir_all(dir.path().join(sub))?;

@@ -32,15 +32,15 @@ mod traffic;
 mod selftest;
 
 pub use agent::{Agent, LeftDataplane, keygen, overlay_binary};
-pub use capture::{Capture, inject, is_arp, is_vxlan, vxlan_inner};
+pub use capture::{Capture, inject, ipv4_sources_to, is_arp, is_vxlan, vxlan_inner};
 pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
 pub use cluster_file::{
     ClusterFile, ClusterSection, Decap, DockerSection, EndpointSection, NetworkSection,
     RemoteSection,
 };
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
-pub use docker_overlay::{DockerContainer, DockerOverlay};
-pub use dockerd::{DOCKER_CLIENT, Dockerd, DockerdOptions};
+pub use docker_overlay::{DockerContainer, DockerOverlay, netns_handle};
+pub use dockerd::{BUSYBOX_IMAGE, DOCKER_CLIENT, Dockerd, DockerdOptions};
 pub use image::busybox_rootfs_tar;
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};

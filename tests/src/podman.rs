@@ -16,8 +16,10 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     cmd::{TempDir, output_ok},
+    cni::{DEBIAN_CNI_PLUGINS, cni_binary, conflist, overlay_plugin},
     image::busybox_rootfs_tar,
     netns::netns_path,
+    seed_overlay::Overlay,
 };
 
 /// The image every container runs: busybox, imported offline.
@@ -97,6 +99,35 @@ impl Podman {
             .context("running podman (is podman installed? `cargo xtask test` installs it)")?;
         let tar = busybox_rootfs_tar(podman.dir.path())?;
         podman.podman(&["import", &tar.display().to_string(), BUSYBOX_IMAGE])?;
+        Ok(podman)
+    }
+
+    /// Podman on `overlay`'s `node`, whose `network` is a configuration list
+    /// (1.0.0, for Debian's libcni) with overlay-cni talking to that node's
+    /// agent. The plugin is linked into a CNI plugin directory of its own in
+    /// the overlay's scratch directory, where a user would put it; Debian's
+    /// plugins come after it.
+    pub fn on_overlay(overlay: &Overlay, node: u8, network: &str) -> Result<Podman> {
+        let plugins = overlay.dir.path().join("cni-bin");
+        let link = plugins.join("overlay-cni");
+        if !link.exists() {
+            std::fs::create_dir_all(&plugins)?;
+            std::os::unix::fs::symlink(cni_binary()?, &link)?;
+        }
+        let podman = Podman::start(
+            &format!("{}p{node}", overlay.prefix()),
+            &overlay.node_ns(node),
+            &[&plugins, Path::new(DEBIAN_CNI_PLUGINS)],
+        )
+        .with_context(|| format!("podman on node{node}"))?;
+        podman.add_network(&conflist(
+            "1.0.0",
+            network,
+            &[overlay_plugin(
+                network,
+                &overlay.scenario.names.socket(node.into()),
+            )],
+        ))?;
         Ok(podman)
     }
 

@@ -1,7 +1,8 @@
 //! Docker on the overlay, as its users run it: `docker network create -d
 //! overlay-ebpf --ipam-driver overlay-ebpf` on one node makes the network on
 //! every node, `docker run --network` joins containers that reach each other
-//! across nodes and the world outside, `-p` publishes, `docker rm` withdraws
+//! across nodes (and Podman's, which join it by name through overlay-cni)
+//! and the world outside, `-p` publishes, `docker rm` withdraws
 //! a container everywhere, `network rm` removes the network everywhere,
 //! restarts of the agent and of dockerd keep containers connected, and
 //! refused options are named and leave nothing behind. Each node runs a real
@@ -15,8 +16,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use overlay_tests::{
-    Capture, DockerContainer, DockerOverlay, DockerdOptions, NODE1_VTEP, OUTSIDE_IP, cli_at, ping,
-    sh, tcp_transfer, tcp_transfer_via, wait_until,
+    Capture, DockerContainer, DockerOverlay, DockerdOptions, NODE1_VTEP, OUTSIDE_IP, Podman,
+    cli_at, ping, sh, tcp_transfer, tcp_transfer_via, wait_until,
 };
 
 const NET: &str = "uber-net";
@@ -123,6 +124,60 @@ fn a_network_made_on_one_node_carries_containers_of_both() -> Result<()> {
             d.overlay.counter(1, "encap")? > 0 && d.overlay.counter(2, "decap")? > 0,
             "the dataplane carried it"
         );
+        Ok(())
+    })
+}
+
+/// A Docker network is the cluster's network under its name, for every
+/// runtime: Podman on node2 joins the uber-net made with `docker network
+/// create` on node1 by that name, through overlay-cni and node2's agent.
+#[test]
+fn a_podman_container_and_a_docker_container_reach_each_other() -> Result<()> {
+    let mut d = started()?;
+    // Dropped before the overlay: its containers go (CNI DEL) while the
+    // agents still answer.
+    let mut podman = Podman::on_overlay(&d.overlay, 2, NET)?;
+    d.check(|d| {
+        d.create_network(1, NET, SUBNET, &[])?;
+        wait_until(Duration::from_secs(10), "uber-net in node2's agent", || {
+            Ok(agent_network(d, 2, NET)?.is_some())
+        })?;
+        let c1 = d.run(1, "c1", NET, &[])?;
+        let p2 = podman.run("p2", NET, &[])?;
+        let p2_ip = podman.ip("p2", NET)?;
+        ensure!(
+            p2_ip.octets()[..3] == [10, 0, 9] && p2_ip.octets()[3] / 16 != c1.ip.octets()[3] / 16,
+            "p2 gets {p2_ip} from node2's block of {SUBNET} (c1 has {})",
+            c1.ip
+        );
+        let p2_routes = podman.exec("p2", &["ip", "route"])?;
+        ensure!(
+            p2_routes.contains("default via 10.0.9.1 dev eth0"),
+            "p2's routes: {p2_routes}"
+        );
+        let reached = wait_until(Duration::from_secs(10), "c1 -> p2", || {
+            Ok(ping(&c1.netns, &p2_ip.to_string(), 1, &[])?.received == 1)
+        })?;
+        eprintln!("c1 (Docker, node1) reached p2 (Podman, node2) {reached:?} after podman run");
+        let out = d.exec(&c1, &["ping", "-c", "3", "-W", "2", &p2_ip.to_string()])?;
+        ensure!(out.contains("3 packets received"), "c1 -> p2: {out}");
+        let out = podman.exec("p2", &["ping", "-c", "3", "-W", "2", &c1.ip.to_string()])?;
+        ensure!(out.contains("3 packets received"), "p2 -> c1: {out}");
+        let p2_ns = p2.netns_name();
+        for (server_ns, server_ip, client_ns, what) in [
+            (&c1.netns, c1.ip, &p2_ns, "p2 -> c1"),
+            (&p2_ns, p2_ip, &c1.netns, "c1 -> p2"),
+        ] {
+            let report = tcp_transfer(server_ns, &server_ip.to_string(), client_ns, 8 << 20)
+                .context(what)?;
+            eprintln!("{what}: {report:?}");
+        }
+        for node in [1, 2] {
+            ensure!(
+                d.overlay.counter(node, "encap")? > 0 && d.overlay.counter(node, "decap")? > 0,
+                "node{node}'s dataplane carried it both ways"
+            );
+        }
         Ok(())
     })
 }

@@ -8,14 +8,12 @@
 use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
-    path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use overlay_tests::{
-    Capture, NODE1_VTEP, OUTSIDE_IP, Overlay, Podman, PodmanContainer, TempDir,
-    cni::{DEBIAN_CNI_PLUGINS, cni_binary, conflist, overlay_plugin},
+    Capture, NODE1_VTEP, OUTSIDE_IP, Overlay, Podman, PodmanContainer, TempDir, ipv4_sources_to,
     keygen, ping,
     scenario::{Scenario, UBER_NET, docker_mac},
     tcp_transfer, unique_prefix, wait_until,
@@ -30,7 +28,6 @@ struct Bed {
     podman: Vec<Podman>,
     overlay: Overlay,
     outside: String,
-    _plugins: TempDir,
 }
 
 impl Bed {
@@ -62,31 +59,14 @@ impl Bed {
         wait_until(Duration::from_secs(10), "uber-net on node2", || {
             Ok(overlay.cli(2, &["network", "ls"])?.contains(UBER_NET.name))
         })?;
-        // Where a user puts the plugin: a CNI plugin directory of its own.
-        let plugins = TempDir::new(&format!("{prefix}bin"))?;
-        std::os::unix::fs::symlink(cni_binary()?, plugins.path().join("overlay-cni"))?;
-        let mut podman = Vec::new();
-        for node in [1, 2] {
-            let p = Podman::start(
-                &format!("{prefix}p{node}"),
-                &overlay.node_ns(node),
-                &[plugins.path(), Path::new(DEBIAN_CNI_PLUGINS)],
-            )?;
-            p.add_network(&conflist(
-                "1.0.0",
-                UBER_NET.name,
-                &[overlay_plugin(
-                    UBER_NET.name,
-                    &overlay.scenario.names.socket(node.into()),
-                )],
-            ))?;
-            podman.push(p);
-        }
+        let podman = [1, 2]
+            .into_iter()
+            .map(|node| Podman::on_overlay(&overlay, node, UBER_NET.name))
+            .collect::<Result<_>>()?;
         Ok(Bed {
             podman,
             overlay,
             outside,
-            _plugins: plugins,
         })
     }
 
@@ -237,13 +217,7 @@ fn a_podman_container_reaches_a_host_outside_masqueraded() -> Result<()> {
     );
     tcp_transfer(&bed.outside, OUTSIDE_IP, &p1.netns_name(), 4 * 1024 * 1024)
         .context("TCP from p1 to the outside host")?;
-    let sources: BTreeSet<Ipv4Addr> = capture
-        .stop()?
-        .iter()
-        .filter(|f| f.len() >= 34 && f[12..14] == [0x08, 0x00])
-        .filter(|f| f[30..34] == outside_ip.octets())
-        .map(|f| Ipv4Addr::new(f[26], f[27], f[28], f[29]))
-        .collect();
+    let sources = ipv4_sources_to(&capture.stop()?, outside_ip);
     ensure!(
         sources == BTreeSet::from([NODE1_VTEP.parse()?]),
         "the outside host sees only node1's address: {sources:?}"

@@ -2,7 +2,10 @@
 //! namespaces on this machine; an agent per host that learns the other's
 //! containers through authenticated gossip; a container added at run time
 //! through the CLI; traffic across; the tables; a verdict. Everything is torn
-//! down at the end, on failure and on Ctrl-C.
+//! down at the end, on failure and on Ctrl-C. `--containers` tells the same
+//! story with Docker and Podman (see `containers`).
+
+mod containers;
 
 use std::{
     path::{Path, PathBuf},
@@ -63,7 +66,7 @@ fn step(title: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn run(binary: &Path) -> Result<()> {
+pub fn run(binary: &Path, with_container_engines: bool) -> Result<()> {
     // SAFETY: the handler only touches an atomic and calls async-signal-safe functions.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -71,7 +74,11 @@ pub fn run(binary: &Path) -> Result<()> {
     }
     remove_leftovers();
     // The guards inside have torn everything down by the time scenario returns.
-    let mut result = scenario(binary);
+    let mut result = if with_container_engines {
+        containers::scenario(binary)
+    } else {
+        scenario(binary)
+    };
     let left = leftovers();
     if !left.is_empty() {
         let leak = format!("left behind: {}", left.join(", "));
@@ -105,7 +112,8 @@ fn demo_objects() -> Vec<PathBuf> {
             [JOINER]
                 .into_iter()
                 .chain(CONTAINERS.map(|c| c.name))
-                .map(|c| names.container_ns(c)),
+                .map(|c| names.container_ns(c))
+                .chain(containers::namespaces()),
         )
         .map(|ns| netns_path(&ns))
         .collect();
@@ -144,6 +152,14 @@ fn remove_leftovers() {
         println!("removing {} (left by an earlier demo)", path.display());
         if path.starts_with("/var/run/netns") {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
+            // A killed containers demo leaves its dockerds, containerd and
+            // their containers running in these namespaces.
+            for pid in ip(&format!("netns pids {name}"))
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
             let _ = ip(&format!("netns del {name}"));
         } else {
             let _ = std::fs::remove_dir_all(&path);

@@ -54,7 +54,15 @@ enum Task {
     Vmtest(vmtest::Args),
     /// Build, then run the overlay in gossip mode across two hosts made of namespaces,
     /// add a container through the CLI, and tear it all down.
-    Demo,
+    Demo {
+        /// Instead, the same two hosts run as Docker and Podman users run
+        /// them: a dockerd on each (in its namespace) with the overlay-ebpf
+        /// drivers, Podman with overlay-cni on node2; `docker network create`
+        /// on one host, containers of both on both hosts, ping across, the
+        /// way out to a host outside, teardown. Installs docker.io and podman.
+        #[arg(long)]
+        containers: bool,
+    },
     /// Build, then benchmark routed, kernel VXLAN and this dataplane side by side.
     Bench {
         /// A small run (about two minutes) that checks every case delivers.
@@ -84,6 +92,11 @@ enum Task {
         /// --baseline: another agent build, interleaved).
         #[arg(long, conflicts_with = "nets")]
         cni: bool,
+        /// Only `docker run`'s cost: on an overlay-ebpf network against
+        /// `--network none`, alternately, on real dockerds (--rounds: runs
+        /// of each, default 20, quick 5). Installs docker.io if missing.
+        #[arg(long, conflicts_with_all = ["cni", "baseline"])]
+        docker_run: bool,
     },
 }
 
@@ -152,9 +165,12 @@ fn try_main() -> Result<()> {
             let binary = build()?;
             vmtest::run(&args, &binary)
         }
-        Task::Demo => {
+        Task::Demo { containers } => {
             let binary = build()?;
-            demo::run(&binary)
+            if containers {
+                prereqs::ensure_container_engines("the containers demo")?;
+            }
+            demo::run(&binary, containers)
         }
         Task::Bench {
             quick,
@@ -164,8 +180,13 @@ fn try_main() -> Result<()> {
             baseline,
             nets,
             cni,
+            docker_run,
         } => {
             let binary = build()?;
+            if docker_run {
+                prereqs::ensure_container_engines("bench --docker-run")?;
+                return bench::docker_run::run(&binary, quick, rounds, out);
+            }
             if cni {
                 return bench::cni::run(quick, rounds, out, baseline);
             }

@@ -24,10 +24,10 @@ const PACKAGES: [(&str, &str); 9] = [
     ("conntrack", "conntrack"),
 ];
 
-/// What only the tests need: a real dockerd (with its default iptables
-/// settings) for the suites that check the overlay beside one, Podman and the
-/// CNI reference plugins (portmap) for the CNI suites, and a static busybox
-/// for their offline images.
+/// What only the tests, `demo --containers` and `bench --docker-run` need: a real dockerd (with
+/// its default iptables settings) for the suites that check the overlay
+/// beside one, Podman and the CNI reference plugins (portmap) for the CNI
+/// suites, and a static busybox for their offline images.
 const TEST_PACKAGES: [&str; 4] = [
     "docker.io",
     "podman",
@@ -50,6 +50,12 @@ pub fn ensure_all() -> Result<()> {
 pub fn ensure_for_tests() -> Result<()> {
     ensure_all()?;
     ensure_debian_packages("the tests", &TEST_PACKAGES)
+}
+
+/// The container engines `demo --containers` and `bench --docker-run` run
+/// (after [`ensure_all`]); `purpose` names the one asking.
+pub fn ensure_container_engines(purpose: &str) -> Result<()> {
+    ensure_debian_packages(purpose, &TEST_PACKAGES)
 }
 
 fn ensure_root() -> Result<()> {

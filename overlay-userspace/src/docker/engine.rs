@@ -202,13 +202,16 @@ impl Plugin {
     /// unknown at the next step.
     async fn step(&self, memory: &mut StepMemory) -> Result<()> {
         let unknown_before = &mut memory.unknown;
-        let cluster = self.cluster_networks().await?;
         let mut missing = Vec::new();
         let mut stale = Vec::new();
         {
-            // dockerd's list is read under the lock: no binding can be made
-            // between reading it and deciding on it.
+            // Both lists are read under the lock: no binding can be made
+            // between reading them and deciding on them. The cluster's too:
+            // a network named in between (its cluster network created, then
+            // bound) would otherwise look bound to a network the cluster
+            // does not have, and be removed as stale.
             let mut store = self.store.lock().await;
+            let cluster = self.cluster_networks().await?;
             let docker = self.engine.networks().await?;
             let mut unknown = BTreeSet::new();
             for d in &docker {

@@ -67,13 +67,7 @@ pub fn run(
         md += &run.report(n);
     }
     println!("{md}");
-    let dir = out.unwrap_or_else(|| {
-        crate::workspace_root().join(if quick {
-            "target/bench-quick"
-        } else {
-            "bench/results"
-        })
-    });
+    let dir = super::results_dir(quick, out);
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("cni.md"), &md)?;
     println!("bench --cni: written to {}", dir.join("cni.md").display());
@@ -208,7 +202,7 @@ fn node2_fdb_has(bed: &CniBed, mac: &str) -> Result<bool> {
 }
 
 /// The value below which `p` of the samples lie (nearest rank).
-fn percentile(samples: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(samples: &[f64], p: f64) -> f64 {
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
     let rank = (p * s.len() as f64).ceil() as usize;
@@ -264,7 +258,7 @@ fn report(
     md
 }
 
-fn verdict(met: bool, target: &str) -> String {
+pub(super) fn verdict(met: bool, target: &str) -> String {
     format!("{target}: {}", if met { "met" } else { "missed" })
 }
 

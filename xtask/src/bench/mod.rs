@@ -9,6 +9,7 @@
 mod cases;
 mod chart;
 pub mod cni;
+pub mod docker_run;
 mod metrics;
 mod progcost;
 mod report;
@@ -322,13 +323,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
         load_average(),
         started.elapsed().as_secs_f64(),
     );
-    let out = opts.out.clone().unwrap_or_else(|| {
-        crate::workspace_root().join(if opts.quick {
-            "target/bench-quick"
-        } else {
-            "bench/results"
-        })
-    });
+    let out = results_dir(opts.quick, opts.out.clone());
     summary.write(&out, opts.update_readme && !opts.quick)?;
     println!("{}", summary.markdown());
     println!(
@@ -336,6 +331,18 @@ pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
         started.elapsed().as_secs_f64()
     );
     Ok(summary)
+}
+
+/// Where a run's results go: `out`, or `bench/results` (full) and
+/// `target/bench-quick` (quick).
+fn results_dir(quick: bool, out: Option<PathBuf>) -> PathBuf {
+    out.unwrap_or_else(|| {
+        crate::workspace_root().join(if quick {
+            "target/bench-quick"
+        } else {
+            "bench/results"
+        })
+    })
 }
 
 fn measure_case(
@@ -459,7 +466,7 @@ fn map_memory(case: &Case, binary: &Path) -> Result<MapMemory> {
     })
 }
 
-fn load_average() -> String {
+pub(super) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
