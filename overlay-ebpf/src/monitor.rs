@@ -21,6 +21,7 @@ use overlay_common::{
 
 use crate::{
     maps::{CONFIG, EVENTS, MONITOR},
+    parse::ETH_LEN,
     trace,
 };
 
@@ -108,6 +109,21 @@ impl Hooked for XdpContext {
     #[inline(always)]
     fn trace_begin(&self) -> u32 {
         trace::begin_xdp(self.ctx)
+    }
+}
+
+/// How many of a `len`-byte frame's first bytes to copy into a `max`-byte
+/// buffer: none of a frame shorter than an Ethernet header. The lower bound is
+/// a compare with a constant other than 0 because the 6.1 verifier learns no
+/// minimum from `len != 0`, and its load helpers refuse a length that may be 0.
+#[inline(always)]
+pub fn copy_len(len: u32, max: usize) -> Option<u32> {
+    if (len as usize) < ETH_LEN {
+        None
+    } else if (len as usize) < max {
+        Some(len)
+    } else {
+        Some(max as u32)
     }
 }
 
@@ -263,11 +279,7 @@ fn report_drop<C: Hooked>(ctx: &C, reason: u32, len: u32, flags: u32) -> u32 {
         return 0;
     };
     let event = entry.as_mut_ptr();
-    let sample_len = if (len as usize) < DROP_SAMPLE_LEN {
-        len
-    } else {
-        DROP_SAMPLE_LEN as u32
-    };
+    let sample_len = copy_len(len, DROP_SAMPLE_LEN);
     // SAFETY: `event` is the reserved record, DropEvent-sized and aligned.
     unsafe {
         (*event).time_ns = bpf_ktime_get_ns();
@@ -276,8 +288,11 @@ fn report_drop<C: Hooked>(ctx: &C, reason: u32, len: u32, flags: u32) -> u32 {
         (*event).frame_len = len;
         (*event).hook = ctx.hook(cfg.underlay_ifindex);
         (*event)._pad = 0;
-        let copied = sample_len > 0 && ctx.copy_start((*event).sample.as_mut_ptr(), sample_len);
-        (*event).sample_len = if copied { sample_len as u16 } else { 0 };
+        let copied = sample_len.is_some_and(|n| ctx.copy_start((*event).sample.as_mut_ptr(), n));
+        (*event).sample_len = match sample_len {
+            Some(n) if copied => n as u16,
+            _ => 0,
+        };
     }
     entry.submit(0);
     cpu.events += 1;

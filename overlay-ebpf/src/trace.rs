@@ -15,7 +15,7 @@ use overlay_common::{CONFIG_F_TRACE, Config, Counter, HOOK_ENDPOINT, TraceFlow, 
 use crate::{
     lookup::endpoint,
     maps::{CONFIG, STATS, TRACE, TRACE_CPU},
-    monitor::{Hooked, LOG_TARGET, may_log},
+    monitor::{self, Hooked, LOG_TARGET, may_log},
     parse::{ETH_LEN, ETH_P_ARP, ETH_P_IP, IPPROTO_UDP},
 };
 
@@ -79,12 +79,8 @@ fn frame_addresses(head: &[u8; HEAD_LEN], off: usize) -> Option<([u8; 4], [u8; 4
 fn addresses<C: Hooked>(ctx: &C, hook: u8, vxlan_port: u16) -> Option<Addresses> {
     let mut head = [0u8; HEAD_LEN];
     let len = ctx.len();
-    let copy = if (len as usize) < HEAD_LEN {
-        len
-    } else {
-        HEAD_LEN as u32
-    };
-    if copy == 0 || !ctx.copy_start(head.as_mut_ptr(), copy) {
+    let copy = monitor::copy_len(len, HEAD_LEN)?;
+    if !ctx.copy_start(head.as_mut_ptr(), copy) {
         return None;
     }
     if hook == HOOK_ENDPOINT {
