@@ -33,6 +33,23 @@ pub fn overlay_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The upgrade suite's second version of the agent (its eBPF object differs:
+/// other program code, another FDB size), which `cargo xtask test` builds next
+/// to the first; `OVERLAY_UPGRADE_VARIANT` overrides the path.
+pub fn upgrade_variant_binary() -> Result<PathBuf> {
+    let path = std::env::var_os("OVERLAY_UPGRADE_VARIANT").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/overlay-upgrade-variant"),
+        PathBuf::from,
+    );
+    ensure!(
+        path.exists(),
+        "{} is missing: run `cargo xtask test`, or `cargo build --release -p overlay-userspace \
+         --bin overlay-upgrade-variant --features upgrade-test-variant`",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// Writes a new cluster key to `path` (`overlay keygen`).
 pub fn keygen(path: &Path) -> Result<()> {
     output_ok(

@@ -14,6 +14,8 @@ mod cluster_file;
 mod cmd;
 mod kernel_vxlan;
 mod netns;
+mod nft;
+mod pinger;
 pub mod prog_run;
 mod scale;
 pub mod scenario;
@@ -24,7 +26,7 @@ mod traffic;
 #[cfg(test)]
 mod selftest;
 
-pub use agent::{Agent, LeftDataplane, keygen, overlay_binary};
+pub use agent::{Agent, LeftDataplane, keygen, overlay_binary, upgrade_variant_binary};
 pub use capture::{Capture, is_arp, is_vxlan, vxlan_inner};
 pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
 pub use cluster_file::{
@@ -33,6 +35,8 @@ pub use cluster_file::{
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
+pub use nft::NftTable;
+pub use pinger::{PingLog, Pinger};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use seed_overlay::Overlay;
 pub use topology::{NODE1_VTEP, NODE2_VTEP, SeedTopology, TopologyOptions};

@@ -99,6 +99,7 @@ fn try_main() -> Result<()> {
         }
         Task::Test { args } => {
             let binary = build()?;
+            build_upgrade_variant()?;
             // One test at a time: the topology tests each run two agents and move
             // tens of megabytes on a two-core machine. overlay-userspace is there
             // for its own unit tests.
@@ -134,7 +135,8 @@ fn try_main() -> Result<()> {
         Task::Lint => lint(),
         Task::Vmtest(args) => {
             let binary = build()?;
-            vmtest::run(&args, &binary)
+            let variant = build_upgrade_variant()?;
+            vmtest::run(&args, &binary, &variant)
         }
         Task::Demo => {
             let binary = build()?;
@@ -177,6 +179,23 @@ fn build() -> Result<PathBuf> {
         bail!("the build succeeded but left no {}", binary.display());
     }
     Ok(binary)
+}
+
+/// The upgrade suite's second version of the agent (feature
+/// `upgrade-test-variant`: other program code, another FDB size), next to the
+/// first in target/release; its path. Only overlay-userspace is rebuilt for it.
+fn build_upgrade_variant() -> Result<PathBuf> {
+    run(Command::new("cargo").current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "overlay-userspace",
+        "--bin",
+        "overlay-upgrade-variant",
+        "--features",
+        "upgrade-test-variant",
+    ]))?;
+    Ok(workspace_root().join("target/release/overlay-upgrade-variant"))
 }
 
 /// `cargo fmt --check`, then clippy with warnings denied. The eBPF crate only

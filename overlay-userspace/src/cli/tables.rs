@@ -162,6 +162,19 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
                     ("bytes", json!(bytes)),
                 ]);
             }
+            let fill = maps.fill()?;
+            if !as_json {
+                let counters = render_rows(&["COUNTER", "PACKETS", "BYTES"], rows);
+                return Ok(format!("{counters}\n{}", render_fill(&fill)));
+            }
+            for (name, entries, max) in fill {
+                rows.push(vec![
+                    ("map", json!(name)),
+                    ("entries", json!(entries)),
+                    ("max_entries", json!(max)),
+                    ("full", json!(entries as u64 >= u64::from(max))),
+                ]);
+            }
             (vec!["COUNTER", "PACKETS", "BYTES"], rows)
         }
     };
@@ -172,6 +185,10 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
             .collect();
         return Ok(serde_json::to_string_pretty(&objects)? + "\n");
     }
+    Ok(render_rows(&header, rows))
+}
+
+fn render_rows(header: &[&str], rows: Vec<Row>) -> String {
     let cells: Vec<Vec<String>> = rows
         .into_iter()
         .map(|row| {
@@ -180,7 +197,29 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
                 .collect()
         })
         .collect();
-    Ok(format_table(&header, &cells))
+    format_table(header, &cells)
+}
+
+/// The tables' fill, with the full ones called out: the agent could not add
+/// entries there (its log names the count).
+fn render_fill(fill: &[(&str, usize, u32)]) -> String {
+    let rows: Vec<Vec<String>> = fill
+        .iter()
+        .map(|&(name, entries, max)| {
+            let state = if entries as u64 >= u64::from(max) {
+                "FULL: new entries are refused"
+            } else {
+                "ok"
+            };
+            vec![
+                name.to_owned(),
+                entries.to_string(),
+                max.to_string(),
+                state.to_owned(),
+            ]
+        })
+        .collect();
+    format_table(&["MAP", "ENTRIES", "MAX", "STATE"], &rows)
 }
 
 pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {

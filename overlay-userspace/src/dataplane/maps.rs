@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, IterableMap as _, Map, MapData, PerCpuArray},
 };
 use overlay_common::{
     Config, CounterValue, Endpoint, FdbEntry, FdbKey, NeighEntry, NeighKey, Network, Vtep,
@@ -66,6 +66,49 @@ impl Maps {
             stats: PerCpuArray::try_from(take(map_names::STATS)?)?,
             endpoint_devs: DevMapHash::try_from(take(map_names::ENDPOINT_DEVS)?)?,
         })
+    }
+
+    /// The capacity of map `name`, from the kernel.
+    pub fn max_entries(&self, name: &str) -> Option<u32> {
+        let data = match name {
+            map_names::CONFIG => self.config.map(),
+            map_names::NETWORKS => self.networks.map(),
+            map_names::ENDPOINTS => self.endpoints.map(),
+            map_names::FDB => self.fdb.map(),
+            map_names::NEIGH => self.neigh.map(),
+            map_names::VTEPS => self.vteps.map(),
+            map_names::STATS => self.stats.map(),
+            map_names::ENDPOINT_DEVS => self.endpoint_devs.map(),
+            _ => return None,
+        };
+        data.info().ok().map(|i| i.max_entries())
+    }
+
+    /// How full each table is: (map name, entries, max_entries). A table at its
+    /// capacity refuses what the agent would add.
+    pub fn fill(&self) -> Result<Vec<(&'static str, usize, u32)>> {
+        fn count<K: aya::Pod + Ord, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<usize> {
+            Ok(match super::batch::read_all(map) {
+                Some(all) => all.len(),
+                None => map.keys().count(),
+            })
+        }
+        let max = |name| self.max_entries(name).unwrap_or(0);
+        Ok(vec![
+            (
+                map_names::NETWORKS,
+                count(&self.networks)?,
+                max(map_names::NETWORKS),
+            ),
+            (
+                map_names::ENDPOINTS,
+                count(&self.endpoints)?,
+                max(map_names::ENDPOINTS),
+            ),
+            (map_names::FDB, count(&self.fdb)?, max(map_names::FDB)),
+            (map_names::NEIGH, count(&self.neigh)?, max(map_names::NEIGH)),
+            (map_names::VTEPS, count(&self.vteps)?, max(map_names::VTEPS)),
+        ])
     }
 
     /// Opens the maps a running (or kept) agent pinned under `dir`.

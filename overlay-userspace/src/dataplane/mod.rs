@@ -5,7 +5,9 @@
 //! - [`maps`]: typed handles on the maps; [`reconcile`]: desired state → map
 //!   diff, applied; `batch`: whole-map reads;
 //! - [`programs`]: loading and attaching the programs; [`kernel`]: what the
-//!   running kernel offers them.
+//!   running kernel offers them;
+//! - [`upgrade`] and `swap`: taking over from an agent of another version
+//!   (maps migrated, programs swapped atomically under the live maps).
 
 mod batch;
 pub mod kernel;
@@ -13,15 +15,22 @@ pub mod maps;
 pub mod pins;
 pub mod programs;
 pub mod reconcile;
+mod swap;
+pub mod upgrade;
 
-use std::path::Path;
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Result;
+use log::{info, warn};
 
 use self::{
     maps::Maps,
     programs::{Hook, Programs},
     reconcile::{Changes, Prune, Tables},
+    upgrade::MapChange,
 };
 use crate::{
     config::DecapMode, desired::DesiredState, host::netns::netns_path, host::veth::CreatedEndpoint,
@@ -37,24 +46,82 @@ pub struct Dataplane {
     maps: Maps,
     programs: Programs,
     decap: DecapMode,
+    pin_dir: PathBuf,
+    /// A previous agent's dataplane is still running: its attachments are to
+    /// be swapped to this agent's programs, and these maps migrated, once the
+    /// desired state is complete.
+    takeover: Option<Vec<MapChange>>,
+    /// Maps found full, each reported once until it has room again.
+    full: BTreeSet<&'static str>,
 }
 
 impl Dataplane {
     /// Loads the programs with every map pinned under `pin_dir`, reusing the
     /// maps a previous agent left there (see [`pins::load_adopting`]).
     pub fn load(pin_dir: &Path, decap: DecapMode) -> Result<Dataplane> {
-        let (ebpf, maps) = pins::load_adopting(pin_dir)?;
+        let adopting = pins::holds_pins(pin_dir);
+        let (ebpf, maps, changes) = pins::load_adopting(pin_dir)?;
         let programs = Programs::load(ebpf, pin_dir)?;
         Ok(Dataplane {
             maps,
             programs,
             decap,
+            pin_dir: pin_dir.to_owned(),
+            takeover: adopting.then_some(changes),
+            full: BTreeSet::new(),
         })
     }
 
-    /// Brings every map to what `desired` implies.
+    /// Brings every map to what `desired` implies. The first time the state is
+    /// complete (`Prune::All`: the cluster view is warm), a previous agent's
+    /// dataplane is taken over: its attachments swapped to this agent's
+    /// programs, and the migrated maps pinned in place of the old ones.
     pub fn apply(&mut self, desired: &DesiredState, prune: Prune) -> Result<Changes> {
-        reconcile::reconcile_with(&mut self.maps, &Tables::from_desired(desired), prune)
+        let changes =
+            reconcile::reconcile_with(&mut self.maps, &Tables::from_desired(desired), prune)?;
+        self.report_full(&changes);
+        if prune == Prune::All
+            && let Some(migrated) = &self.takeover
+        {
+            self.programs.swap_adopted()?;
+            upgrade::promote_migrated(&self.pin_dir, migrated)?;
+            if !migrated.is_empty() {
+                let names: Vec<String> = migrated.iter().map(ToString::to_string).collect();
+                info!("migrated map(s) now in use: {}", names.join(", "));
+            }
+            self.takeover = None;
+        }
+        Ok(changes)
+    }
+
+    /// Logs a map that refused entries for want of room once, naming it, and
+    /// once more when it has room again. `overlay stats` shows the same from
+    /// the pins.
+    fn report_full(&mut self, changes: &Changes) {
+        for (&name, &refused) in &changes.refused {
+            if self.full.insert(name) {
+                let max = self.maps.max_entries(name).unwrap_or(0);
+                warn!(
+                    "map {name} is full ({max} entries): {refused} entr{} the desired state holds \
+                     could not be installed; the rest of the dataplane is unaffected. This node's \
+                     own endpoints go in first; traffic to the missing remote ones is dropped \
+                     (drop_no_fdb) until entries are freed",
+                    if refused == 1 { "y" } else { "ies" }
+                );
+            }
+        }
+        self.full.retain(|name| {
+            let still = changes.refused.contains_key(name);
+            if !still {
+                info!("map {name} has room again: every entry of the desired state is installed");
+            }
+            still
+        });
+    }
+
+    /// Whether the previous agent's programs still run, waiting for the swap.
+    pub fn swap_pending(&self) -> bool {
+        self.takeover.is_some()
     }
 
     pub fn attach_underlay(&mut self, underlay: &str) -> Result<()> {
@@ -91,9 +158,16 @@ impl Dataplane {
         self.programs.detach_unadopted()
     }
 
-    /// Leaves programs, links and maps in place for the next agent.
+    /// Leaves programs, links and maps in place for the next agent. Maps of a
+    /// migration that was not swapped in yet are removed: the previous
+    /// agent's maps still serve its programs, and the next agent starts over.
     pub fn keep(mut self) {
         self.programs.keep_all();
+        if self.takeover.is_some()
+            && let Err(e) = upgrade::clear_migrating(&self.pin_dir)
+        {
+            log::warn!("{e:#}");
+        }
     }
 
     /// Detaches every program and removes the pins. Carries on past errors and
