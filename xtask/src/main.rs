@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod prereqs;
 mod vmtest;
 
@@ -50,6 +51,9 @@ enum Task {
     /// Build, then run the kernel tests inside qemu VMs on Debian's 6.1 and 6.12
     /// kernels (fetched with apt-get, cached under target/vmtest).
     Vmtest(vmtest::Args),
+    /// Run each libFuzzer target (cluster file, API request, gossip record,
+    /// transport open) for --seconds, on its seeds, regressions and corpus.
+    Fuzz(fuzz::Args),
     /// Build, then run the overlay in gossip mode across two hosts made of namespaces,
     /// add a container through the CLI, and tear it all down.
     Demo,
@@ -133,6 +137,7 @@ fn try_main() -> Result<()> {
             Ok(())
         }
         Task::Lint => lint(),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Vmtest(args) => {
             let binary = build()?;
             let variant = build_upgrade_variant()?;

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, ensure};
 use crate::{run, succeeds};
 
 /// The Debian packages whose commands the tests and the demo run.
-const PACKAGES: [(&str, &str); 7] = [
+const PACKAGES: [(&str, &str); 9] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("iperf3", "iperf3"),
@@ -19,9 +19,13 @@ const PACKAGES: [(&str, &str); 7] = [
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
+    // The fault suite: loss and partitions (no netem here), gratuitous ARP.
+    ("nft", "nftables"),
+    ("arping", "iputils-arping"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn ensure_all() -> Result<()> {
     ensure_root()?;
@@ -30,6 +34,26 @@ pub fn ensure_all() -> Result<()> {
     ensure_bpf_linker()?;
     ensure_packages()?;
     Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (libFuzzer runs on the nightly, which
+/// the eBPF build installs anyway).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if let Ok(out) = Command::new("cargo").args(["fuzz", "--version"]).output()
+        && out.status.success()
+    {
+        println!(
+            "prereq: cargo-fuzz already installed ({})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        return Ok(());
+    }
+    println!("prereq: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)...");
+    run(Command::new("cargo").args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
 }
 
 fn ensure_root() -> Result<()> {

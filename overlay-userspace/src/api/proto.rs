@@ -34,6 +34,13 @@ pub enum Request {
     Members,
 }
 
+impl Request {
+    /// Decodes one request line as the socket receives it.
+    pub fn decode(line: &str) -> Result<Request, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Response {
     #[serde(default, skip_serializing_if = "Option::is_none")]

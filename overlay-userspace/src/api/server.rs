@@ -47,7 +47,7 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     reader.read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
+    let response = match Request::decode(&line) {
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
             if calls.send((request, tx)).await.is_err() {
