@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fmt};
 use anyhow::{Context as _, Result};
 use aya::{
     Pod,
-    maps::{HashMap, MapData},
+    maps::{HashMap, IterableMap as _, MapData},
 };
 use overlay_common::{
     Config, Endpoint, FDB_KIND_LOCAL, FDB_KIND_REMOTE, FdbEntry, FdbKey, NeighEntry, NeighKey,
@@ -193,9 +193,10 @@ fn sync_fdb(
     sync_hash(map, want, prune_remote, |e| e.kind == FDB_KIND_LOCAL)
 }
 
-/// Brings one hash map to `want`, writing the entries `first` picks before
-/// the others. An entry the map has no room for is counted as refused, and
-/// the pass goes on: a full map must not stop the rest of the tables.
+/// Brings one hash map to `want`. When `want` does not fit, the map holds the
+/// entries `first` picks, then the others in key order, up to its capacity,
+/// whatever it held before; the rest are counted as refused, and the pass goes
+/// on: a full map must not stop the rest of the tables.
 fn sync_hash<K, V>(
     map: &mut HashMap<MapData, K, V>,
     want: &BTreeMap<K, V>,
@@ -211,16 +212,35 @@ where
         Some(current) => current,
         None => map.iter().collect::<Result<_, _>>()?,
     };
-    for key in current.keys().filter(|k| prune && !want.contains_key(k)) {
+    let stale_kept = if prune {
+        0
+    } else {
+        current.keys().filter(|k| !want.contains_key(k)).count()
+    };
+    let capacity = map.map().info()?.max_entries() as usize;
+    let room = capacity.saturating_sub(stale_kept);
+    let ordered: Vec<(&K, &V)> = want
+        .iter()
+        .filter(|(_, v)| first(v))
+        .chain(want.iter().filter(|(_, v)| !first(v)))
+        .collect();
+    let (fits, left_out) = ordered.split_at(ordered.len().min(room));
+    // Wanted entries that do not fit give up their slots to those that do.
+    let gone = current
+        .keys()
+        .filter(|k| prune && !want.contains_key(k))
+        .chain(
+            left_out
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| current.contains_key(k)),
+        );
+    for key in gone {
         map.remove(key)?;
         changes.removed += 1;
     }
-    let mut refused = 0;
-    let ordered = want
-        .iter()
-        .filter(|(_, v)| first(v))
-        .chain(want.iter().filter(|(_, v)| !first(v)));
-    for (key, value) in ordered {
+    let mut refused = left_out.len();
+    for &(key, value) in fits {
         let fresh = match current.get(key) {
             Some(v) if v == value => continue,
             Some(_) => false,
