@@ -1,6 +1,7 @@
 //! `overlay agent` processes, run inside a node's namespace.
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -210,6 +211,25 @@ impl Agent {
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// The ids of the BPF programs the agent holds open, from its fdinfo.
+    /// Other agents on the machine load the same programs, so telling ours
+    /// apart by name would count theirs too.
+    pub fn programs(&self) -> Result<BTreeSet<u64>> {
+        let mut ids = BTreeSet::new();
+        for entry in std::fs::read_dir(format!("/proc/{}/fdinfo", self.pid()))? {
+            let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            ids.extend(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|id| id.trim().parse::<u64>().ok()),
+            );
+        }
+        ensure!(!ids.is_empty(), "the agent holds no BPF program");
+        Ok(ids)
     }
 
     /// SIGKILL: the agent gets no chance to clean up, and its dataplane stays.

@@ -18,23 +18,6 @@ use overlay_tests::{
     sh, upgrade_variant_binary,
 };
 
-/// Program ids an agent holds open (from its fdinfo).
-fn held_programs(agent: &Agent) -> Result<BTreeSet<u64>> {
-    let mut ids = BTreeSet::new();
-    for entry in std::fs::read_dir(format!("/proc/{}/fdinfo", agent.pid()))? {
-        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
-            continue;
-        };
-        ids.extend(
-            info.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
-                .filter_map(|id| id.trim().parse::<u64>().ok()),
-        );
-    }
-    ensure!(!ids.is_empty(), "the agent holds no BPF program");
-    Ok(ids)
-}
-
 /// The programs node `node`'s attachments run: its pinned links' (TCX, XDP)
 /// and its netlink filters' (kernels before TCX).
 fn attached_programs(o: &Overlay, node: u8) -> Result<BTreeSet<u64>> {
@@ -73,7 +56,7 @@ fn hand_over(o: &mut Overlay, binary: &Path) -> Result<()> {
 
 /// Waits until node1's attachments all run its current agent's programs.
 fn wait_swapped(o: &Overlay) -> Result<BTreeSet<u64>> {
-    let held = held_programs(&o.agents[0])?;
+    let held = o.agents[0].programs()?;
     overlay_tests::wait_until(Duration::from_secs(10), "every hook swapped", || {
         Ok(attached_programs(o, 1)?.is_subset(&held))
     })?;
@@ -84,7 +67,7 @@ fn upgrade_and_back(decap: Decap) -> Result<()> {
     let mut o = Overlay::build_with(decap, &[C1, C2])?;
     o.start_agent_with(1, &["--keep"])?;
     o.start_agent(2)?;
-    let first = held_programs(&o.agents[0])?;
+    let first = o.agents[0].programs()?;
     ensure!(attached_programs(&o, 1)?.is_subset(&first));
     ensure!(fdb_capacity(&o.pin_dir(1))? == MAX_FDB_ENTRIES);
     let pinger = Pinger::start(&o.ns(C1), &C2.ip.to_string(), Duration::from_millis(10))?;
@@ -114,6 +97,11 @@ fn upgrade_and_back(decap: Decap) -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
 
     let log = pinger.stop()?;
+    println!(
+        "[{decap}] upgrade and back under a ping every 10 ms: {} of {} echoes lost",
+        log.lost(),
+        log.transmitted
+    );
     ensure!(
         log.lost() == 0,
         "{} of {} echoes lost across two upgrades",

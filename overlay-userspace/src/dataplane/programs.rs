@@ -50,6 +50,20 @@ impl Hook {
         }
     }
 
+    /// The hook whose link (or netlink filter's directory) is pinned as `name`.
+    fn from_pin_name(name: &str) -> Option<Hook> {
+        type Make = fn(String) -> Hook;
+        let kinds: [(&str, Make); 4] = [
+            ("endpoint-", Hook::Endpoint),
+            ("peer-xdp-", Hook::PeerXdp),
+            ("underlay-tc-", Hook::UnderlayTc),
+            ("underlay-xdp-", Hook::UnderlayXdp),
+        ];
+        kinds
+            .into_iter()
+            .find_map(|(prefix, hook)| name.strip_prefix(prefix).map(|i| hook(i.to_owned())))
+    }
+
     /// The program this hook runs.
     pub(super) fn program(&self) -> &'static str {
         match self {
@@ -309,16 +323,8 @@ impl Programs {
                 continue;
             }
             let gone = if entry.path().is_dir() {
-                // A netlink filter's directory: `<kind>-<ifname>`.
-                let hook = [("endpoint-", 0), ("underlay-tc-", 1)]
-                    .into_iter()
-                    .find_map(|(prefix, kind)| {
-                        name.strip_prefix(prefix).map(|i| match kind {
-                            0 => Hook::Endpoint(i.to_owned()),
-                            _ => Hook::UnderlayTc(i.to_owned()),
-                        })
-                    });
-                hook.is_some_and(|h| detach_left(&entry.path(), &h).is_ok())
+                // A netlink filter's directory.
+                Hook::from_pin_name(&name).is_some_and(|h| detach_left(&entry.path(), &h).is_ok())
             } else {
                 fs::remove_file(entry.path()).is_ok()
             };
