@@ -132,6 +132,34 @@ impl PingLog {
             .map_or(self.transmitted, |&last| last - seqs.len() as u64)
     }
 
+    /// The echoes up to the last one answered that got no reply, each with
+    /// about when it was sent (Unix seconds; from the first reply and the
+    /// interval): to tell which event lost them.
+    pub fn lost_echoes(&self) -> Vec<(u64, f64)> {
+        let Some(&(first_seq, first_at)) = self.replies.iter().min_by_key(|(s, _)| *s) else {
+            return Vec::new();
+        };
+        let answered: std::collections::BTreeSet<u64> =
+            self.replies.iter().map(|(s, _)| *s).collect();
+        let last = answered.last().copied().unwrap_or(0);
+        let step = self.interval.as_secs_f64();
+        (1..=last)
+            .filter(|s| !answered.contains(s))
+            .map(|s| (s, first_at + (s as f64 - first_seq as f64) * step))
+            .collect()
+    }
+
+    /// Silences longer than `min` between two replies: (last reply before,
+    /// first reply after), Unix seconds.
+    pub fn gaps(&self, min: Duration) -> Vec<(f64, f64)> {
+        let mut at: Vec<f64> = self.replies.iter().map(|(_, t)| *t).collect();
+        at.sort_by(f64::total_cmp);
+        at.windows(2)
+            .filter(|w| w[1] - w[0] > min.as_secs_f64())
+            .map(|w| (w[0], w[1]))
+            .collect()
+    }
+
     /// How long after `t` the first reply came.
     pub fn first_reply_after(&self, t: SystemTime) -> Option<Duration> {
         let t = unix(t);

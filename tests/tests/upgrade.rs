@@ -7,7 +7,11 @@
 
 mod common;
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Context as _, Result, ensure};
 use aya::{EbpfLoader, maps::MapData, programs::SchedClassifier};
@@ -45,11 +49,18 @@ fn fdb_capacity(pin_dir: &Path) -> Result<u32> {
         .max_entries())
 }
 
+/// When each step of a hand-over was done, to tell which one lost an echo.
+type Events = Vec<(&'static str, SystemTime)>;
+
 /// Stops node1's agent leaving its dataplane, and starts `binary` on it.
-fn hand_over(o: &mut Overlay, binary: &Path) -> Result<()> {
+fn hand_over(o: &mut Overlay, binary: &Path, events: &mut Events) -> Result<()> {
     let agent = o.agents.remove(0);
+    events.push(("stopping", SystemTime::now()));
     let left: LeftDataplane = agent.stop_keeping()?;
+    events.push(("stopped", SystemTime::now()));
+    std::thread::sleep(Duration::from_millis(300));
     let next = left.restart(&o.node_ns(1), binary, &o.config_path(1), &["--keep"])?;
+    events.push(("ready", SystemTime::now()));
     o.agents.insert(0, next);
     Ok(())
 }
@@ -73,8 +84,11 @@ fn upgrade_and_back(decap: Decap) -> Result<()> {
     let pinger = Pinger::start(&o.ns(C1), &C2.ip.to_string(), Duration::from_millis(10))?;
     std::thread::sleep(Duration::from_millis(500));
 
-    hand_over(&mut o, &upgrade_variant_binary()?)?;
+    let mut events = Events::new();
+    hand_over(&mut o, &upgrade_variant_binary()?, &mut events)?;
     let second = wait_swapped(&o)?;
+    events.push(("swapped", SystemTime::now()));
+    let variant_log = o.agents[0].stderr();
     ensure!(
         first.is_disjoint(&second),
         "the variant runs programs of its own"
@@ -84,29 +98,44 @@ fn upgrade_and_back(decap: Decap) -> Result<()> {
         "FDB was migrated to the variant's size"
     );
     ensure!(!o.pin_dir(1).join("migrating").exists());
-    let log = o.agents[0].stderr();
-    ensure!(log.contains("migrating it"), "{log}");
-    ensure!(log.contains("swapped"), "{log}");
+    ensure!(variant_log.contains("migrating it"), "{variant_log}");
+    ensure!(variant_log.contains("swapped"), "{variant_log}");
     std::thread::sleep(Duration::from_millis(500));
 
     // And back, which migrates FDB again.
     let first_binary = o.binary.clone();
-    hand_over(&mut o, &first_binary)?;
+    hand_over(&mut o, &first_binary, &mut events)?;
     wait_swapped(&o)?;
+    events.push(("swapped back", SystemTime::now()));
     ensure!(fdb_capacity(&o.pin_dir(1))? == MAX_FDB_ENTRIES);
     std::thread::sleep(Duration::from_millis(500));
 
     let log = pinger.stop()?;
     println!(
-        "[{decap}] upgrade and back under a ping every 10 ms: {} of {} echoes lost",
+        "[{decap}] upgrade and back under a ping every 10 ms: {} of {} echoes lost; counters node1 {:?} node2 {:?}",
         log.lost(),
-        log.transmitted
+        log.transmitted,
+        o.nonzero_counters(1)?,
+        o.nonzero_counters(2)?
     );
     ensure!(
         log.lost() == 0,
-        "{} of {} echoes lost across two upgrades",
+        "{} of {} echoes lost across two upgrades: {:?} (seq, sent at), gaps {:?}; events {:?}; the \
+         variant's log:\n{variant_log}\nthe last agent's log:\n{}",
         log.lost(),
-        log.transmitted
+        log.transmitted,
+        log.lost_echoes(),
+        log.gaps(Duration::from_millis(25)),
+        events
+            .iter()
+            .map(|(what, at)| (
+                what,
+                at.duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            ))
+            .collect::<Vec<_>>(),
+        o.agents[0].stderr()
     );
     // Both nodes' tables still carry traffic both ways.
     o.ping_both_ways(C1, C2, 3)?;

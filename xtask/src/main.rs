@@ -36,8 +36,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run every test: the test bed's self-tests, unit, program
-    /// (BPF_PROG_TEST_RUN), topology, interop, lifecycle, config and gossip cluster.
+    /// Build (and the upgrade suite's second build), then run every test: the
+    /// test bed's self-tests, unit, program and properties (BPF_PROG_TEST_RUN),
+    /// topology, interop, lifecycle, config, gossip cluster, upgrade and faults.
     /// Needs root; nothing is skipped.
     Test {
         /// Extra arguments for the test binaries, e.g. a test name filter.

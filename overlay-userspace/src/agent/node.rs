@@ -101,6 +101,11 @@ impl Node {
                 }
             }
         }
+        // The view of this node alone (its own networks) before the first
+        // fill: an empty one would withdraw the adopted dataplane's networks
+        // and endpoints until the next pass (found by the upgrade suite).
+        let own = self.own_record();
+        self.membership.resolve(&own).await;
         // Tables first, with the programs not yet attached to new hooks.
         self.apply(Prune::KeepStaleRemote)?;
         let dataplane = self.dataplane.as_mut().expect("loaded above");
