@@ -274,6 +274,12 @@ fn underlay_drop_reasons_each_count_once_in_both_variants() -> Result<()> {
             "drop_malformed",
             vxlan_frame(REMOTE_VTEP, VNI, 0x08, &[0x02, 0x42, 0, 0]),
         ),
+        // An Ethernet header for c1 and fewer than 20 bytes after it: TC decap
+        // once dropped it as drop_error, XDP delivered it (the property tests).
+        (
+            "drop_malformed",
+            vxlan_frame(REMOTE_VTEP, VNI, 0x08, &to_c1[..14 + 19]),
+        ),
     ];
     for (prog, drop) in [
         (program_names::UNDERLAY_INGRESS_TC, TC_ACT_SHOT),
