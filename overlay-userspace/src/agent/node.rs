@@ -105,7 +105,7 @@ impl Node {
         // fill: an empty one would withdraw the adopted dataplane's networks
         // and endpoints until the next pass (found by the upgrade suite).
         let own = self.own_record();
-        self.membership.resolve(&own).await;
+        self.membership.resolve_own(&own);
         // Tables first, with the programs not yet attached to new hooks.
         self.apply(Prune::KeepStaleRemote)?;
         let dataplane = self.dataplane.as_mut().expect("loaded above");
