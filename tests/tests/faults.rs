@@ -215,9 +215,7 @@ fn gossip_under_twenty_percent_loss_still_spreads() -> Result<()> {
 #[test]
 fn kill_nine_ten_times_under_ping() -> Result<()> {
     const KILLS: u64 = 10;
-    let mut o = Overlay::build_with(Decap::Tc, &[C1, C2])?;
-    o.start_agent(1)?;
-    o.start_agent(2)?;
+    let mut o = two_nodes()?;
     let pinger = Pinger::start(&o.ns(C1), &C2.ip.to_string(), Duration::from_millis(100))?;
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..KILLS {
@@ -238,6 +236,14 @@ fn kill_nine_ten_times_under_ping() -> Result<()> {
     Ok(())
 }
 
+/// The seed topology with c1 on node1 and c2 on node2, both agents up.
+fn two_nodes() -> Result<Overlay> {
+    let mut o = Overlay::build_with(Decap::Tc, &[C1, C2])?;
+    o.start_agent(1)?;
+    o.start_agent(2)?;
+    Ok(o)
+}
+
 /// Pings from c1 to c2 while `fault` runs, and returns how long after `fault`
 /// said it had healed (its return value) the first echo came back.
 fn recovery_after(o: &Overlay, fault: impl FnOnce() -> Result<SystemTime>) -> Result<Duration> {
@@ -256,9 +262,7 @@ fn recovery_after(o: &Overlay, fault: impl FnOnce() -> Result<SystemTime>) -> Re
 /// down), then gets it back: traffic is back within 1 s.
 #[test]
 fn the_underlay_down_for_five_seconds() -> Result<()> {
-    let mut o = Overlay::build_with(Decap::Tc, &[C1, C2])?;
-    o.start_agent(1)?;
-    o.start_agent(2)?;
+    let o = two_nodes()?;
     let router = o.topology.router().to_owned();
     let back = recovery_after(&o, || {
         ip(&format!("-n {router} link set r1 down"))?;
@@ -279,9 +283,7 @@ fn the_underlay_down_for_five_seconds() -> Result<()> {
 /// the next-hop cache notwithstanding.
 #[test]
 fn the_router_changes_its_mac() -> Result<()> {
-    let mut o = Overlay::build_with(Decap::Tc, &[C1, C2])?;
-    o.start_agent(1)?;
-    o.start_agent(2)?;
+    let o = two_nodes()?;
     let router = o.topology.router().to_owned();
     let back = recovery_after(&o, || {
         ip(&format!(
