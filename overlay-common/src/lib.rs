@@ -130,13 +130,17 @@ impl FdbKey {
 
 pub const FDB_KIND_LOCAL: u32 = 1;
 pub const FDB_KIND_REMOTE: u32 = 2;
+/// The network's gateway: frames to this MAC leave the overlay through the host
+/// stack of this node (`ifindex` and `remote_vtep` are zero).
+pub const FDB_KIND_GATEWAY: u32 = 3;
 
 /// FDB value: where a MAC of a network lives.
 /// Layout (12 bytes): `kind` 0..4, `ifindex` 4..8, `remote_vtep` 8..12.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FdbEntry {
-    /// `FDB_KIND_LOCAL` (deliver to `ifindex`) or `FDB_KIND_REMOTE` (encapsulate to `remote_vtep`).
+    /// `FDB_KIND_LOCAL` (deliver to `ifindex`), `FDB_KIND_REMOTE` (encapsulate to
+    /// `remote_vtep`) or `FDB_KIND_GATEWAY` (hand to the host stack).
     pub kind: u32,
     /// Host-side veth of a local endpoint; 0 for remote entries.
     pub ifindex: u32,
@@ -257,6 +261,9 @@ counters! {
     DropError => "drop_error",
     /// VXLAN to our VTEP and port for a VNI this node does not serve, passed untouched.
     PassUnknownVni => "pass_unknown_vni",
+    /// A container frame to its gateway's MAC, handed to the host stack: the way
+    /// out of the overlay.
+    ToGateway => "to_gateway",
 }
 
 /// One STATS slot (per CPU). Layout (16 bytes): `packets` 0..8, `bytes` 8..16.

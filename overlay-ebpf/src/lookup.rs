@@ -4,7 +4,8 @@
 //! them under the program.
 
 use overlay_common::{
-    CONFIG_F_READY, Config, Endpoint, FDB_KIND_LOCAL, FDB_KIND_REMOTE, FdbKey, NeighKey,
+    CONFIG_F_READY, Config, Endpoint, FDB_KIND_GATEWAY, FDB_KIND_LOCAL, FDB_KIND_REMOTE, FdbKey,
+    NeighKey,
 };
 
 use crate::maps::{CONFIG, ENDPOINTS, FDB, NEIGH, NETWORKS, VTEPS};
@@ -16,6 +17,8 @@ pub enum Location {
     Local { ifindex: u32 },
     /// Behind this remote VTEP.
     Remote { vtep: [u8; 4] },
+    /// The network's gateway: this node's host stack.
+    Gateway,
 }
 
 #[inline(always)]
@@ -44,6 +47,7 @@ pub fn locate(vni: u32, mac: [u8; 6]) -> Option<Location> {
         FDB_KIND_REMOTE => Some(Location::Remote {
             vtep: entry.remote_vtep,
         }),
+        FDB_KIND_GATEWAY => Some(Location::Gateway),
         _ => None,
     }
 }

@@ -1,7 +1,8 @@
 //! The endpoint side: everything a container sends enters here, is checked against
-//! the endpoint's identity, and is answered (ARP), switched locally, or encapsulated.
+//! the endpoint's identity, and is answered (ARP), switched locally, encapsulated,
+//! or, addressed to the network's gateway, handed to the host stack.
 
-use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect, programs::TcContext};
 use overlay_common::{Config, Counter, Endpoint};
 
 use crate::{
@@ -76,6 +77,12 @@ fn forward(ctx: &TcContext, cfg: &Config, ep: &Endpoint, dst: [u8; 6], len: u32)
             deliver::into_container(ctx, ifindex)
         }
         Some(Location::Remote { vtep }) => encap::to_remote(ctx, cfg, ep.vni, vtep),
+        // The host end of the veth carries the gateway's MAC, so the stack
+        // takes the frame as its own: the way out of the overlay, and only that.
+        Some(Location::Gateway) => {
+            count(Counter::ToGateway, len);
+            TC_ACT_OK
+        }
         None => drop(Counter::DropNoFdb, len),
     }
 }

@@ -17,7 +17,7 @@ use crate::{
     cluster::resolve::{AcceptedRemote, Resolved},
     config::ClusterConfig,
     host::{plan::NodePlan, veth::CreatedEndpoint},
-    model::Mac,
+    model::{Mac, Subnet, gateway_mac},
 };
 
 /// An endpoint living on this node, behind a host-side veth.
@@ -38,6 +38,24 @@ pub struct RemoteEndpoint {
     pub vtep: Ipv4Addr,
 }
 
+/// A network's gateway on this node: answered for in ARP, and the frames to
+/// its MAC go to the host stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+}
+
+/// What the host's packet filter must know about the overlay's subnets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EgressNets {
+    /// Every accepted network's subnet.
+    pub overlay: Vec<Subnet>,
+    /// The subnets of the networks with a way out (not internal).
+    pub way_out: Vec<Subnet>,
+}
+
 /// Everything the dataplane should know, in cluster terms.
 #[derive(Clone, Debug)]
 pub struct DesiredState {
@@ -46,6 +64,9 @@ pub struct DesiredState {
     pub networks: BTreeMap<u32, u32>,
     pub local: Vec<LocalEndpoint>,
     pub remote: Vec<RemoteEndpoint>,
+    /// The gateways of the networks with a way out.
+    pub gateways: Vec<Gateway>,
+    pub egress: EgressNets,
 }
 
 /// The desired state of this node: the accepted networks, the local endpoints
@@ -64,8 +85,29 @@ pub fn desired_state<'a>(
     let networks = resolved
         .networks
         .values()
-        .map(|n| (n.vni, plan.mtu_of(&n.name)))
+        .map(|n| (n.vni, plan.mtu_for(n.mtu)))
         .collect();
+    let gateways = resolved
+        .networks
+        .values()
+        .filter_map(|n| {
+            let ip = n.way_out()?;
+            Some(Gateway {
+                vni: n.vni,
+                ip,
+                mac: gateway_mac(ip),
+            })
+        })
+        .collect();
+    let egress = EgressNets {
+        overlay: resolved.networks.values().map(|n| n.subnet).collect(),
+        way_out: resolved
+            .networks
+            .values()
+            .filter(|n| !n.internal)
+            .map(|n| n.subnet)
+            .collect(),
+    };
     // An endpoint of a network the cluster refused (or gave another VNI) stays
     // plumbed but out of the tables.
     let served = |e: &CreatedEndpoint| {
@@ -89,6 +131,8 @@ pub fn desired_state<'a>(
         networks,
         local,
         remote: remote_endpoints(static_remotes(&plan.config), &resolved.remote),
+        gateways,
+        egress,
     }
 }
 
@@ -151,8 +195,9 @@ fn remote_endpoints(
 }
 
 /// Every address of `network` someone uses: announced anywhere in the cluster,
-/// or a `[[remote]]` of the file. An allocation or an explicit address must
-/// avoid all of them.
+/// a `[[remote]]` of the file, or kept by the network (its gateway and
+/// auxiliary addresses). An allocation or an explicit address must avoid all
+/// of them.
 pub fn addresses_in_use(
     config: &ClusterConfig,
     resolved: &Resolved,
@@ -171,14 +216,101 @@ pub fn addresses_in_use(
             .filter(|r| config.networks[r.network].name == network)
             .map(|r| r.ip),
     );
+    if let Some(def) = resolved.networks.get(network) {
+        used.extend(def.reserved());
+    }
     used
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::{
+        cluster::record::NetworkDef,
+        host::plan::{PlannedEndpoint, Underlay},
+        model::Plumbing,
+    };
+
+    const FILE: &str = "node = \"n1\"\nunderlay = \"eth0\"\n\
+        [[network]]\nname = \"red\"\nvni = 100\nsubnet = \"10.9.0.0/24\"\nmtu = 1400\n\
+        [[remote]]\nnetwork = \"red\"\nip = \"10.9.0.4\"\nmac = \"02:42:0a:09:00:04\"\nvtep = \"192.168.1.5\"\n";
+
+    fn plan() -> NodePlan {
+        NodePlan {
+            config: ClusterConfig::parse(Path::new("n.toml"), FILE).unwrap(),
+            underlay: Underlay {
+                name: "eth0".into(),
+                index: 2,
+                mtu: 1500,
+                vtep: Ipv4Addr::new(172, 31, 1, 5),
+                is_veth: true,
+            },
+            endpoints: Vec::new(),
+            pin_dir: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    fn def(name: &str, vni: u32) -> NetworkDef {
+        NetworkDef {
+            name: name.into(),
+            vni,
+            subnet: "10.9.0.0/24".parse().unwrap(),
+            created_ms: 0,
+            origin: "n1".into(),
+            gateway: None,
+            aux: Vec::new(),
+            mtu: (name == "red").then_some(1400),
+            internal: false,
+        }
+    }
+
+    fn veth(network: &str, vni: u32, ip: [u8; 4], ifindex: u32) -> CreatedEndpoint {
+        let ip = Ipv4Addr::from(ip);
+        CreatedEndpoint {
+            plan: PlannedEndpoint {
+                network: network.into(),
+                vni,
+                netns: "c".into(),
+                container_id: None,
+                plumbing: Plumbing::Agent,
+                gateway: None,
+                ip,
+                prefix_len: 24,
+                mac: Mac::from_ipv4(ip),
+                mtu: 1400,
+                host_ifname: format!("ov{ifindex}"),
+                container_ifname: "eth0".into(),
+            },
+            host_ifindex: ifindex,
+        }
+    }
+
+    #[test]
+    fn the_desired_state_holds_served_networks_their_endpoints_and_the_files_remotes() {
+        let mut resolved = Resolved::default();
+        resolved.networks.insert("red".into(), def("red", 100));
+        // Created at run time: no MTU in the file, so the underlay's minus 50.
+        resolved.networks.insert("blue".into(), def("blue", 200));
+        let locals = [
+            veth("red", 100, [10, 9, 0, 3], 7),
+            // The cluster gave "green" no definition, and "blue" another VNI:
+            // both stay plumbed but out of the tables.
+            veth("green", 300, [10, 9, 0, 5], 8),
+            veth("blue", 201, [10, 9, 0, 6], 9),
+        ];
+        let state = desired_state(&plan(), &resolved, &locals);
+        assert_eq!(state.networks, BTreeMap::from([(100, 1400), (200, 1450)]));
+        assert_eq!(state.local.len(), 1);
+        assert_eq!(state.local[0].host_ifindex, 7);
+        assert_eq!(
+            state.remote,
+            vec![remote([10, 9, 0, 4], [10, 9, 0, 4], [192, 168, 1, 5])]
+        );
+        assert_eq!(state.config.vtep_ip, [172, 31, 1, 5]);
+        assert_eq!(state.config.underlay_ifindex, 2);
+    }
 
     fn remote(ip: [u8; 4], mac_of: [u8; 4], vtep: [u8; 4]) -> RemoteEndpoint {
         RemoteEndpoint {

@@ -33,6 +33,22 @@ impl Subnet {
         let host = u32::from(ip) & !self.mask();
         host == 0 || host == !self.mask()
     }
+
+    /// Whether the two prefixes share any address.
+    pub fn overlaps(self, other: Subnet) -> bool {
+        let shorter = if self.prefix_len <= other.prefix_len {
+            self
+        } else {
+            other
+        };
+        shorter.contains(self.network) && shorter.contains(other.network)
+    }
+
+    /// The first address after the network address: the default gateway, as
+    /// Docker's IPAM picks it.
+    pub fn first_host(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + u32::from(self.prefix_len < 31))
+    }
 }
 
 impl FromStr for Subnet {
@@ -145,4 +161,25 @@ impl fmt::Display for Mac {
             m[0], m[1], m[2], m[3], m[4], m[5]
         )
     }
+}
+
+/// The MAC the gateway of a network answers ARP with, and the host ends of its
+/// endpoints' veths carry: Docker's convention applied to the gateway address,
+/// which no endpoint may take, so no endpoint has this MAC either.
+pub fn gateway_mac(gateway: Ipv4Addr) -> Mac {
+    Mac::from_ipv4(gateway)
+}
+
+/// Who puts an endpoint's container end in place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Plumbing {
+    /// The agent moves the container end into the namespace, names it, and sets
+    /// its MAC, MTU, address and routes (the CLI, the cluster file, CNI).
+    #[default]
+    Agent,
+    /// The agent leaves the container end in its own namespace, with MAC and
+    /// MTU set; the caller moves it into the sandbox and sets the address and
+    /// routes (Docker's Join: it moves `SrcName`, renames it, keeps the MTU).
+    Caller,
 }

@@ -71,11 +71,21 @@ pub struct ClusterFile {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NetworkSection {
     pub name: String,
-    /// Signed, as the agent reads it, so that a test can write any integer.
-    pub vni: i64,
+    /// Signed, as the agent reads it, so that a test can write any integer;
+    /// without it the agent allocates one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<i64>,
     pub subnet: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// Without it the agent takes the subnet's first host address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aux_addresses: Vec<String>,
+    /// No way out of the overlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<bool>,
 }
 
 /// `[[endpoint]]`: a container on this node.
@@ -134,6 +144,9 @@ impl ClusterFile {
             decap: Some(Decap::Xdp),
             networks: vec![NetworkSection {
                 mtu: Some(1400),
+                gateway: Some("10.0.0.254".into()),
+                aux_addresses: vec!["10.0.0.2".into()],
+                internal: Some(true),
                 ..NetworkSection::new("uber-net", 4097, "10.0.0.0/24")
             }],
             endpoints: vec![EndpointSection {
@@ -207,9 +220,12 @@ impl NetworkSection {
     pub fn new(name: impl Into<String>, vni: u32, subnet: impl Into<String>) -> NetworkSection {
         NetworkSection {
             name: name.into(),
-            vni: i64::from(vni),
+            vni: Some(i64::from(vni)),
             subnet: subnet.into(),
             mtu: None,
+            gateway: None,
+            aux_addresses: Vec::new(),
+            internal: None,
         }
     }
 }
@@ -298,7 +314,7 @@ mod tests {
     #[test]
     fn sections_are_found_by_what_names_them() {
         let mut file = ClusterFile::with_every_key();
-        file.network_mut("uber-net").vni = 16_777_216;
+        file.network_mut("uber-net").vni = Some(16_777_216);
         file.endpoint_mut(Ipv4Addr::new(10, 0, 0, 3)).netns = "elsewhere".into();
         file.remote_mut(Ipv4Addr::new(10, 0, 0, 4)).mac = "02:42:0a:00:00:03".into();
         let text = file.render().unwrap();

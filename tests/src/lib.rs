@@ -12,6 +12,7 @@ mod capture;
 mod cluster;
 mod cluster_file;
 mod cmd;
+mod dockerd;
 mod kernel_vxlan;
 mod netns;
 mod nft;
@@ -33,11 +34,12 @@ pub use cluster_file::{
     ClusterFile, ClusterSection, Decap, EndpointSection, NetworkSection, RemoteSection,
 };
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
+pub use dockerd::Dockerd;
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
 pub use nft::NftTable;
 pub use pinger::{PingLog, Pinger};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use seed_overlay::Overlay;
-pub use topology::{NODE1_VTEP, NODE2_VTEP, SeedTopology, TopologyOptions};
+pub use topology::{NODE1_VTEP, NODE2_VTEP, OUTSIDE_IP, SeedTopology, TopologyOptions};
 pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer};

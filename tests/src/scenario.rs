@@ -3,9 +3,9 @@
 //! directory and socket is called. A name means the same thing everywhere: C3 is
 //! always node1's second uber-net container, 10.0.0.5.
 //!
-//! Two overlay networks share the subnet 10.0.0.0/24, so only the VNI keeps
-//! uber-net and other-net apart: with separate subnets the kernel would refuse
-//! to route before the overlay had anything to show.
+//! Two overlay networks, uber-net (10.0.0.0/24) and other-net (10.0.1.0/24):
+//! overlay subnets may not overlap, since the host routes to its containers
+//! for their way out. Each has its gateway, the subnet's first address.
 //!
 //! Everything is named under a prefix (see [`crate::unique_prefix`]), so that
 //! runs side by side never meet: node `n` is `<p>n<n>` and its agent
@@ -48,17 +48,27 @@ pub const UBER_NET: Network = Network {
     subnet: "10.0.0.0/24",
 };
 
-/// A second network on the same subnet as uber-net.
+/// A second network, next to uber-net.
 pub const OTHER_NET: Network = Network {
     name: "other-net",
     vni: 4098,
-    subnet: "10.0.0.0/24",
+    subnet: "10.0.1.0/24",
 };
 
 impl Network {
     /// Its `[[network]]` section.
     pub fn section(&self) -> NetworkSection {
         NetworkSection::new(self.name, self.vni, self.subnet)
+    }
+
+    /// Its gateway: the subnet's first host address, the agent's default.
+    pub fn gateway(&self) -> Ipv4Addr {
+        let network: Ipv4Addr = self
+            .subnet
+            .split_once('/')
+            .and_then(|(ip, _)| ip.parse().ok())
+            .expect("the scenario's subnets are written as address/length");
+        Ipv4Addr::from(u32::from(network) + 1)
     }
 
     /// The subnet's prefix length.
@@ -86,8 +96,8 @@ pub const C1: Container = Container::new("c1", 1, UBER_NET, [10, 0, 0, 3]);
 pub const C2: Container = Container::new("c2", 2, UBER_NET, [10, 0, 0, 4]);
 pub const C3: Container = Container::new("c3", 1, UBER_NET, [10, 0, 0, 5]);
 /// other-net: c4 on node1, c5 on node2.
-pub const C4: Container = Container::new("c4", 1, OTHER_NET, [10, 0, 0, 13]);
-pub const C5: Container = Container::new("c5", 2, OTHER_NET, [10, 0, 0, 14]);
+pub const C4: Container = Container::new("c4", 1, OTHER_NET, [10, 0, 1, 13]);
+pub const C5: Container = Container::new("c5", 2, OTHER_NET, [10, 0, 1, 14]);
 pub const ALL: [Container; 5] = [C1, C2, C3, C4, C5];
 
 /// The container that joins at run time, through `overlay endpoint add`: the
@@ -165,6 +175,11 @@ impl Names {
     /// The seed topology's router.
     pub fn router_ns(&self) -> String {
         format!("{}rt", self.prefix)
+    }
+
+    /// The host outside the overlay, behind the seed topology's router.
+    pub fn outside_ns(&self) -> String {
+        format!("{}ex", self.prefix)
     }
 
     /// The switch of a gossip cluster.
@@ -331,11 +346,13 @@ mod tests {
     }
 
     #[test]
-    fn only_the_vni_keeps_the_networks_apart() {
-        assert_eq!(UBER_NET.subnet, OTHER_NET.subnet);
+    fn the_networks_have_their_own_vni_subnet_and_gateway() {
+        assert_ne!(UBER_NET.subnet, OTHER_NET.subnet);
         assert_ne!(UBER_NET.vni, OTHER_NET.vni);
+        assert_eq!(UBER_NET.gateway(), Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(OTHER_NET.gateway(), Ipv4Addr::new(10, 0, 1, 1));
         assert_eq!(C1.mac(), "02:42:0a:00:00:03");
-        assert_eq!(C4.cidr(), "10.0.0.13/24");
+        assert_eq!(C4.cidr(), "10.0.1.13/24");
         let mut names: Vec<&str> = ALL.iter().map(|c| c.name).collect();
         names.push(JOINER);
         names.sort_unstable();

@@ -10,6 +10,11 @@ pub const NODE1_VTEP: &str = "172.31.1.5";
 /// node2's underlay address, on 192.168.1.0/24.
 pub const NODE2_VTEP: &str = "192.168.1.5";
 
+/// A host outside the overlay, behind the router on a segment of its own
+/// (TEST-NET-3): where the containers' way out leads.
+pub const OUTSIDE_IP: &str = "203.0.113.10";
+const OUTSIDE_ROUTER_IP: &str = "203.0.113.1";
+
 /// Per node: its address, the router's address on that segment, and the router's
 /// interface name.
 const SEGMENTS: [(&str, &str, &str); 2] = [
@@ -42,6 +47,7 @@ pub struct SeedTopology {
     pub names: Names,
     // Field order is drop order: containers go before the hosts.
     containers: Vec<Netns>,
+    outside: Option<Netns>,
     router: Netns,
     nodes: [Netns; 2],
 }
@@ -51,6 +57,7 @@ impl SeedTopology {
         let names = Names::new(prefix);
         let topology = SeedTopology {
             containers: Vec::new(),
+            outside: None,
             router: Netns::create(&names.router_ns())?,
             nodes: [
                 Netns::create(&names.node_ns(1))?,
@@ -96,6 +103,26 @@ impl SeedTopology {
     /// The router's namespace.
     pub fn router(&self) -> &str {
         &self.router.name
+    }
+
+    /// A host outside the overlay (`<prefix>ex`, [`OUTSIDE_IP`]), behind the
+    /// router on its own segment, made on first use; its namespace. Deleted
+    /// with the topology.
+    pub fn outside_host(&mut self) -> Result<&str> {
+        if self.outside.is_none() {
+            let ns = Netns::create(&self.names.outside_ns())?;
+            let (n, rt) = (ns.name.as_str(), self.router.name.as_str());
+            ip(&format!(
+                "-n {n} link add eth0 type veth peer name r3 netns {rt}"
+            ))?;
+            ip(&format!("-n {rt} addr add {OUTSIDE_ROUTER_IP}/24 dev r3"))?;
+            ip(&format!("-n {rt} link set r3 up"))?;
+            ip(&format!("-n {n} addr add {OUTSIDE_IP}/24 dev eth0"))?;
+            ip(&format!("-n {n} link set eth0 up"))?;
+            ip(&format!("-n {n} route add default via {OUTSIDE_ROUTER_IP}"))?;
+            self.outside = Some(ns);
+        }
+        Ok(&self.outside.as_ref().expect("made above").name)
     }
 
     /// The namespace of node 1 or 2.

@@ -54,12 +54,12 @@ fn bad_inputs_are_refused_with_file_field_and_problem() -> Result<()> {
         ),
         (
             "VNI too large",
-            with(&|f| f.network_mut(UBER_NET.name).vni = 16_777_216),
+            with(&|f| f.network_mut(UBER_NET.name).vni = Some(16_777_216)),
             "network[0].vni: 16777216 is outside 1..=16777215".into(),
         ),
         (
             "VNI zero",
-            with(&|f| f.network_mut(UBER_NET.name).vni = 0),
+            with(&|f| f.network_mut(UBER_NET.name).vni = Some(0)),
             "network[0].vni: 0 is outside 1..=16777215".into(),
         ),
         (
@@ -79,7 +79,7 @@ fn bad_inputs_are_refused_with_file_field_and_problem() -> Result<()> {
         ),
         (
             "two networks, one VNI",
-            with(&|f| f.network_mut(OTHER_NET.name).vni = UBER_NET.vni.into()),
+            with(&|f| f.network_mut(OTHER_NET.name).vni = Some(UBER_NET.vni.into())),
             "network[1].vni: 4097 is already the VNI of network \"uber-net\"".into(),
         ),
         (
@@ -116,6 +116,39 @@ fn bad_inputs_are_refused_with_file_field_and_problem() -> Result<()> {
             "source ports reversed",
             with(&|f| f.source_ports = Some([60999, 32768])),
             "source_ports: [60999, 32768] is not a range".into(),
+        ),
+        (
+            "overlapping subnets",
+            with(&|f| f.network_mut(OTHER_NET.name).subnet = "10.0.0.128/25".into()),
+            "network[1].subnet: 10.0.0.128/25 overlaps network \"uber-net\"'s subnet 10.0.0.0/24"
+                .into(),
+        ),
+        (
+            "gateway outside the subnet",
+            with(&|f| f.network_mut(UBER_NET.name).gateway = Some("10.9.0.1".into())),
+            "network[0].gateway: 10.9.0.1 is outside network \"uber-net\"'s subnet".into(),
+        ),
+        (
+            "gateway not an address",
+            with(&|f| f.network_mut(UBER_NET.name).gateway = Some("gw".into())),
+            "network[0].gateway: \"gw\" is not an IPv4 address".into(),
+        ),
+        (
+            "auxiliary address on the gateway",
+            with(&|f| {
+                f.network_mut(UBER_NET.name).aux_addresses = vec![UBER_NET.gateway().to_string()];
+            }),
+            "network[0].aux_addresses[0]: 10.0.0.1 is the gateway already".into(),
+        ),
+        (
+            "endpoint on an auxiliary address",
+            with(&|f| f.network_mut(UBER_NET.name).aux_addresses = vec![C1.ip.to_string()]),
+            format!("endpoint[0].ip: {} is an auxiliary address", C1.ip),
+        ),
+        (
+            "endpoint on the gateway",
+            with(&|f| f.endpoint_mut(C1.ip).ip = UBER_NET.gateway()),
+            "endpoint[0].ip: 10.0.0.1 is network \"uber-net\"'s gateway".into(),
         ),
         (
             "gossip interval too short",
@@ -182,6 +215,9 @@ fn every_key_the_builder_writes_is_read_by_the_agent() -> Result<()> {
             .iter()
             .map(|n| NetworkSection {
                 mtu: None,
+                gateway: None,
+                aux_addresses: Vec::new(),
+                internal: None,
                 ..n.clone()
             })
             .collect(),
@@ -201,9 +237,17 @@ fn every_key_the_builder_writes_is_read_by_the_agent() -> Result<()> {
     ensure!(config.decap == DecapMode::Xdp && defaults.decap == DecapMode::Tc);
 
     let (network, written) = (&config.networks[0], &file.networks[0]);
-    ensure!(network.name == written.name && i64::from(network.vni) == written.vni);
+    ensure!(network.name == written.name && Some(i64::from(network.vni)) == written.vni);
     ensure!(network.subnet.to_string() == written.subnet);
     ensure!(network.mtu == written.mtu && defaults.networks[0].mtu.is_none());
+    let default_net = &defaults.networks[0];
+    ensure!(
+        Some(network.gateway.to_string()) == written.gateway
+            && network.gateway != default_net.gateway
+    );
+    let aux: Vec<String> = network.aux.iter().map(ToString::to_string).collect();
+    ensure!(aux == written.aux_addresses && default_net.aux.is_empty());
+    ensure!(Some(network.internal) == written.internal && !default_net.internal);
     let (endpoint, written) = (&config.endpoints[0], &file.endpoints[0]);
     ensure!(config.networks[endpoint.network].name == written.network);
     ensure!(endpoint.netns == written.netns && endpoint.ip == written.ip);

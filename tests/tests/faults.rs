@@ -317,7 +317,8 @@ fn a_full_fdb_is_reported_once_and_the_rest_works() -> Result<()> {
     let extra = MAX_FDB_ENTRIES as usize;
     file.remotes.extend((0..extra).map(|n| {
         let n = u32::try_from(n).expect("fits");
-        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 1)) + n);
+        // From .2: .1 is the network's gateway, which no endpoint may take.
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 2)) + n);
         RemoteSection {
             network: filler.name.clone(),
             ip,

@@ -11,11 +11,13 @@ use anyhow::{Context as _, Result, ensure};
 use overlay_common::program_names;
 use overlay_tests::{
     prog_run::{eth, ipv4_checksum, ipv4_udp, skb_ctx, test_run},
+    scenario::UBER_NET,
     sh,
 };
 use overlay_userspace::{
     dataplane::programs,
     host::netns::{NetnsGuard, netns_path},
+    model::gateway_mac,
 };
 
 use fixture::*;
@@ -127,6 +129,43 @@ fn proxy_arp_answers_from_neigh() -> Result<()> {
         );
         assert_eq!(out.frame, expected, "ARP reply for {target}");
     }
+    Ok(())
+}
+
+#[test]
+fn the_gateway_is_answered_from_the_maps_and_its_frames_go_to_the_host() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let (gw, gw_mac) = (UBER_NET.gateway(), gateway_mac(UBER_NET.gateway()).0);
+    let out = fx.run(
+        program_names::ENDPOINT_INGRESS,
+        &arp_request(C1_IP, gw),
+        fx.ep0,
+    )?;
+    out.expect(TC_ACT_REDIRECT, "arp_reply");
+    let expected = eth(
+        mac_of(C1_IP),
+        gw_mac,
+        0x0806,
+        &arp(2, gw_mac, gw, mac_of(C1_IP), C1_IP),
+    );
+    assert_eq!(out.frame, expected, "ARP reply for the gateway");
+    // A packet for the world outside, to the gateway's MAC: to the host stack,
+    // untouched.
+    let outside = Ipv4Addr::new(203, 0, 113, 10);
+    let frame = inner_frame(C1_IP, outside, gw_mac);
+    let out = fx.run(program_names::ENDPOINT_INGRESS, &frame, fx.ep0)?;
+    out.expect(TC_ACT_OK, "to_gateway");
+    assert_eq!(out.frame, frame);
+    // From the tunnel, the gateway's MAC is nobody's to deliver to.
+    let tunnelled = vxlan_frame(REMOTE_VTEP, VNI, 0x08, &inner_frame(C2_IP, outside, gw_mac));
+    fx.run(program_names::UNDERLAY_INGRESS_TC, &tunnelled, fx.uplink)?
+        .expect(TC_ACT_SHOT, "drop_not_local");
+    fx.run(
+        program_names::UNDERLAY_INGRESS_TC,
+        &vxlan_frame(REMOTE_VTEP, VNI, 0x08, &arp_request(C2_IP, gw)),
+        fx.uplink,
+    )?
+    .expect(TC_ACT_SHOT, "drop_not_local");
     Ok(())
 }
 

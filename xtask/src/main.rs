@@ -103,6 +103,7 @@ fn try_main() -> Result<()> {
             Err(err).with_context(|| format!("executing {}", binary.display()))
         }
         Task::Test { args } => {
+            prereqs::ensure_for_tests()?;
             let binary = build()?;
             build_upgrade_variant()?;
             // One test at a time: the topology tests each run two agents and move

@@ -10,8 +10,9 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::{run, succeeds};
 
-/// The Debian packages whose commands the tests and the demo run.
-const PACKAGES: [(&str, &str); 9] = [
+/// The Debian packages whose commands the agent, the tests and the demo run
+/// (the agent writes its way out of the overlay with `nft`).
+const PACKAGES: [(&str, &str); 10] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("iperf3", "iperf3"),
@@ -19,10 +20,17 @@ const PACKAGES: [(&str, &str); 9] = [
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
-    // The fault suite: loss and partitions (no netem here), gratuitous ARP.
+    // Also the fault suite's loss and partitions (no netem here).
     ("nft", "nftables"),
+    ("conntrack", "conntrack"),
+    // The fault suite: gratuitous ARP.
     ("arping", "iputils-arping"),
 ];
+
+/// What only the tests need: a real dockerd (with its default iptables
+/// settings) for the suites that check the overlay beside one, and a static
+/// busybox for its offline images.
+const TEST_PACKAGES: [&str; 2] = ["docker.io", "busybox-static"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -54,6 +62,12 @@ pub fn ensure_cargo_fuzz() -> Result<()> {
         &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
         "--locked",
     ]))
+}
+
+/// [`ensure_all`], and what only the tests need.
+pub fn ensure_for_tests() -> Result<()> {
+    ensure_all()?;
+    ensure_debian_packages("the tests", &TEST_PACKAGES)
 }
 
 fn ensure_root() -> Result<()> {

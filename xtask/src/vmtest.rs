@@ -40,13 +40,24 @@ const SUITES: [&str; 8] = [
 
 /// Commands the tests run, carried with their shared libraries, and the host's
 /// `sh` (dash) for init and the tests' `sh -c`. The rest comes from busybox.
-const TOOLS: [&str; 8] = [
-    "sh", "ip", "bridge", "ping", "ethtool", "nsenter", "sysctl", "bpftool",
+const TOOLS: [&str; 9] = [
+    "sh", "ip", "bridge", "ping", "ethtool", "nsenter", "sysctl", "bpftool", "nft",
 ];
 
 /// Modules the tests need, which Debian builds as modules; their dependencies
-/// follow from each module's own `depends=`.
-const MODULES: [&str; 5] = ["veth", "vxlan", "bridge", "sch_ingress", "cls_bpf"];
+/// follow from each module's own `depends=`. The nftables ones carry the
+/// agent's way out (its table filters, tracks and masquerades).
+const MODULES: [&str; 9] = [
+    "veth",
+    "vxlan",
+    "bridge",
+    "sch_ingress",
+    "cls_bpf",
+    "nf_tables",
+    "nft_ct",
+    "nft_masq",
+    "nft_chain_nat",
+];
 
 /// Debian packages the VM runs on: qemu, a static busybox for the guest's
 /// userland, xz for 6.12's compressed modules.

@@ -8,9 +8,11 @@ use anyhow::Result;
 use log::warn;
 
 use crate::{
+    api::proto::AttachmentKey,
     dataplane::Dataplane,
     host::{
         netlink::Netlink,
+        netns,
         plan::PlannedEndpoint,
         veth::{self, CreatedEndpoint},
     },
@@ -41,8 +43,16 @@ impl Attached {
     pub fn netns(&self) -> &str {
         &self.veth.plan.netns
     }
+    /// Whether this is the endpoint of `network` in namespace `netns` (a name
+    /// or a path of the same namespace).
     pub fn is(&self, network: &str, netns: &str) -> bool {
-        self.network() == network && self.netns() == netns
+        self.network() == network && netns::same_netns(self.netns(), netns)
+    }
+    /// Whether this is the runtime attachment `key`.
+    pub fn has_key(&self, key: &AttachmentKey) -> bool {
+        let plan = &self.veth.plan;
+        plan.container_id.as_deref() == Some(key.container_id.as_str())
+            && plan.container_ifname == key.ifname
     }
 }
 
@@ -64,6 +74,10 @@ impl Endpoints {
 
     pub fn find(&self, network: &str, netns: &str) -> Option<&Attached> {
         self.list.iter().find(|a| a.is(network, netns))
+    }
+
+    pub fn find_key(&self, key: &AttachmentKey) -> Option<&Attached> {
+        self.list.iter().find(|a| a.has_key(key))
     }
 
     /// The veths, for the desired state.

@@ -129,8 +129,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 continue;
             }
             _ = ticker.tick() => {
-                node.forget_vanished_endpoints(&nl).await;
-                node.sync().await;
+                node.reconcile_all(&nl).await;
                 continue;
             }
         };

@@ -3,7 +3,7 @@
 //! [`Node::sync`] resolves the cluster, announces this node's record and brings
 //! the maps to the desired state.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
@@ -19,11 +19,11 @@ use crate::{
     desired::desired_state,
     gossip::{key::ClusterKey, now_ms},
     host::{
+        egress::WayOut,
         netlink::Netlink,
         netns,
         plan::{NodePlan, PlannedEndpoint, host_ifname},
     },
-    model::Mac,
 };
 
 pub struct Node {
@@ -37,6 +37,8 @@ pub struct Node {
     adopting: bool,
     pub(super) endpoints: Endpoints,
     pub(super) membership: Membership,
+    /// The way out: the agent's nftables table (and DOCKER-USER rules).
+    way_out: WayOut,
 }
 
 /// What to leave behind when the agent stops.
@@ -54,6 +56,7 @@ pub enum Teardown {
 impl Node {
     pub fn new(plan: NodePlan, runtime: RuntimeState, state_file: StateFile) -> Node {
         Node {
+            way_out: WayOut::new(&plan.config.node),
             plan,
             runtime,
             state_file,
@@ -106,8 +109,9 @@ impl Node {
         // and endpoints until the next pass (found by the upgrade suite).
         let own = self.own_record();
         self.membership.resolve_own(&own);
-        // Tables first, with the programs not yet attached to new hooks.
-        self.apply(Prune::KeepStaleRemote)?;
+        // Tables and the way out first, with the programs not yet attached to
+        // new hooks.
+        self.apply(Prune::KeepStaleRemote, true)?;
         let dataplane = self.dataplane.as_mut().expect("loaded above");
         dataplane.attach_underlay(&self.plan.underlay.name)?;
         self.endpoints.attach_all(dataplane)?;
@@ -131,33 +135,24 @@ impl Node {
         if netns::existing(&saved.netns).is_err() {
             bail!("namespace {} is gone", saved.netns);
         }
-        Ok(self.plan_endpoint(
-            &def,
-            &saved.netns,
-            saved.ip,
-            saved.mac,
-            saved.container_ifname.clone(),
-        ))
+        Ok(self.plan_endpoint(&def, saved))
     }
 
-    pub(super) fn plan_endpoint(
-        &self,
-        def: &NetworkDef,
-        netns: &str,
-        ip: Ipv4Addr,
-        mac: Mac,
-        container_ifname: String,
-    ) -> PlannedEndpoint {
+    /// Every name and number of an endpoint of network `def`, as `saved` asks.
+    pub(super) fn plan_endpoint(&self, def: &NetworkDef, saved: &SavedEndpoint) -> PlannedEndpoint {
         PlannedEndpoint {
             network: def.name.clone(),
             vni: def.vni,
-            netns: netns.to_owned(),
-            ip,
+            netns: saved.netns.clone(),
+            container_id: saved.container_id.clone(),
+            plumbing: saved.plumbing,
+            gateway: def.way_out(),
+            ip: saved.ip,
             prefix_len: def.subnet.prefix_len,
-            mac,
-            mtu: self.plan.mtu_of(&def.name),
-            host_ifname: host_ifname(self.name(), def.vni, ip),
-            container_ifname,
+            mac: saved.mac,
+            mtu: self.plan.mtu_for(def.mtu),
+            host_ifname: host_ifname(self.name(), def.vni, saved.ip),
+            container_ifname: saved.container_ifname.clone(),
         }
     }
 
@@ -174,6 +169,11 @@ impl Node {
                     subnet: n.subnet,
                     created_ms: 0,
                     origin: self.name().to_owned(),
+                    // The default is left out, as records before gateways had it.
+                    gateway: (n.gateway != n.subnet.first_host()).then_some(n.gateway),
+                    aux: n.aux.clone(),
+                    mtu: n.mtu,
+                    internal: n.internal,
                 },
             );
         }
@@ -244,28 +244,53 @@ impl Node {
         }
         let record = self.own_record();
         self.membership.publish(&record).await;
-        let prune = if self.membership.is_warm() {
+        self.reconcile(self.prune(), false);
+    }
+
+    /// The periodic pass: withdraws vanished endpoints, syncs, and re-applies
+    /// the way out even if unchanged (which also meets a dockerd started since).
+    pub async fn reconcile_all(&mut self, nl: &Netlink) {
+        self.forget_vanished_endpoints(nl).await;
+        self.sync().await;
+        self.reconcile(self.prune(), true);
+    }
+
+    fn prune(&self) -> Prune {
+        if self.membership.is_warm() {
             Prune::All
         } else {
             Prune::KeepStaleRemote
-        };
-        match self.apply(prune) {
+        }
+    }
+
+    fn reconcile(&mut self, prune: Prune, force_way_out: bool) {
+        match self.apply(prune, force_way_out) {
             Ok(changes) if !changes.is_empty() => info!("maps: {changes}"),
             Ok(_) => {}
             Err(e) => warn!("reconcile failed: {e:#}"),
         }
     }
 
-    fn apply(&mut self, prune: Prune) -> Result<crate::dataplane::reconcile::Changes> {
+    /// Brings the maps and the way out to the desired state.
+    fn apply(
+        &mut self,
+        prune: Prune,
+        force_way_out: bool,
+    ) -> Result<crate::dataplane::reconcile::Changes> {
         let desired = desired_state(
             &self.plan,
             self.membership.resolved(),
             self.endpoints.veths(),
         );
-        self.dataplane
+        let changes = self
+            .dataplane
             .as_mut()
             .context("the dataplane is not loaded")?
-            .apply(&desired, prune)
+            .apply(&desired, prune)?;
+        if let Some(what) = self.way_out.apply(&desired.egress, force_way_out)? {
+            info!("{what}");
+        }
+        Ok(changes)
     }
 
     /// A container's veth disappears with its namespace. Such an endpoint is
@@ -300,7 +325,7 @@ impl Node {
     }
 
     /// Undoes everything, in reverse order, carrying on past errors; or leaves
-    /// the dataplane for the next agent. The state file stays either way: it is
+    /// the dataplane (maps, programs, veths, nftables table) for the next agent. The state file stays either way: it is
     /// this node's configuration.
     pub async fn teardown(&mut self, nl: &Netlink, how: Teardown) {
         self.membership.leave().await;
@@ -315,6 +340,9 @@ impl Node {
             // left stays.
             (Teardown::Keep | Teardown::KeepAdopted, None) => {}
             (Teardown::All, dataplane) => {
+                if let Err(e) = self.way_out.remove() {
+                    warn!("removing the way out: {e:#}");
+                }
                 // A load that failed half-way may have pinned maps already.
                 let removed = match dataplane {
                     Some(dataplane) => dataplane.remove(&self.plan.pin_dir),

@@ -21,18 +21,29 @@ use crate::{
         record::{BlockClaim, NetworkDef},
         resolve::Resolved,
     },
-    model::Mac,
+    model::{Mac, Plumbing},
 };
 
 /// An endpoint added through the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedEndpoint {
     pub network: String,
+    /// A namespace name or path.
     pub netns: String,
     pub ip: Ipv4Addr,
     pub mac: Mac,
-    /// Its name inside the namespace (eth0, eth1, ...), to find it again.
+    /// Its name inside the namespace (eth0, eth1, ...), to find it again; for
+    /// a runtime's attachment, the ifname it asked for.
     pub container_ifname: String,
+    /// The runtime's container ID; `None` for endpoints the CLI added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "is_agent_plumbing")]
+    pub plumbing: Plumbing,
+}
+
+fn is_agent_plumbing(p: &Plumbing) -> bool {
+    *p == Plumbing::Agent
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +188,10 @@ mod tests {
             subnet: "10.1.0.0/24".parse().unwrap(),
             created_ms,
             origin: "b".into(),
+            gateway: None,
+            aux: Vec::new(),
+            mtu: None,
+            internal: false,
         }
     }
 

@@ -13,10 +13,12 @@ use tokio::{
 
 use super::{
     DEFAULT_RUN_DIR, default_socket,
-    proto::{Request, Response},
+    proto::{ErrorCode, Request, Response, api_error},
 };
 
-/// Sends one request to the agent behind `socket` and returns its data.
+/// Sends one request to the agent behind `socket` and returns its data. Every
+/// failure carries an [`ApiError`] with its code: what the agent answered, or
+/// [`ErrorCode::Unavailable`] when no agent answers.
 pub async fn call(
     socket: &Path,
     request: &Request,
@@ -24,9 +26,12 @@ pub async fn call(
 ) -> Result<serde_json::Value> {
     let exchange = async {
         let stream = UnixStream::connect(socket).await.map_err(|e| {
-            anyhow::anyhow!(
-                "no agent answers on {} ({e}); is `overlay agent` running for this node?",
-                socket.display()
+            api_error(
+                ErrorCode::Unavailable,
+                format!(
+                    "no agent answers on {} ({e}); is `overlay agent` running for this node?",
+                    socket.display()
+                ),
             )
         })?;
         let (read, mut write) = stream.into_split();
@@ -36,18 +41,24 @@ pub async fn call(
         let mut line = String::new();
         BufReader::new(read).read_line(&mut line).await?;
         if line.is_empty() {
-            bail!("the agent closed the connection without answering");
+            return Err(api_error(
+                ErrorCode::Unavailable,
+                "the agent closed the connection without answering",
+            ));
         }
         let response: Response =
             serde_json::from_str(&line).context("the agent's answer is not valid")?;
         match response.error {
-            Some(e) => Err(anyhow::anyhow!(e)),
+            Some(e) => Err(api_error(response.code.unwrap_or(ErrorCode::Failed), e)),
             None => Ok(response.data),
         }
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| anyhow::anyhow!("the agent did not answer within {timeout:?}"))?
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        api_error(
+            ErrorCode::Unavailable,
+            format!("the agent did not answer within {timeout:?}"),
+        )
+    })?
 }
 
 /// The socket a command talks to: `--socket`, else the node's default, else the

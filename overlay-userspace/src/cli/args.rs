@@ -79,15 +79,32 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
-    /// Create a network on every node: a VNI and a subnet, the same everywhere.
+    /// Create a network on every node: a VNI and a subnet, the same everywhere,
+    /// with a gateway on every node through which its containers reach the
+    /// world outside the overlay (masqueraded), unless --internal.
     Create {
         name: String,
-        /// VXLAN network identifier, 1..=16777215, unique in the cluster.
-        #[arg(long)]
-        vni: u32,
-        /// The network's IPv4 subnet, e.g. 10.1.0.0/24.
+        /// The network's IPv4 subnet, e.g. 10.1.0.0/24; it must not overlap
+        /// another overlay network's.
         #[arg(long)]
         subnet: String,
+        /// VXLAN network identifier, 1..=16777215, unique in the cluster
+        /// [default: allocated from the name, the same on every node].
+        #[arg(long)]
+        vni: Option<u32>,
+        /// The gateway address [default: the subnet's first host address];
+        /// never given to a container.
+        #[arg(long, value_name = "IP")]
+        gateway: Option<Ipv4Addr>,
+        /// An address never given to a container (repeatable).
+        #[arg(long = "aux-address", value_name = "IP")]
+        aux_addresses: Vec<Ipv4Addr>,
+        /// The containers' MTU [default: the underlay's MTU minus 50].
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// No way out: no gateway route, no ARP answer for the gateway, no NAT.
+        #[arg(long)]
+        internal: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -104,11 +121,13 @@ pub enum NetworkCommand {
 #[derive(Debug, Subcommand)]
 pub enum EndpointCommand {
     /// Connect a network namespace to a network: a veth with eth0 (eth1, ...)
-    /// inside, an address, and a MAC.
+    /// inside, an address, a MAC, and a default route through the gateway
+    /// unless the network is internal.
     Add {
         #[arg(long)]
         network: String,
-        /// A named network namespace (`ip netns add NAME`).
+        /// A named network namespace (`ip netns add NAME`), or the path of a
+        /// namespace file (/run/netns/NAME, /proc/PID/ns/net).
         #[arg(long)]
         netns: String,
         /// The address; without it one is allocated from this node's address
@@ -118,15 +137,33 @@ pub enum EndpointCommand {
         /// The MAC [default: 02:42 followed by the IPv4 address].
         #[arg(long)]
         mac: Option<String>,
+        /// Attach as a container runtime does: keyed by this container ID and
+        /// --ifname (which is the interface's name inside) rather than by
+        /// network and namespace.
+        #[arg(long, requires = "ifname", value_name = "ID")]
+        container_id: Option<String>,
+        /// The interface name inside the namespace, with --container-id.
+        #[arg(long, requires = "container_id", value_name = "NAME")]
+        ifname: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Disconnect a namespace from a network.
+    /// Disconnect a namespace from a network, or a runtime's attachment.
     Rm {
-        #[arg(long)]
-        network: String,
-        #[arg(long)]
-        netns: String,
+        #[arg(long, required_unless_present = "container_id", requires = "netns")]
+        network: Option<String>,
+        #[arg(long, requires = "network")]
+        netns: Option<String>,
+        /// The attachment of this container ID and --ifname.
+        #[arg(
+            long,
+            requires = "ifname",
+            conflicts_with = "network",
+            value_name = "ID"
+        )]
+        container_id: Option<String>,
+        #[arg(long, requires = "container_id", value_name = "NAME")]
+        ifname: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },

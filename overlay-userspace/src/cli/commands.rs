@@ -8,10 +8,26 @@ use super::{
     args::{ApiArgs, EndpointCommand, NetworkCommand},
     tables::format_table,
 };
-use crate::api::{
-    client,
-    proto::{EndpointInfo, MemberList, NetworkInfo, NetworkList, Request},
+use crate::{
+    api::{
+        client,
+        proto::{
+            AttachRequest, AttachmentKey, EndpointInfo, MemberList, NetworkCreate, NetworkInfo,
+            NetworkList, Request,
+        },
+    },
+    model::Plumbing,
 };
+
+/// What both an [`EndpointInfo`] and an attachment answer have, to print.
+#[derive(serde::Deserialize)]
+struct EndpointShown {
+    network: String,
+    ip: std::net::Ipv4Addr,
+    mac: String,
+    #[serde(default)]
+    netns: String,
+}
 
 /// Long enough for an address allocation that has to claim a block or two.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,18 +36,37 @@ pub async fn network(command: &NetworkCommand) -> Result<String> {
     match command {
         NetworkCommand::Create {
             name,
-            vni,
             subnet,
+            vni,
+            gateway,
+            aux_addresses,
+            mtu,
+            internal,
             api,
         } => {
-            let request = Request::NetworkCreate {
+            let request = Request::NetworkCreate(NetworkCreate {
                 name: name.clone(),
                 vni: *vni,
                 subnet: subnet.clone(),
-            };
+                gateway: *gateway,
+                aux_addresses: aux_addresses.clone(),
+                mtu: *mtu,
+                internal: *internal,
+            });
             let data = ask(api, &request).await?;
             render(api, &data, |n: NetworkInfo| {
-                format!("network {} created: VNI {}, {}\n", n.name, n.vni, n.subnet)
+                format!(
+                    "network {} created: VNI {}, {}, gateway {}{}\n",
+                    n.name,
+                    n.vni,
+                    n.subnet,
+                    n.gateway,
+                    if n.internal {
+                        " (internal: no way out)"
+                    } else {
+                        ""
+                    }
+                )
             })
         }
         NetworkCommand::Ls(api) => {
@@ -45,6 +80,12 @@ pub async fn network(command: &NetworkCommand) -> Result<String> {
                             n.name.clone(),
                             n.vni.to_string(),
                             n.subnet.clone(),
+                            if n.internal {
+                                "internal".to_owned()
+                            } else {
+                                n.gateway.to_string()
+                            },
+                            n.mtu.to_string(),
                             if n.from_config {
                                 format!("{} (file)", n.origin)
                             } else {
@@ -54,8 +95,18 @@ pub async fn network(command: &NetworkCommand) -> Result<String> {
                         ]
                     })
                     .collect();
-                let mut out =
-                    format_table(&["NAME", "VNI", "SUBNET", "DEFINED BY", "ENDPOINTS"], &rows);
+                let mut out = format_table(
+                    &[
+                        "NAME",
+                        "VNI",
+                        "SUBNET",
+                        "GATEWAY",
+                        "MTU",
+                        "DEFINED BY",
+                        "ENDPOINTS",
+                    ],
+                    &rows,
+                );
                 for c in &list.conflicts {
                     out += &format!("conflict: {c}\n");
                 }
@@ -80,36 +131,61 @@ pub async fn endpoint(command: &EndpointCommand) -> Result<String> {
             netns,
             ip,
             mac,
+            container_id,
+            ifname,
             api,
         } => {
-            let request = Request::EndpointAdd {
-                network: network.clone(),
-                netns: netns.clone(),
-                ip: *ip,
-                mac: mac.clone(),
+            let request = match (container_id, ifname) {
+                (Some(container_id), Some(ifname)) => Request::Attach(AttachRequest {
+                    container_id: container_id.clone(),
+                    ifname: ifname.clone(),
+                    network: network.clone(),
+                    netns: netns.clone(),
+                    ip: *ip,
+                    mac: mac
+                        .as_deref()
+                        .map(str::parse)
+                        .transpose()
+                        .map_err(anyhow::Error::msg)?,
+                    plumbing: Plumbing::Agent,
+                }),
+                _ => Request::EndpointAdd {
+                    network: network.clone(),
+                    netns: netns.clone(),
+                    ip: *ip,
+                    mac: mac.clone(),
+                },
             };
             let data = ask(api, &request).await?;
-            render(api, &data, |e: EndpointInfo| {
+            render(api, &data, |e: EndpointShown| {
                 format!(
                     "endpoint {} ({}) added to network {} in namespace {}\n",
-                    e.ip,
-                    e.mac,
-                    e.network,
-                    e.netns.unwrap_or_default()
+                    e.ip, e.mac, e.network, e.netns
                 )
             })
         }
         EndpointCommand::Rm {
             network,
             netns,
+            container_id,
+            ifname,
             api,
         } => {
-            let request = Request::EndpointRm {
-                network: network.clone(),
-                netns: netns.clone(),
+            let request = match (network, netns, container_id, ifname) {
+                (_, _, Some(container_id), Some(ifname)) => Request::Detach(AttachmentKey {
+                    container_id: container_id.clone(),
+                    ifname: ifname.clone(),
+                }),
+                (Some(network), Some(netns), _, _) => Request::EndpointRm {
+                    network: network.clone(),
+                    netns: netns.clone(),
+                },
+                _ => anyhow::bail!(
+                    "name the endpoint: --network and --netns, or --container-id and --ifname"
+                ),
             };
             let data = ask(api, &request).await?;
-            render(api, &data, |e: EndpointInfo| {
+            render(api, &data, |e: EndpointShown| {
                 format!("endpoint {} removed from network {}\n", e.ip, e.network)
             })
         }

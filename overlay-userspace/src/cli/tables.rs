@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use overlay_common::{Counter, FDB_KIND_LOCAL, FDB_KIND_REMOTE};
+use overlay_common::{Counter, FDB_KIND_GATEWAY, FDB_KIND_LOCAL, FDB_KIND_REMOTE};
 use serde_json::{Value, json};
 
 use crate::{
@@ -78,6 +78,7 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
                     let (kind, target) = match v.kind {
                         FDB_KIND_LOCAL => ("local", ifname(v.ifindex)),
                         FDB_KIND_REMOTE => ("remote", Ipv4Addr::from(v.remote_vtep).to_string()),
+                        FDB_KIND_GATEWAY => ("gateway", "host stack".to_owned()),
                         other => ("unknown", other.to_string()),
                     };
                     vec![

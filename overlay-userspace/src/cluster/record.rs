@@ -14,6 +14,10 @@ use crate::model::{Mac, Subnet};
 /// A network definition as the cluster knows it. `created_ms` and `origin`
 /// identify it: the definition with the smallest identity wins a name, so a
 /// node's config file (created 0) beats networks created at run time.
+///
+/// The options after `origin` came later: records and state files without
+/// them read as a network with the default gateway, no auxiliary addresses,
+/// the node's default MTU and a way out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkDef {
     pub name: String,
@@ -21,6 +25,18 @@ pub struct NetworkDef {
     pub subnet: Subnet,
     pub created_ms: u64,
     pub origin: String,
+    /// `None`: the subnet's first host address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// Addresses never given to an endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aux: Vec<Ipv4Addr>,
+    /// `None`: each node's underlay MTU minus the VXLAN overhead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// No way out of the overlay: no gateway route, no ARP answer for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
 }
 
 /// The identity of one network definition, as its removal names it.
@@ -37,8 +53,28 @@ impl NetworkDef {
             origin: self.origin.clone(),
         }
     }
+    /// Whether two definitions describe the same network (their identities
+    /// aside).
     pub fn same_shape(&self, other: &NetworkDef) -> bool {
-        self.vni == other.vni && self.subnet == other.subnet
+        self.vni == other.vni
+            && self.subnet == other.subnet
+            && self.gateway() == other.gateway()
+            && self.aux == other.aux
+            && self.mtu == other.mtu
+            && self.internal == other.internal
+    }
+    /// The gateway address: reserved even on an internal network, where
+    /// nothing answers for it.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway.unwrap_or_else(|| self.subnet.first_host())
+    }
+    /// The gateway containers route through, unless the network is internal.
+    pub fn way_out(&self) -> Option<Ipv4Addr> {
+        (!self.internal).then(|| self.gateway())
+    }
+    /// The addresses no endpoint may take: the gateway and the auxiliary ones.
+    pub fn reserved(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        std::iter::once(self.gateway()).chain(self.aux.iter().copied())
     }
     pub fn from_config(&self) -> bool {
         self.created_ms == 0

@@ -70,7 +70,8 @@ pub const STARTING_GRACE_MS: u64 = 3_000;
 /// - Network definitions and removals count from every record: they are the
 ///   cluster's configuration, not a node's liveness. Per name, the definition
 ///   with the smallest identity wins; differing ones are refused. A winner whose
-///   VNI an earlier winner already has is refused too.
+///   VNI an earlier winner already has, or whose subnet overlaps an earlier
+///   winner's, is refused too.
 /// - A node name's current record is its newest live generation. Endpoints are
 ///   taken only from current live records, with that node's VTEP as locator.
 /// - A VTEP announced by several live nodes belongs to the one that announced
@@ -169,13 +170,18 @@ fn accepted_networks(
     }
     winners.sort_by_key(|d| d.id());
     let mut vnis: BTreeMap<u32, &str> = BTreeMap::new();
-    let mut accepted = BTreeMap::new();
+    let mut accepted: BTreeMap<String, NetworkDef> = BTreeMap::new();
     for def in winners {
         if let Some(first) = vnis.get(&def.vni) {
             conflicts.push(format!(
                 "network {}: VNI {} is already network {first}'s; refused",
                 def.name, def.vni
             ));
+            continue;
+        }
+        let others = accepted.values().map(|o| (o.name.as_str(), o.subnet));
+        if let Err(why) = rules::subnet_free(def.subnet, others) {
+            conflicts.push(format!("network {}: {why}; refused", def.name));
             continue;
         }
         vnis.insert(def.vni, &def.name);
@@ -361,6 +367,10 @@ mod tests {
             subnet: subnet.parse().unwrap(),
             created_ms,
             origin: origin.into(),
+            gateway: None,
+            aux: Vec::new(),
+            mtu: None,
+            internal: false,
         }
     }
 
@@ -404,6 +414,24 @@ mod tests {
         // collides with blue's VNI and is refused; a's red conflicts with b's.
         assert_eq!(from_a.networks.keys().collect::<Vec<_>>(), ["blue"]);
         assert_eq!(from_a.conflicts.len(), 2, "{:?}", from_a.conflicts);
+    }
+
+    #[test]
+    fn a_network_overlapping_an_earlier_ones_subnet_is_refused() {
+        let mut a = node("a", [1, 1, 1, 1], 1);
+        let mut b = node("b", [2, 2, 2, 2], 1);
+        a.networks
+            .insert("red".into(), net("red", 10, "10.0.0.0/16", 100, "a"));
+        b.networks
+            .insert("blue".into(), net("blue", 11, "10.0.9.0/24", 90, "b"));
+        let r = resolve(&a, &[b.clone()], NOW);
+        assert_eq!(r.networks.keys().collect::<Vec<_>>(), ["blue"]);
+        assert!(
+            r.conflicts[0].contains("network red: 10.0.0.0/16 overlaps network \"blue\""),
+            "{:?}",
+            r.conflicts
+        );
+        assert_eq!(resolve(&b, &[a], NOW).networks, r.networks);
     }
 
     #[test]

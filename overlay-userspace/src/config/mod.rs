@@ -69,10 +69,17 @@ impl fmt::Display for DecapMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkConfig {
     pub name: String,
+    /// Given, or allocated from the name ([`rules::allocate_vni`]).
     pub vni: u32,
     pub subnet: Subnet,
     /// `None`: the underlay MTU minus the VXLAN overhead.
     pub mtu: Option<u32>,
+    /// Given, or the subnet's first host address; never given to an endpoint.
+    pub gateway: Ipv4Addr,
+    /// Addresses no endpoint is given (Docker's `--aux-address`).
+    pub aux: Vec<Ipv4Addr>,
+    /// No way out: no gateway route, no ARP answer for the gateway.
+    pub internal: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,6 +186,29 @@ vtep = "192.168.1.5"
         assert_eq!(c.decap, DecapMode::Tc);
         assert_eq!(c.endpoints[0].mac, Mac([0x02, 0x42, 10, 0, 0, 3]));
         assert_eq!(c.networks[0].subnet.to_string(), "10.0.0.0/24");
+        assert_eq!(c.networks[0].gateway, Ipv4Addr::new(10, 0, 0, 1));
+        assert!(!c.networks[0].internal && c.networks[0].aux.is_empty());
+    }
+
+    #[test]
+    fn a_network_without_a_vni_gets_one_that_no_other_has() {
+        let text = format!(
+            "{GOOD}\n[[network]]\nname = \"b\"\nsubnet = \"10.1.0.0/24\"\ninternal = true\n"
+        );
+        let c = parse(&text).unwrap();
+        let b = &c.networks[1];
+        assert!(rules::ALLOCATED_VNIS.contains(&b.vni));
+        assert_eq!(b.vni, rules::allocate_vni("b", |v| v == 4097).unwrap());
+        assert!(b.internal);
+        // A given VNI later in the file is avoided too.
+        let clash = rules::allocate_vni("a", |_| false).unwrap();
+        let text = format!(
+            "node = \"n\"\nunderlay = \"eth0\"\n[[network]]\nname = \"a\"\nsubnet = \"10.1.0.0/24\"\n\
+             [[network]]\nname = \"z\"\nvni = {clash}\nsubnet = \"10.2.0.0/24\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_ne!(c.networks[0].vni, clash);
+        assert_eq!(c.networks[1].vni, clash);
     }
 
     #[test]
@@ -264,6 +294,32 @@ vtep = "192.168.1.5"
             (
                 GOOD.replace("name = \"uber-net\"", "name = \"uber:net\""),
                 "network[0].name: \"uber:net\" is not a network name",
+            ),
+            (
+                format!("{GOOD}\n[[network]]\nname = \"b\"\nvni = 9\nsubnet = \"10.0.0.128/25\"\n"),
+                "network[1].subnet: 10.0.0.128/25 overlaps network \"uber-net\"'s subnet 10.0.0.0/24",
+            ),
+            (
+                GOOD.replace(
+                    "subnet = \"10.0.0.0/24\"",
+                    "subnet = \"10.0.0.0/24\"\ngateway = \"10.0.1.1\"",
+                ),
+                "network[0].gateway: 10.0.1.1 is outside",
+            ),
+            (
+                GOOD.replace(
+                    "subnet = \"10.0.0.0/24\"",
+                    "subnet = \"10.0.0.0/24\"\naux_addresses = [\"10.0.0.3\"]",
+                ),
+                "endpoint[0].ip: 10.0.0.3 is an auxiliary address of network \"uber-net\"",
+            ),
+            (
+                GOOD.replace("ip = \"10.0.0.3\"", "ip = \"10.0.0.1\""),
+                "endpoint[0].ip: 10.0.0.1 is network \"uber-net\"'s gateway",
+            ),
+            (
+                GOOD.replace("02:42:0a:00:00:04", "02:42:0a:00:00:01"),
+                "remote[0].mac: 02:42:0a:00:00:01 is already used by network[0].gateway",
             ),
         ];
         for (text, expected) in cases {

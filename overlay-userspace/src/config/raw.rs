@@ -39,9 +39,14 @@ pub struct RawCluster {
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
     pub name: String,
-    pub vni: i64,
+    pub vni: Option<i64>,
     pub subnet: String,
     pub mtu: Option<u32>,
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub aux_addresses: Vec<String>,
+    #[serde(default)]
+    pub internal: bool,
 }
 
 #[derive(Debug, Deserialize)]

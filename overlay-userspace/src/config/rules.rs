@@ -45,11 +45,34 @@ pub fn interface_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// A named network namespace: a file in `/var/run/netns` (whether it exists is
-/// the host's to say: `host::netns::existing`).
-pub fn netns_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
-        Err(format!("{name:?} is not a namespace name"))
+/// A network namespace as the API, the CLI and the file name it: a name in
+/// `/var/run/netns` (`ip netns add NAME`), or an absolute path to a namespace
+/// file (CNI's `/run/netns/cni-…`, `/proc/PID/ns/net`, Docker's
+/// `/var/run/docker/netns/ID`). Whether it exists is the host's to say
+/// (`host::netns::existing`).
+pub fn netns(netns: &str) -> Result<(), String> {
+    if netns.starts_with('/') {
+        if netns.contains('\0') || netns.split('/').any(|part| part == "..") {
+            return Err(format!("{netns:?} is not a namespace path"));
+        }
+        return Ok(());
+    }
+    if netns.is_empty() || netns.contains(['/', '\0']) || netns.starts_with('.') {
+        Err(format!(
+            "{netns:?} is neither a namespace name nor an absolute namespace path"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A runtime's container ID (CNI's `CNI_CONTAINERID`, Docker's EndpointID):
+/// non-empty, printable, at most 256 bytes.
+pub fn container_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        Err(format!(
+            "{id:?} is not a container ID (1-256 printable characters)"
+        ))
     } else {
         Ok(())
     }
@@ -60,6 +83,89 @@ pub fn vni(vni: i64) -> Result<u32, String> {
     match u32::try_from(vni) {
         Ok(v) if (1..=VNI_MAX).contains(&v) => Ok(v),
         _ => Err(format!("{vni} is outside 1..={VNI_MAX}")),
+    }
+}
+
+/// Where VNIs that nobody chose are allocated: above the range people type by
+/// hand (Docker's overlay starts at 4096).
+pub const ALLOCATED_VNIS: std::ops::RangeInclusive<u32> = (1 << 20)..=VNI_MAX;
+
+/// The VNI of a network created without one: a hash of its name into
+/// [`ALLOCATED_VNIS`], moved on to the next free one while `taken` says it is
+/// used. Every node that knows the same networks picks the same VNI; two
+/// creations that could not see each other are settled by resolve, as any VNI
+/// clash is.
+pub fn allocate_vni(name: &str, taken: impl Fn(u32) -> bool) -> Result<u32, String> {
+    let (low, high) = (*ALLOCATED_VNIS.start(), *ALLOCATED_VNIS.end());
+    let span = high - low + 1;
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (0..span)
+        .map(|i| low + (hash.wrapping_add(i) % span))
+        .find(|vni| !taken(*vni))
+        .ok_or_else(|| "every VNI is taken".to_owned())
+}
+
+/// A new network's subnet must not overlap another overlay network's: each
+/// endpoint address must name one container, also for the host's routes.
+pub fn subnet_free<'a>(
+    subnet: Subnet,
+    others: impl IntoIterator<Item = (&'a str, Subnet)>,
+) -> Result<(), String> {
+    match others.into_iter().find(|(_, o)| o.overlaps(subnet)) {
+        Some((name, other)) => Err(format!(
+            "{subnet} overlaps network {name:?}'s subnet {other}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A network's addressing: its gateway (the given one, else the subnet's first
+/// host address) and its auxiliary addresses, all host addresses of the
+/// subnet, none twice. Neither is ever given to an endpoint. The error names
+/// the option: `gateway`, or `aux_addresses[i]`.
+pub fn network_addresses(
+    network: &str,
+    subnet: Subnet,
+    gateway: Option<Ipv4Addr>,
+    aux: &[Ipv4Addr],
+) -> Result<Ipv4Addr, (String, String)> {
+    let gateway = gateway.unwrap_or_else(|| subnet.first_host());
+    host_address(gateway, network, subnet).map_err(|p| ("gateway".to_owned(), p))?;
+    for (i, &a) in aux.iter().enumerate() {
+        let field = || format!("aux_addresses[{i}]");
+        host_address(a, network, subnet).map_err(|p| (field(), p))?;
+        if a == gateway {
+            return Err((field(), format!("{a} is the gateway already")));
+        }
+        if aux[..i].contains(&a) {
+            return Err((field(), format!("{a} is listed twice")));
+        }
+    }
+    Ok(gateway)
+}
+
+/// An endpoint address that the network keeps for itself: its gateway or an
+/// auxiliary address.
+pub fn not_reserved(
+    ip: Ipv4Addr,
+    network: &str,
+    gateway: Ipv4Addr,
+    aux: &[Ipv4Addr],
+) -> Result<(), String> {
+    if ip == gateway {
+        Err(format!(
+            "{ip} is network {network:?}'s gateway, which no endpoint may take"
+        ))
+    } else if aux.contains(&ip) {
+        Err(format!(
+            "{ip} is an auxiliary address of network {network:?}, which no endpoint may take"
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -129,9 +235,15 @@ mod tests {
             assert!(node_name(bad).is_err(), "{bad:?}");
             assert!(network_name(bad).is_err(), "{bad:?}");
         }
-        assert!(netns_name("c1").is_ok());
-        assert!(netns_name("a/b").is_err());
-        assert!(netns_name("..").is_err());
+        assert!(netns("c1").is_ok());
+        assert!(netns("/run/netns/cni-1234").is_ok());
+        assert!(netns("/proc/42/ns/net").is_ok());
+        assert!(netns("a/b").is_err());
+        assert!(netns("..").is_err());
+        assert!(netns("/run/netns/../x").is_err());
+        assert!(container_id("abc123").is_ok());
+        assert!(container_id("").is_err());
+        assert!(container_id("a\nb").is_err());
         assert!(interface_name("eth0").is_ok());
         assert!(interface_name("sixteen-chars-xx").is_err());
     }
@@ -151,5 +263,51 @@ mod tests {
         assert!(host_address(Ipv4Addr::new(10, 0, 1, 3), "n", s).is_err());
         assert!(unicast(Ipv4Addr::new(224, 0, 0, 1)).is_err());
         assert!(source_ports([10, 9]).is_err());
+    }
+
+    #[test]
+    fn allocated_vnis_are_stable_and_skip_taken_ones() {
+        let first = allocate_vni("uber-net", |_| false).unwrap();
+        assert!(ALLOCATED_VNIS.contains(&first));
+        assert_eq!(allocate_vni("uber-net", |_| false).unwrap(), first);
+        let next = allocate_vni("uber-net", |v| v == first).unwrap();
+        assert_ne!(next, first);
+        assert!(ALLOCATED_VNIS.contains(&next));
+        assert_ne!(allocate_vni("other-net", |_| false).unwrap(), first);
+    }
+
+    #[test]
+    fn subnets_gateways_and_aux_addresses() {
+        let s: Subnet = "10.0.0.0/24".parse().unwrap();
+        let inner: Subnet = "10.0.0.128/25".parse().unwrap();
+        let apart: Subnet = "10.0.1.0/24".parse().unwrap();
+        let err = subnet_free(inner, [("a", apart), ("b", s)]).unwrap_err();
+        assert!(err.contains("network \"b\"'s subnet 10.0.0.0/24"), "{err}");
+        assert!(subnet_free(apart, [("b", s)]).is_ok());
+        let ip = |d| Ipv4Addr::new(10, 0, 0, d);
+        assert_eq!(network_addresses("n", s, None, &[]), Ok(ip(1)));
+        assert_eq!(
+            network_addresses("n", s, Some(ip(254)), &[ip(1)]),
+            Ok(ip(254))
+        );
+        assert_eq!(
+            network_addresses("n", s, Some(ip(0)), &[]).unwrap_err().0,
+            "gateway"
+        );
+        assert_eq!(
+            network_addresses("n", s, None, &[ip(5), ip(1)])
+                .unwrap_err()
+                .0,
+            "aux_addresses[1]"
+        );
+        assert_eq!(
+            network_addresses("n", s, None, &[Ipv4Addr::new(10, 9, 0, 1)])
+                .unwrap_err()
+                .0,
+            "aux_addresses[0]"
+        );
+        assert!(not_reserved(ip(1), "n", ip(1), &[]).is_err());
+        assert!(not_reserved(ip(7), "n", ip(1), &[ip(7)]).is_err());
+        assert!(not_reserved(ip(8), "n", ip(1), &[ip(7)]).is_ok());
     }
 }

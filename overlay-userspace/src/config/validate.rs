@@ -36,6 +36,13 @@ pub fn validate(file: &Path, raw: RawConfig) -> Result<ClusterConfig, ConfigErro
 
     let networks = v.networks(&raw.networks)?;
     let mut addresses = Addresses::default();
+    for (i, n) in networks.iter().enumerate().filter(|(_, n)| !n.internal) {
+        // The gateway answers ARP with this MAC; no endpoint may use it.
+        addresses.macs.insert(
+            (i, Mac::from_ipv4(n.gateway)),
+            format!("network[{i}].gateway"),
+        );
+    }
     let endpoints = v.endpoints(&raw.endpoints, &networks, &mut addresses)?;
     let remotes = v.remotes(&raw.remotes, &networks, vtep, &mut addresses)?;
     let cluster = raw.cluster.map(|c| v.cluster(c)).transpose()?;
@@ -107,7 +114,29 @@ impl Validator<'_> {
         Ok(ip)
     }
 
+    /// Networks with a VNI first, so that an allocated VNI avoids every
+    /// given one whatever the order in the file.
     fn networks(&self, raw: &[RawNetwork]) -> Result<Vec<NetworkConfig>, ConfigError> {
+        let mut vnis: Vec<Option<u32>> = Vec::with_capacity(raw.len());
+        for (i, n) in raw.iter().enumerate() {
+            let field = format!("network[{i}].vni");
+            let vni = n
+                .vni
+                .map(|v| rules::vni(v).map_err(|p| self.err(&field, p)))
+                .transpose()?;
+            if let Some(vni) = vni
+                && let Some(first) = vnis.iter().position(|v| *v == Some(vni))
+            {
+                return Err(self.err(
+                    field,
+                    format!(
+                        "{vni} is already the VNI of network {:?}; each network needs its own",
+                        raw[first].name
+                    ),
+                ));
+            }
+            vnis.push(vni);
+        }
         let mut networks: Vec<NetworkConfig> = Vec::new();
         for (i, n) in raw.iter().enumerate() {
             let field = |f: &str| format!("network[{i}].{f}");
@@ -115,26 +144,45 @@ impl Validator<'_> {
             if networks.iter().any(|o| o.name == n.name) {
                 return Err(self.err(field("name"), format!("{:?} is defined twice", n.name)));
             }
-            let vni = rules::vni(n.vni).map_err(|p| self.err(field("vni"), p))?;
-            if let Some(other) = networks.iter().find(|o| o.vni == vni) {
-                return Err(self.err(
-                    field("vni"),
-                    format!(
-                        "{vni} is already the VNI of network {:?}; each network needs its own",
-                        other.name
-                    ),
-                ));
-            }
+            let vni = match vnis[i] {
+                Some(vni) => vni,
+                None => {
+                    let vni = rules::allocate_vni(&n.name, |v| {
+                        vnis.contains(&Some(v)) || networks.iter().any(|o| o.vni == v)
+                    })
+                    .map_err(|p| self.err(field("vni"), p))?;
+                    vnis[i] = Some(vni);
+                    vni
+                }
+            };
             let subnet =
                 rules::network_subnet(&n.subnet).map_err(|p| self.err(field("subnet"), p))?;
+            rules::subnet_free(subnet, networks.iter().map(|o| (o.name.as_str(), o.subnet)))
+                .map_err(|p| self.err(field("subnet"), p))?;
             if let Some(mtu) = n.mtu {
                 rules::mtu(mtu).map_err(|p| self.err(field("mtu"), p))?;
             }
+            let gateway = n
+                .gateway
+                .as_deref()
+                .map(|g| self.ipv4(&field("gateway"), g))
+                .transpose()?;
+            let aux = n
+                .aux_addresses
+                .iter()
+                .enumerate()
+                .map(|(k, a)| self.ipv4(&field(&format!("aux_addresses[{k}]")), a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let gateway = rules::network_addresses(&n.name, subnet, gateway, &aux)
+                .map_err(|(f, p)| self.err(field(&f), p))?;
             networks.push(NetworkConfig {
                 name: n.name.clone(),
                 vni,
                 subnet,
                 mtu: n.mtu,
+                gateway,
+                aux,
+                internal: n.internal,
             });
         }
         Ok(networks)
@@ -153,7 +201,8 @@ impl Validator<'_> {
             .ok_or_else(|| self.err(field, format!("no network named {name:?} is defined")))
     }
 
-    /// An endpoint address: IPv4, a host address of its network.
+    /// An endpoint address: IPv4, a host address of its network, neither its
+    /// gateway nor one of its auxiliary addresses.
     fn host_address(
         &self,
         field: String,
@@ -161,7 +210,9 @@ impl Validator<'_> {
         network: &NetworkConfig,
     ) -> Result<Ipv4Addr, ConfigError> {
         let ip = self.ipv4(&field, text)?;
-        rules::host_address(ip, &network.name, network.subnet).map_err(|p| self.err(field, p))?;
+        rules::host_address(ip, &network.name, network.subnet)
+            .and_then(|()| rules::not_reserved(ip, &network.name, network.gateway, &network.aux))
+            .map_err(|p| self.err(field, p))?;
         Ok(ip)
     }
 
@@ -176,7 +227,7 @@ impl Validator<'_> {
         for (i, e) in raw.iter().enumerate() {
             let field = |f: &str| format!("endpoint[{i}].{f}");
             let network = self.network_of(field("network"), &e.network, networks)?;
-            rules::netns_name(&e.netns).map_err(|p| self.err(field("netns"), p))?;
+            rules::netns(&e.netns).map_err(|p| self.err(field("netns"), p))?;
             if let Some(first) = netns_networks.insert((&e.netns, network), i) {
                 return Err(self.err(
                     field("netns"),

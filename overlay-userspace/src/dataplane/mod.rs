@@ -33,7 +33,10 @@ use self::{
     upgrade::MapChange,
 };
 use crate::{
-    config::DecapMode, desired::DesiredState, host::netns::netns_path, host::veth::CreatedEndpoint,
+    config::DecapMode,
+    desired::DesiredState,
+    host::{netns::netns_path, veth::CreatedEndpoint},
+    model::Plumbing,
 };
 
 /// The compiled eBPF object, embedded at build time.
@@ -134,11 +137,14 @@ impl Dataplane {
     pub fn attach_endpoint(&mut self, e: &CreatedEndpoint) -> Result<()> {
         self.programs.attach_endpoint(&e.plan.host_ifname)?;
         if self.decap == DecapMode::Xdp {
-            self.programs.attach_peer_xdp(
-                &e.plan.host_ifname,
-                &netns_path(&e.plan.netns),
-                &e.plan.container_ifname,
-            )?;
+            // A caller-plumbed end is still in this namespace: it gets the
+            // program here, before the caller moves it.
+            let (netns, ifname) = match e.plan.plumbing {
+                Plumbing::Agent => (netns_path(&e.plan.netns), e.plan.container_ifname.clone()),
+                Plumbing::Caller => ("/proc/thread-self/ns/net".into(), e.plan.peer_ifname()),
+            };
+            self.programs
+                .attach_peer_xdp(&e.plan.host_ifname, &netns, &ifname)?;
         }
         Ok(())
     }

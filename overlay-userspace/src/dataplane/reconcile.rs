@@ -3,7 +3,7 @@
 //! it again with the same state changes nothing; running it periodically heals
 //! entries that were lost or altered behind the agent's back.
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -11,12 +11,12 @@ use aya::{
     maps::{HashMap, IterableMap as _, MapData},
 };
 use overlay_common::{
-    Config, Endpoint, FDB_KIND_LOCAL, FDB_KIND_REMOTE, FdbEntry, FdbKey, NeighEntry, NeighKey,
-    Network, Vtep,
+    Config, Endpoint, FDB_KIND_GATEWAY, FDB_KIND_LOCAL, FDB_KIND_REMOTE, FdbEntry, FdbKey,
+    NeighEntry, NeighKey, Network, Vtep,
 };
 
 use super::{batch, maps::Maps};
-use crate::desired::DesiredState;
+use crate::{desired::DesiredState, model::Mac};
 
 /// The contents every map should have.
 #[derive(Debug, Default, PartialEq)]
@@ -50,48 +50,49 @@ impl Tables {
                     _pad: [0; 2],
                 },
             );
-            t.fdb.insert(
-                FdbKey::new(e.vni, e.mac.0),
-                FdbEntry {
-                    kind: FDB_KIND_LOCAL,
-                    ifindex: e.host_ifindex,
-                    remote_vtep: [0; 4],
-                },
-            );
-            t.neigh.insert(
-                NeighKey {
-                    vni: e.vni,
-                    ip: e.ip.octets(),
-                },
-                NeighEntry {
-                    mac: e.mac.0,
-                    _pad: [0; 2],
-                },
-            );
+            let local = FdbEntry {
+                kind: FDB_KIND_LOCAL,
+                ifindex: e.host_ifindex,
+                remote_vtep: [0; 4],
+            };
+            t.add_address(e.vni, e.ip, e.mac, local);
             t.endpoint_devs.insert(e.host_ifindex, e.host_ifindex);
         }
         for r in &state.remote {
-            t.fdb.insert(
-                FdbKey::new(r.vni, r.mac.0),
-                FdbEntry {
-                    kind: FDB_KIND_REMOTE,
-                    ifindex: 0,
-                    remote_vtep: r.vtep.octets(),
-                },
-            );
-            t.neigh.insert(
-                NeighKey {
-                    vni: r.vni,
-                    ip: r.ip.octets(),
-                },
-                NeighEntry {
-                    mac: r.mac.0,
-                    _pad: [0; 2],
-                },
-            );
+            let remote = FdbEntry {
+                kind: FDB_KIND_REMOTE,
+                ifindex: 0,
+                remote_vtep: r.vtep.octets(),
+            };
+            t.add_address(r.vni, r.ip, r.mac, remote);
             t.vteps.entry(r.vtep.octets()).or_default().endpoints += 1;
         }
+        for g in &state.gateways {
+            let gateway = FdbEntry {
+                kind: FDB_KIND_GATEWAY,
+                ifindex: 0,
+                remote_vtep: [0; 4],
+            };
+            t.add_address(g.vni, g.ip, g.mac, gateway);
+        }
         t
+    }
+}
+
+impl Tables {
+    /// Where `mac` of network `vni` lives, and that `ip` is answered with it.
+    fn add_address(&mut self, vni: u32, ip: Ipv4Addr, mac: Mac, at: FdbEntry) {
+        self.fdb.insert(FdbKey::new(vni, mac.0), at);
+        self.neigh.insert(
+            NeighKey {
+                vni,
+                ip: ip.octets(),
+            },
+            NeighEntry {
+                mac: mac.0,
+                _pad: [0; 2],
+            },
+        );
     }
 }
 
@@ -295,13 +296,8 @@ fn sync_devmap(maps: &mut Maps, want: &BTreeMap<u32, u32>) -> Result<Changes> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
-    use crate::{
-        desired::{LocalEndpoint, RemoteEndpoint},
-        model::Mac,
-    };
+    use crate::desired::{LocalEndpoint, RemoteEndpoint};
 
     #[test]
     fn tables_hold_local_and_remote_endpoints() {
@@ -328,10 +324,20 @@ mod tests {
                     vtep: Ipv4Addr::new(192, 168, 1, 5),
                 },
             ],
+            gateways: vec![crate::desired::Gateway {
+                vni: 4097,
+                ip: Ipv4Addr::new(10, 0, 0, 1),
+                mac: Mac::from_ipv4(Ipv4Addr::new(10, 0, 0, 1)),
+            }],
+            egress: crate::desired::EgressNets::default(),
         };
         let t = Tables::from_desired(&state);
-        assert_eq!(t.fdb.len(), 3);
-        assert_eq!(t.neigh.len(), 3);
+        assert_eq!(t.fdb.len(), 4);
+        assert_eq!(t.neigh.len(), 4);
+        assert_eq!(
+            t.fdb[&FdbKey::new(4097, [2, 0x42, 10, 0, 0, 1])].kind,
+            FDB_KIND_GATEWAY
+        );
         assert_eq!(t.vteps[&[192, 168, 1, 5]].endpoints, 2);
         assert_eq!(
             t.fdb[&FdbKey::new(4097, [2, 0x42, 10, 0, 0, 3])],

@@ -25,12 +25,22 @@ struct VtepValue {
     since_ms: u64,
 }
 
+/// The options after `origin` are left out when they are defaults, and read
+/// as defaults when absent, so records of agents before them still parse.
 #[derive(Serialize, Deserialize)]
 struct NetworkValue {
     vni: u32,
     subnet: Subnet,
     created_ms: u64,
     origin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gateway: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    aux: Vec<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    internal: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -65,6 +75,10 @@ pub fn encode(record: &NodeRecord) -> BTreeMap<String, String> {
             subnet: def.subnet,
             created_ms: def.created_ms,
             origin: def.origin.clone(),
+            gateway: def.gateway,
+            aux: def.aux.clone(),
+            mtu: def.mtu,
+            internal: def.internal,
         };
         kv.insert(format!("{PREFIX_NETWORK}{name}"), json(&value));
     }
@@ -140,6 +154,10 @@ fn parse_entry(r: &mut NodeRecord, key: &str, value: &str) -> bool {
                 subnet: v.subnet,
                 created_ms: v.created_ms,
                 origin: v.origin,
+                gateway: v.gateway,
+                aux: v.aux,
+                mtu: v.mtu,
+                internal: v.internal,
             },
         );
         return true;
@@ -208,6 +226,10 @@ mod tests {
                 subnet: "10.0.0.0/24".parse().unwrap(),
                 created_ms: 0,
                 origin: "n1".into(),
+                gateway: Some(Ipv4Addr::new(10, 0, 0, 254)),
+                aux: vec![Ipv4Addr::new(10, 0, 0, 2)],
+                mtu: Some(1400),
+                internal: true,
             },
         );
         r.removed.insert("b".into(), 5);
@@ -232,5 +254,19 @@ mod tests {
         assert_eq!(back, r);
         let junk = decode("n1", 7, true, None, [("ep:a:nope", "{}")]);
         assert_eq!(junk.malformed.len(), 1);
+    }
+
+    #[test]
+    fn a_network_announced_before_the_options_existed_reads_with_defaults() {
+        let old = r#"{"vni":4097,"subnet":"10.0.0.0/24","created_ms":5,"origin":"n0"}"#;
+        let r = decode("n0", 1, true, None, [("net:a", old)]);
+        assert!(r.malformed.is_empty(), "{:?}", r.malformed);
+        let def = &r.networks["a"];
+        assert_eq!(def.gateway(), Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(def.way_out(), Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(def.aux.is_empty() && def.mtu.is_none());
+        // And a default network is announced in that old shape.
+        let kv = encode(&r);
+        assert_eq!(kv["net:a"], old);
     }
 }

@@ -125,6 +125,18 @@ impl Netlink {
             .with_context(|| format!("bringing {name} up"))
     }
 
+    /// Sets an interface's MAC and MTU, leaving it up or down as it is.
+    pub async fn set_mac_mtu(&self, index: u32, mac: [u8; 6], mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .execute()
+            .await
+            .context("setting MAC and MTU")
+    }
+
     pub async fn set_mtu_up(&self, index: u32, mtu: u32) -> Result<()> {
         self.handle
             .link()
@@ -153,6 +165,51 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("adding address {ip}/{prefix_len}"))
+    }
+
+    /// Adds an address; one the interface has already is fine (adoption).
+    pub async fn ensure_ipv4(&self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(ip), prefix_len)
+            .execute()
+            .await
+        {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            other => other.with_context(|| format!("adding address {ip}/{prefix_len}")),
+        }
+    }
+
+    /// Routes `dst`/32 out of interface `index`, from source address `src`
+    /// (replacing a route to `dst` already there).
+    pub async fn replace_host_route(&self, dst: Ipv4Addr, index: u32, src: Ipv4Addr) -> Result<()> {
+        self.handle
+            .route()
+            .add()
+            .v4()
+            .replace()
+            .destination_prefix(dst, 32)
+            .output_interface(index)
+            .pref_source(src)
+            .scope(netlink_packet_route::route::RouteScope::Link)
+            .execute()
+            .await
+            .with_context(|| format!("routing {dst}/32"))
+    }
+
+    /// The default route through `gateway` (on-link in the subnet the caller
+    /// has an address in).
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        self.handle
+            .route()
+            .add()
+            .v4()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gateway)
+            .execute()
+            .await
+            .with_context(|| format!("adding the default route via {gateway}"))
     }
 
     /// Deletes an interface; an interface that is already gone is not an error.

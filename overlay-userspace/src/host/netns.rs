@@ -11,9 +11,27 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::config::rules;
 
-/// Where `ip netns add NAME` puts a named namespace.
-pub fn netns_path(name: &str) -> PathBuf {
-    Path::new("/var/run/netns").join(name)
+/// The file of a namespace as the API names it (see [`rules::netns`]): a
+/// path as given, or where `ip netns add NAME` puts a named one.
+pub fn netns_path(netns: &str) -> PathBuf {
+    if netns.starts_with('/') {
+        PathBuf::from(netns)
+    } else {
+        Path::new("/var/run/netns").join(netns)
+    }
+}
+
+/// Whether two namespace references are the same namespace: the same path,
+/// or files of one namespace (nsfs gives each namespace one inode), such as
+/// `/run/netns/x` and `/proc/PID/ns/net` of a process inside it.
+pub fn same_netns(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let (a, b) = (netns_path(a), netns_path(b));
+    a == b
+        || match (std::fs::metadata(&a), std::fs::metadata(&b)) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
 }
 
 /// Switches the calling thread into a network namespace until dropped.
@@ -47,28 +65,40 @@ fn setns(ns: &File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A named namespace that must exist already: its path, or the problem in words
-/// that say how to create it.
-pub fn existing(name: &str) -> std::result::Result<PathBuf, String> {
-    rules::netns_name(name)?;
-    let path = netns_path(name);
+/// A namespace (name or path) that must exist already: its path, or the
+/// problem in words that say how to create it.
+pub fn existing(netns: &str) -> std::result::Result<PathBuf, String> {
+    rules::netns(netns)?;
+    let path = netns_path(netns);
     if path.exists() {
         Ok(path)
+    } else if netns.starts_with('/') {
+        Err(format!("network namespace {netns} does not exist"))
     } else {
         Err(format!(
-            "network namespace {name:?} does not exist ({}); create it with `ip netns add {name}`",
+            "network namespace {netns:?} does not exist ({}); create it with `ip netns add {netns}`",
             path.display()
         ))
     }
 }
 
-/// Opens a named namespace, with an error that says how to create it.
-pub fn open_netns(name: &str) -> Result<OwnedFd> {
-    let path = netns_path(name);
+/// Opens a namespace (name or path), with an error that says what is missing.
+pub fn open_netns(netns: &str) -> Result<OwnedFd> {
+    let path = netns_path(netns);
     let file = File::open(&path).map_err(|e| {
-        anyhow!("network namespace {name:?} does not exist ({}: {e}); create it with `ip netns add {name}`", path.display())
+        anyhow!(
+            "network namespace {netns:?} cannot be opened ({}: {e})",
+            path.display()
+        )
     })?;
     Ok(file.into())
+}
+
+/// Turns IPv4 forwarding on for packets that arrive on `ifname` (of the
+/// calling thread's namespace): the kernel decides by the input interface.
+pub fn enable_forwarding(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding");
+    std::fs::write(&path, "1").with_context(|| format!("writing {path}"))
 }
 
 /// Turns IPv6 off on an interface of the calling thread's namespace. The overlay

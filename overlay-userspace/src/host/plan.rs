@@ -9,8 +9,8 @@ use overlay_common::VXLAN_OVERHEAD;
 
 use super::{netlink::Netlink, netns};
 use crate::{
-    config::{ClusterConfig, ConfigError, DecapMode},
-    model::Mac,
+    config::{ClusterConfig, ConfigError, DecapMode, rules},
+    model::{Mac, Plumbing, Subnet},
 };
 
 #[derive(Clone, Debug)]
@@ -27,41 +27,78 @@ pub struct Underlay {
 pub struct PlannedEndpoint {
     pub network: String,
     pub vni: u32,
+    /// A namespace name or path (see [`crate::config::rules::netns`]).
     pub netns: String,
+    /// The runtime's container ID, for attachments made by one (CNI, Docker).
+    pub container_id: Option<String>,
+    pub plumbing: Plumbing,
+    /// The gateway the container routes through; `None` on an internal network.
+    pub gateway: Option<Ipv4Addr>,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub mac: Mac,
     pub mtu: u32,
     /// The veth end the agent keeps, in its own namespace.
     pub host_ifname: String,
-    /// The end inside the container: eth0, eth1, … in file order per namespace.
+    /// The end inside the container: eth0, eth1, … in file order per namespace,
+    /// or the name the runtime asked for. With [`Plumbing::Caller`], the name
+    /// the runtime knows the attachment by.
     pub container_ifname: String,
+}
+
+impl PlannedEndpoint {
+    /// The container end's name before it is moved (and, with
+    /// [`Plumbing::Caller`], until the caller moves it): Docker's `SrcName`.
+    pub fn peer_ifname(&self) -> String {
+        format!("{}p", self.host_ifname)
+    }
+
+    /// The routes the container needs besides its subnet's: a default route
+    /// through the gateway, unless the network is internal.
+    pub fn routes(&self) -> Vec<(Subnet, Option<Ipv4Addr>)> {
+        self.gateway
+            .map(|gw| {
+                let default = Subnet {
+                    network: Ipv4Addr::UNSPECIFIED,
+                    prefix_len: 0,
+                };
+                (default, Some(gw))
+            })
+            .into_iter()
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct NodePlan {
     pub config: ClusterConfig,
     pub underlay: Underlay,
-    /// Per network, in file order: the endpoints' MTU.
-    pub network_mtus: Vec<u32>,
     pub endpoints: Vec<PlannedEndpoint>,
     pub pin_dir: PathBuf,
 }
 
 impl NodePlan {
-    /// The endpoints' MTU in network `name`: the file's setting, else the
-    /// underlay's MTU minus the VXLAN overhead (also for networks created at
-    /// run time).
-    pub fn mtu_of(&self, name: &str) -> u32 {
-        self.config
-            .networks
-            .iter()
-            .zip(&self.network_mtus)
-            .find(|(n, _)| n.name == name)
-            .map_or(
-                self.underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
-                |(_, mtu)| *mtu,
-            )
+    /// The largest inner MTU whose outer packets fit the underlay.
+    pub fn max_mtu(&self) -> u32 {
+        self.underlay.mtu.saturating_sub(VXLAN_OVERHEAD)
+    }
+
+    /// The endpoints' MTU in a network whose definition sets `mtu`: that, else
+    /// the underlay's MTU minus the VXLAN overhead.
+    pub fn mtu_for(&self, mtu: Option<u32>) -> u32 {
+        mtu.unwrap_or_else(|| self.max_mtu())
+    }
+
+    /// A network MTU this node can carry, or the problem in words.
+    pub fn check_mtu(&self, mtu: u32) -> Result<(), String> {
+        rules::mtu(mtu)?;
+        if mtu > self.max_mtu() {
+            return Err(format!(
+                "{mtu} does not fit: {} has MTU {} and VXLAN needs {VXLAN_OVERHEAD} bytes",
+                self.underlay.name, self.underlay.mtu
+            ));
+        }
+        Ok(())
     }
 
     /// What about this host will make the dataplane slower or fail, in words
@@ -93,8 +130,9 @@ impl NodePlan {
 }
 
 pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Result<NodePlan> {
+    let file = config.path.clone();
     let err = |field: &str, problem: String| ConfigError {
-        file: config.path.clone(),
+        file: file.clone(),
         field: field.to_owned(),
         problem,
     };
@@ -152,25 +190,21 @@ pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Resu
         is_veth: link.is_veth,
     };
 
+    let mut plan = NodePlan {
+        config,
+        underlay,
+        endpoints: Vec::new(),
+        pin_dir,
+    };
     // The inner MTU leaves room for the outer headers: an inner frame of MTU bytes
     // becomes an outer packet of exactly the underlay's MTU.
-    let max_mtu = underlay.mtu.saturating_sub(VXLAN_OVERHEAD);
-    let mut network_mtus = Vec::new();
-    for (i, n) in config.networks.iter().enumerate() {
-        let mtu = n.mtu.unwrap_or(max_mtu);
-        if mtu > max_mtu {
-            return Err(err(
-                &format!("network[{i}].mtu"),
-                format!(
-                    "{mtu} does not fit: {} has MTU {} and VXLAN needs {VXLAN_OVERHEAD} bytes",
-                    underlay.name, underlay.mtu
-                ),
-            )
-            .into());
+    for (i, n) in plan.config.networks.iter().enumerate() {
+        if let Some(mtu) = n.mtu {
+            plan.check_mtu(mtu)
+                .map_err(|problem| err(&format!("network[{i}].mtu"), problem))?;
         }
-        network_mtus.push(mtu);
     }
-
+    let config = &plan.config;
     let mut next_index_in_netns: HashMap<&str, usize> = HashMap::new();
     let mut endpoints = Vec::new();
     for (i, e) in config.endpoints.iter().enumerate() {
@@ -200,22 +234,19 @@ pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Resu
             network: network.name.clone(),
             vni: network.vni,
             netns: e.netns.clone(),
+            container_id: None,
+            plumbing: Plumbing::Agent,
+            gateway: (!network.internal).then_some(network.gateway),
             ip: e.ip,
             prefix_len: network.subnet.prefix_len,
             mac: e.mac,
-            mtu: network_mtus[e.network],
+            mtu: plan.mtu_for(network.mtu),
             host_ifname,
             container_ifname,
         });
     }
-
-    Ok(NodePlan {
-        config,
-        underlay,
-        network_mtus,
-        endpoints,
-        pin_dir,
-    })
+    plan.endpoints = endpoints;
+    Ok(plan)
 }
 
 /// A stable, unique-enough name for an endpoint's host-side veth: "ov" and 32 bits

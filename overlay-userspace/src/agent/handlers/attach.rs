@@ -1,0 +1,349 @@
+//! Endpoints added and removed: by the CLI (by network and namespace) and by
+//! container runtimes (keyed by container ID and interface name). Both take
+//! one path: check, pick an address (claiming a block first if need be), plan,
+//! plumb and attach, then commit; a failed commit undoes the veth.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result};
+use log::info;
+
+use super::Pending;
+use crate::{
+    agent::{
+        endpoints::{self, Attached, Origin},
+        node::Node,
+        state_file::{Change, SavedEndpoint},
+    },
+    api::proto::{AttachRequest, AttachmentKey, ErrorCode, api_error},
+    cluster::{
+        ipam::{self, Allocation},
+        record::{BlockClaim, NetworkDef},
+    },
+    config::rules,
+    desired::addresses_in_use,
+    gossip::now_ms,
+    host::{netlink::Netlink, netns, plan::next_container_ifname},
+    model::{Mac, Plumbing, gateway_mac},
+};
+
+/// How many times an address allocation claims a new block before giving up.
+const MAX_CLAIMS: u32 = 4;
+
+/// One attach, however it was asked for.
+pub(super) struct AttachSpec {
+    pub network: String,
+    pub netns: String,
+    pub ip: Option<Ipv4Addr>,
+    /// As typed (the CLI) or as sent (a runtime's, already a MAC).
+    pub mac: Option<String>,
+    /// A runtime's key; `None` for the CLI, whose endpoint gets the next `ethN`.
+    pub key: Option<AttachmentKey>,
+    pub plumbing: Plumbing,
+}
+
+impl From<&AttachRequest> for AttachSpec {
+    fn from(r: &AttachRequest) -> AttachSpec {
+        AttachSpec {
+            network: r.network.clone(),
+            netns: r.netns.clone(),
+            ip: r.ip,
+            mac: r.mac.map(|m| m.to_string()),
+            key: Some(AttachmentKey {
+                container_id: r.container_id.clone(),
+                ifname: r.ifname.clone(),
+            }),
+            plumbing: r.plumbing,
+        }
+    }
+}
+
+fn invalid(problem: impl Into<String>) -> anyhow::Error {
+    api_error(ErrorCode::Invalid, problem)
+}
+
+fn exists(problem: impl Into<String>) -> anyhow::Error {
+    api_error(ErrorCode::Exists, problem)
+}
+
+impl Node {
+    pub(super) async fn attach(
+        &mut self,
+        nl: &Netlink,
+        spec: &AttachSpec,
+        attempt: u32,
+    ) -> Result<Pending<()>> {
+        let (network, netns) = (spec.network.as_str(), spec.netns.as_str());
+        let def = self
+            .membership
+            .resolved()
+            .networks
+            .get(network)
+            .cloned()
+            .ok_or_else(|| {
+                api_error(
+                    ErrorCode::NotFound,
+                    format!("no network named {network} (see `overlay network ls`)"),
+                )
+            })?;
+        if let Some(key) = &spec.key {
+            rules::container_id(&key.container_id).map_err(invalid)?;
+            rules::interface_name(&key.ifname).map_err(invalid)?;
+            if let Some(a) = self.endpoints.find_key(key) {
+                return Err(exists(format!(
+                    "container {} already has an attachment {} (network {}, {})",
+                    key.container_id,
+                    key.ifname,
+                    a.network(),
+                    a.veth.plan.ip
+                )));
+            }
+        }
+        netns::existing(netns).map_err(invalid)?;
+        if self.endpoints.find(network, netns).is_some() {
+            return Err(exists(format!(
+                "namespace {netns} already has an endpoint in network {network}"
+            )));
+        }
+        if attempt == 0 && !self.endpoints.begin_add(network, netns) {
+            return Err(exists(format!(
+                "an endpoint for namespace {netns} in network {network} is already being added"
+            )));
+        }
+        let added = self.attach_now(nl, &def, spec, attempt).await;
+        if !matches!(added, Ok(Pending::AfterClaim(_))) {
+            self.endpoints.end_add(network, netns);
+        }
+        added
+    }
+
+    async fn attach_now(
+        &mut self,
+        nl: &Netlink,
+        def: &NetworkDef,
+        spec: &AttachSpec,
+        attempt: u32,
+    ) -> Result<Pending<()>> {
+        let network = def.name.as_str();
+        let ip = match spec.ip {
+            Some(ip) => self.check_address(def, ip)?,
+            None => match self.allocate(def, attempt).await? {
+                Pending::Ready(ip) => ip,
+                Pending::AfterClaim(after) => return Ok(Pending::AfterClaim(after)),
+            },
+        };
+        let mac: Mac = match &spec.mac {
+            Some(m) => m.parse().map_err(invalid)?,
+            None => Mac::from_ipv4(ip),
+        };
+        let taken = self
+            .membership
+            .resolved()
+            .used_macs
+            .contains(&(network.to_owned(), mac));
+        if taken || def.way_out().is_some_and(|gw| gateway_mac(gw) == mac) {
+            return Err(exists(format!(
+                "MAC {mac} is already in use in network {network}"
+            )));
+        }
+        let container_ifname = self.container_ifname(spec).await?;
+        let saved = SavedEndpoint {
+            network: network.to_owned(),
+            netns: spec.netns.clone(),
+            ip,
+            mac,
+            container_ifname,
+            container_id: spec.key.as_ref().map(|k| k.container_id.clone()),
+            plumbing: spec.plumbing,
+        };
+        let planned = self.plan_endpoint(def, &saved);
+        if nl.link_by_name(&planned.host_ifname).await?.is_some() {
+            return Err(exists(format!(
+                "interface {} already exists",
+                planned.host_ifname
+            )));
+        }
+        if spec.plumbing == Plumbing::Caller
+            && nl.link_by_name(&planned.peer_ifname()).await?.is_some()
+        {
+            return Err(exists(format!(
+                "interface {} already exists",
+                planned.peer_ifname()
+            )));
+        }
+        let dataplane = self
+            .dataplane
+            .as_mut()
+            .context("the dataplane is not loaded")?;
+        self.endpoints.create(nl, dataplane, &planned).await?;
+        let netns = saved.netns.clone();
+        if let Err(e) = self.commit(Change::AddEndpoint(saved)).await {
+            self.undo_add(nl, network, &netns).await;
+            return Err(e);
+        }
+        info!(
+            "endpoint {ip} ({mac}) added in network {network}, namespace {netns}{}",
+            spec.key
+                .as_ref()
+                .map(|k| format!(", container {} {}", k.container_id, k.ifname))
+                .unwrap_or_default()
+        );
+        Ok(Pending::Ready(()))
+    }
+
+    /// The container end's name: the one asked for, which must be free inside
+    /// (the agent plumbs it), or the next free `ethN` (the CLI).
+    async fn container_ifname(&self, spec: &AttachSpec) -> Result<String> {
+        match (&spec.key, spec.plumbing) {
+            (Some(key), Plumbing::Caller) => Ok(key.ifname.clone()),
+            (Some(key), Plumbing::Agent) => {
+                let inside = Netlink::in_netns(&netns::netns_path(&spec.netns))?;
+                if inside.link_by_name(&key.ifname).await?.is_some() {
+                    return Err(exists(format!(
+                        "namespace {} already has an interface {}",
+                        spec.netns, key.ifname
+                    )));
+                }
+                Ok(key.ifname.clone())
+            }
+            (None, _) => {
+                let inside = Netlink::in_netns(&netns::netns_path(&spec.netns))?;
+                next_container_ifname(&inside).await
+            }
+        }
+    }
+
+    /// An address the caller chose: a free host address of the network, not
+    /// one it keeps for itself.
+    fn check_address(&self, def: &NetworkDef, ip: Ipv4Addr) -> Result<Ipv4Addr> {
+        rules::host_address(ip, &def.name, def.subnet)
+            .and_then(|()| rules::not_reserved(ip, &def.name, def.gateway(), &def.aux))
+            .map_err(invalid)?;
+        if addresses_in_use(&self.plan.config, self.membership.resolved(), &def.name).contains(&ip)
+        {
+            return Err(exists(format!(
+                "{ip} is already in use in network {}",
+                def.name
+            )));
+        }
+        Ok(ip)
+    }
+
+    /// The next free address in this node's blocks, claiming a new block when
+    /// they are full. With gossip the claim must settle first; alone it holds
+    /// at once.
+    async fn allocate(&mut self, def: &NetworkDef, mut attempt: u32) -> Result<Pending<Ipv4Addr>> {
+        let network = def.name.as_str();
+        loop {
+            let used = addresses_in_use(&self.plan.config, self.membership.resolved(), network);
+            let allocation = ipam::allocate(
+                network,
+                def.subnet,
+                self.name(),
+                &self.membership.resolved().claims,
+                &used,
+            );
+            match allocation {
+                Allocation::Address(ip) => return Ok(Pending::Ready(ip)),
+                Allocation::Claim(index) if attempt < MAX_CLAIMS => {
+                    self.commit(Change::ClaimBlock(BlockClaim {
+                        network: network.to_owned(),
+                        index,
+                        claimed_ms: now_ms(),
+                    }))
+                    .await?;
+                    match self.membership.claim_settle() {
+                        Some(after) => return Ok(Pending::AfterClaim(after)),
+                        None => attempt += 1,
+                    }
+                }
+                Allocation::Claim(_) => anyhow::bail!(
+                    "could not claim an address block in network {network}: other nodes kept winning the claims"
+                ),
+                Allocation::Exhausted => anyhow::bail!(
+                    "network {network} ({}) has no free address block left",
+                    def.subnet
+                ),
+            }
+        }
+    }
+
+    /// Takes a just-created endpoint out again after its commit failed.
+    async fn undo_add(&mut self, nl: &Netlink, network: &str, netns: &str) {
+        if let (Some(attached), Some(dataplane)) =
+            (self.endpoints.take(network, netns), self.dataplane.as_mut())
+        {
+            let _ = endpoints::remove(nl, dataplane, &attached.veth).await;
+        }
+    }
+
+    /// The CLI's `endpoint rm`: by network and namespace.
+    pub(super) async fn endpoint_rm(
+        &mut self,
+        nl: &Netlink,
+        network: &str,
+        netns: &str,
+    ) -> Result<Attached> {
+        if self.endpoints.find(network, netns).is_none() {
+            return Err(api_error(
+                ErrorCode::NotFound,
+                format!("namespace {netns} has no endpoint in network {network} on this node"),
+            ));
+        }
+        self.remove_endpoint(nl, network, netns).await
+    }
+
+    /// A runtime's detach, by its key.
+    pub(super) async fn detach(&mut self, nl: &Netlink, key: &AttachmentKey) -> Result<Attached> {
+        let Some(a) = self.endpoints.find_key(key) else {
+            return Err(api_error(
+                ErrorCode::NotFound,
+                format!(
+                    "container {} has no attachment {} on this node",
+                    key.container_id, key.ifname
+                ),
+            ));
+        };
+        let (network, netns) = (a.network().to_owned(), a.netns().to_owned());
+        self.remove_endpoint(nl, &network, &netns).await
+    }
+
+    /// Withdraws an endpoint from the maps and the cluster, then deletes its
+    /// veth. The cluster file's endpoints are the file's to remove.
+    async fn remove_endpoint(
+        &mut self,
+        nl: &Netlink,
+        network: &str,
+        netns: &str,
+    ) -> Result<Attached> {
+        let attached = self
+            .endpoints
+            .find(network, netns)
+            .expect("checked by the caller");
+        if attached.origin == Origin::File {
+            return Err(invalid(format!(
+                "the endpoint of namespace {netns} in network {network} is defined in the cluster file {}; remove it there",
+                self.plan.config.path.display()
+            )));
+        }
+        let attached = self.endpoints.take(network, netns).expect("found above");
+        let change = Change::RemoveEndpoint {
+            network: network.to_owned(),
+            netns: attached.netns().to_owned(),
+        };
+        if let Err(e) = self.commit(change).await {
+            self.endpoints.restore(attached);
+            return Err(e);
+        }
+        let dataplane = self
+            .dataplane
+            .as_mut()
+            .context("the dataplane is not loaded")?;
+        endpoints::remove(nl, dataplane, &attached.veth).await?;
+        info!(
+            "endpoint {} removed from network {network}, namespace {netns}",
+            attached.veth.plan.ip
+        );
+        Ok(attached)
+    }
+}
