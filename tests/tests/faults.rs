@@ -11,22 +11,27 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use overlay_common::{FDB_KIND_REMOTE, MAX_FDB_ENTRIES};
+use overlay_common::{FDB_KIND_GATEWAY, FDB_KIND_REMOTE, MAX_FDB_ENTRIES};
 use overlay_tests::{
     Cluster, ClusterFile, Decap, NetworkSection, NftTable, Overlay, Pinger, RemoteSection, ip,
     scenario::{C1, C2, GOSSIP_PORT, UBER_NET, docker_mac},
     unique_prefix, wait_until,
 };
-use overlay_userspace::dataplane::maps::Maps;
+use overlay_userspace::{dataplane::maps::Maps, model::gateway_mac};
 use serde_json::Value;
 
 /// The MACs of the remote endpoints node `pin_dir` sends to.
 fn remote_macs(pin_dir: &Path) -> Result<BTreeSet<[u8; 6]>> {
+    fdb_macs(pin_dir, FDB_KIND_REMOTE)
+}
+
+/// The MACs of the FDB entries of `kind` pinned under `pin_dir`.
+fn fdb_macs(pin_dir: &Path, kind: u32) -> Result<BTreeSet<[u8; 6]>> {
     let maps = Maps::from_pins(pin_dir)?;
     let mut macs = BTreeSet::new();
     for entry in &maps.fdb {
         let (key, value) = entry?;
-        if value.kind == FDB_KIND_REMOTE {
+        if value.kind == kind {
             macs.insert(key.mac);
         }
     }
@@ -304,7 +309,7 @@ fn the_router_changes_its_mac() -> Result<()> {
 }
 
 /// More remote endpoints than the FDB holds: the agent installs what fits
-/// (this node's own first), says once in its log which map is full, `overlay
+/// (this node's own endpoints and gateways first), says once in its log which map is full, `overlay
 /// stats` shows it, and everything else keeps working.
 #[test]
 fn a_full_fdb_is_reported_once_and_the_rest_works() -> Result<()> {
@@ -317,7 +322,7 @@ fn a_full_fdb_is_reported_once_and_the_rest_works() -> Result<()> {
     let extra = MAX_FDB_ENTRIES as usize;
     file.remotes.extend((0..extra).map(|n| {
         let n = u32::try_from(n).expect("fits");
-        // From .2: .1 is the network's gateway, which no endpoint may take.
+        // From .2: .1 is the network's gateway.
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 64, 0, 2)) + n);
         RemoteSection {
             network: filler.name.clone(),
@@ -359,6 +364,16 @@ fn a_full_fdb_is_reported_once_and_the_rest_works() -> Result<()> {
         .collect();
     ensure!(fill["FDB"]["full"] == true, "{stats}");
     ensure!(fill["FDB"]["entries"] == MAX_FDB_ENTRIES, "{stats}");
+    // The way out is this node's own too: it goes in before the remotes.
+    let gateways = fdb_macs(&o.pin_dir(1), FDB_KIND_GATEWAY)?;
+    let wanted: BTreeSet<[u8; 6]> = [UBER_NET.gateway(), Ipv4Addr::new(10, 64, 0, 1)]
+        .into_iter()
+        .map(|ip| gateway_mac(ip).0)
+        .collect();
+    ensure!(
+        gateways == wanted,
+        "gateways in the full FDB: {gateways:02x?}, wanted {wanted:02x?}"
+    );
     let text = overlay_tests::output_ok(
         std::process::Command::new(&o.binary)
             .args(["stats", "--pin-dir"])
@@ -366,9 +381,10 @@ fn a_full_fdb_is_reported_once_and_the_rest_works() -> Result<()> {
     )?;
     ensure!(text.contains("FULL"), "{text}");
     println!(
-        "FDB full: {} entries wanted (c1, c2 and {extra} filler remotes), {MAX_FDB_ENTRIES} fit; \
+        "FDB full: {} entries wanted (c1, c2, the two networks' gateways and {extra} filler \
+         remotes), {MAX_FDB_ENTRIES} fit; \
          agent ready {started:?} after writing the file; reported once: {}",
-        extra + 2,
+        extra + 4,
         reports[0]
     );
     Ok(())

@@ -107,7 +107,7 @@ impl Dataplane {
                 warn!(
                     "map {name} is full ({max} entries): {refused} entr{} the desired state holds \
                      could not be installed; the rest of the dataplane is unaffected. This node's \
-                     own endpoints go in first; traffic to the missing remote ones is dropped \
+                     own endpoints and gateways go in first; traffic to the missing remote ones is dropped \
                      (drop_no_fdb) until entries are freed",
                     if refused == 1 { "y" } else { "ies" }
                 );

@@ -190,8 +190,9 @@ fn sync_fdb(
             }
         }
     }
-    // This node's own endpoints go in first: a full FDB refuses remote ones.
-    sync_hash(map, want, prune_remote, |e| e.kind == FDB_KIND_LOCAL)
+    // This node's own endpoints and gateways go in first: a full FDB refuses
+    // remote ones.
+    sync_hash(map, want, prune_remote, |e| e.kind != FDB_KIND_REMOTE)
 }
 
 /// Brings one hash map to `want`. When `want` does not fit, the map holds the
