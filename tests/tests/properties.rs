@@ -5,8 +5,10 @@
 //!
 //! - decap: a frame reaches a container only if every decap check holds, and
 //!   what reaches it is exactly the inner frame;
-//! - endpoint: a frame is encapsulated (or switched) only if its source MAC and
-//!   IP (or ARP sender) are the endpoint's, and the inner frame rides unchanged;
+//! - endpoint: a frame is encapsulated, switched or handed to the host stack (to
+//!   the gateway) only if its source MAC and IP (or ARP sender) are the
+//!   endpoint's; the inner frame rides unchanged, and only frames to the
+//!   gateway's MAC meet the host stack;
 //! - nothing is ever flooded: a broadcast leaves only as the ARP reply to its
 //!   sender, or not at all;
 //! - traffic that is not ours leaves byte for byte unchanged.
@@ -24,7 +26,10 @@ use fixture::{
     TC_ACT_SHOT, VNI, XDP_DROP, XDP_PASS, XDP_REDIRECT, mac_of,
 };
 use overlay_common::program_names;
-use overlay_tests::prog_run::{eth, ipv4_checksum, ipv4_udp, skb_ctx, test_run};
+use overlay_tests::{
+    prog_run::{eth, ipv4_checksum, ipv4_udp, skb_ctx, test_run},
+    scenario::UBER_NET,
+};
 use overlay_userspace::host::netns::{NetnsGuard, netns_path};
 use proptest::{
     prelude::*,
@@ -91,7 +96,7 @@ fn arp_body(sha: [u8; 6], spa: Ipv4Addr) -> BoxedStrategy<Vec<u8>> {
     (
         mostly([0u8, 1, 8, 0, 6, 4], any::<[u8; 6]>()),
         prop_oneof![4 => Just(1u16), 1 => Just(2u16), 1 => any::<u16>()],
-        ip_among(&[C1_IP, C2_IP, C3_IP]),
+        ip_among(&[C1_IP, C2_IP, C3_IP, UBER_NET.gateway()]),
     )
         .prop_map(move |(hdr, op, tpa)| {
             let mut a = hdr.to_vec();
@@ -107,7 +112,8 @@ fn arp_body(sha: [u8; 6], spa: Ipv4Addr) -> BoxedStrategy<Vec<u8>> {
 
 /// What follows an Ethernet header: an ARP body, an IPv4 UDP datagram, or noise.
 fn l3(ethertype: u16, src_mac: [u8; 6], src_ip: Ipv4Addr) -> BoxedStrategy<Vec<u8>> {
-    let udp = (ip_among(&[C1_IP, C2_IP, C3_IP]), any::<u16>())
+    let outside = Ipv4Addr::new(203, 0, 113, 10);
+    let udp = (ip_among(&[C1_IP, C2_IP, C3_IP, outside]), any::<u16>())
         .prop_map(move |(dst, port)| ipv4_udp(src_ip, dst, 40000, port, b"property"));
     let noise = proptest::collection::vec(any::<u8>(), 0..64);
     match ethertype {
@@ -159,11 +165,18 @@ fn damaged(mut frame: Vec<u8>, (flips, cut): &Damage) -> Vec<u8> {
 }
 
 /// A frame a container might send on its veth (c1's): mostly its own, to a
-/// local, remote or broadcast destination.
+/// local, remote, gateway or broadcast destination.
 fn endpoint_frame() -> BoxedStrategy<Vec<u8>> {
     let (c1, c2, c3) = (mac_of(C1_IP), mac_of(C2_IP), mac_of(C3_IP));
+    let gateway = mac_of(UBER_NET.gateway());
     (
-        prop_oneof![2 => Just(c2), 1 => Just(c3), 2 => Just(BROADCAST), 1 => mac_among(&[c1])],
+        prop_oneof![
+            2 => Just(c2),
+            1 => Just(c3),
+            1 => Just(gateway),
+            2 => Just(BROADCAST),
+            1 => mac_among(&[c1]),
+        ],
         mostly(c1, mac_among(&[c3, c2])),
         mostly(C1_IP, ip_among(&[C3_IP, C2_IP])),
         ethertype(),
@@ -191,7 +204,14 @@ fn underlay_frame() -> BoxedStrategy<Vec<u8>> {
         prop_oneof![5 => Just(VNI), 2 => Just(OTHER_VNI), 1 => 0u32..(1 << 24)],
     );
     let inner = (
-        prop_oneof![3 => Just(c1), 1 => Just(c3), 1 => Just(c2), 2 => Just(BROADCAST), 1 => any::<[u8; 6]>()],
+        prop_oneof![
+            3 => Just(c1),
+            1 => Just(c3),
+            1 => Just(c2),
+            1 => Just(mac_of(UBER_NET.gateway())),
+            2 => Just(BROADCAST),
+            1 => any::<[u8; 6]>(),
+        ],
         mostly(c2, any::<[u8; 6]>()),
         ethertype(),
     );
@@ -383,6 +403,7 @@ fn an_endpoint_is_encapsulated_only_as_itself_and_nothing_is_flooded() -> Result
     let mut fx = Fixture::new()?;
     let ep0 = fx.ep0;
     let c1 = mac_of(C1_IP);
+    let gateway = mac_of(UBER_NET.gateway());
     let verdicts = check(
         &mut fx,
         program_names::ENDPOINT_INGRESS,
@@ -390,13 +411,14 @@ fn an_endpoint_is_encapsulated_only_as_itself_and_nothing_is_flooded() -> Result
         Some(ep0),
         |frame, verdict, out| {
             prop_assert!(
-                verdict == TC_ACT_REDIRECT || verdict == TC_ACT_SHOT,
-                "verdict {verdict}: the host stack gets nothing"
+                [TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_OK].contains(&verdict),
+                "verdict {verdict}"
             );
             if verdict == TC_ACT_SHOT {
                 return Ok(());
             }
-            let is_arp_reply = out.len() >= 42
+            let is_arp_reply = verdict == TC_ACT_REDIRECT
+                && out.len() >= 42
                 && out[12..14] == [0x08, 0x06]
                 && out[20..22] == [0, 2]
                 && out[0..6] == frame[6..12];
@@ -422,7 +444,14 @@ fn an_endpoint_is_encapsulated_only_as_itself_and_nothing_is_flooded() -> Result
                 }
                 other => prop_assert!(false, "ethertype {:02x?} left", other),
             }
-            if out.len() == frame.len() + 50 {
+            if verdict == TC_ACT_OK {
+                prop_assert_eq!(
+                    &frame[0..6],
+                    &gateway[..],
+                    "the host stack got a frame not to the gateway"
+                );
+                prop_assert_eq!(out, frame, "to the gateway, unchanged");
+            } else if out.len() == frame.len() + 50 {
                 prop_assert_eq!(&out[50..], frame, "the inner frame rides unchanged");
                 prop_assert_eq!(&out[30..34], &REMOTE_VTEP.octets()[..], "to c2's VTEP");
             } else {
@@ -434,6 +463,10 @@ fn an_endpoint_is_encapsulated_only_as_itself_and_nothing_is_flooded() -> Result
     anyhow::ensure!(
         verdicts.get(&TC_ACT_REDIRECT).copied().unwrap_or(0) > CASES / 10,
         "too few frames went anywhere: {verdicts:?}"
+    );
+    anyhow::ensure!(
+        verdicts.get(&TC_ACT_OK).copied().unwrap_or(0) > CASES / 100,
+        "too few frames went to the gateway to tell: {verdicts:?}"
     );
     Ok(())
 }
