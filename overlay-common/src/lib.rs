@@ -24,6 +24,18 @@ pub const MAX_ENDPOINTS: u32 = 4096;
 pub const MAX_FDB_ENTRIES: u32 = 262_144;
 pub const MAX_NEIGH_ENTRIES: u32 = 262_144;
 pub const MAX_VTEPS: u32 = 16_384;
+/// EVENTS' size in bytes: about 1 700 [`DropEvent`]s between two reads.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// At most this many [`DropEvent`]s per second and CPU; the rest are counted
+/// in [`MonitorCpu::events_limited`].
+pub const MONITOR_EVENTS_PER_SEC: u32 = 1000;
+/// At most this many log records per second and CPU from the programs' rare
+/// events (warnings, and packets of a traced flow); the rest are counted in
+/// [`MonitorCpu::logs_limited`].
+pub const LOG_RECORDS_PER_SEC: u32 = 100;
+/// How much of a dropped frame a [`DropEvent`] carries: outer and inner headers
+/// of a VXLAN frame with room to spare, as Cilium's drop notifications do.
+pub const DROP_SAMPLE_LEN: usize = 128;
 
 pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
@@ -35,8 +47,17 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     /// DEVMAP_HASH keyed by host-side veth ifindex: the XDP decap redirect target.
     pub const ENDPOINT_DEVS: &str = "ENDPOINT_DEVS";
+    /// Ring buffer of [`super::DropEvent`]s, written while a monitor listens.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU [`super::MonitorCpu`]: the rate limiters and what they let through.
+    pub const MONITOR: &str = "MONITOR";
+    /// The one [`super::TraceFlow`] whose decisions are logged while `CONFIG_F_TRACE` is set.
+    pub const TRACE: &str = "TRACE";
+    /// aya-log's ring buffer of log records (declared by `aya-log-ebpf`); pinned
+    /// so that an agent that adopts running programs reads their logs too.
+    pub const AYA_LOGS: &str = "AYA_LOGS";
 
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 12] = [
         CONFIG,
         NETWORKS,
         ENDPOINTS,
@@ -45,6 +66,10 @@ pub mod map_names {
         VTEPS,
         STATS,
         ENDPOINT_DEVS,
+        EVENTS,
+        MONITOR,
+        TRACE,
+        AYA_LOGS,
     ];
 }
 
@@ -86,6 +111,13 @@ pub struct Config {
 
 /// The programs act only once userspace has published a configuration.
 pub const CONFIG_F_READY: u32 = 1 << 0;
+/// A monitor is listening: the drop paths write a [`DropEvent`] to EVENTS, at
+/// most [`MONITOR_EVENTS_PER_SEC`] per CPU. The agent sets it while an
+/// `overlay monitor` is connected; without it the drop paths write nothing.
+pub const CONFIG_F_MONITOR: u32 = 1 << 1;
+/// A flow is selected in TRACE: the decisions taken on its packets are logged
+/// at debug level. Without it the programs only test this bit.
+pub const CONFIG_F_TRACE: u32 = 1 << 2;
 
 /// NETWORKS value, keyed by VNI (`u32`). Layout (8 bytes): `mtu` 0..4, `flags` 4..8.
 #[repr(C)]
@@ -175,6 +207,83 @@ pub struct Vtep {
     pub flags: u32,
 }
 
+/// Which program dropped a frame, and so what a [`DropEvent`]'s sample starts with.
+pub const HOOK_ENDPOINT: u8 = 1;
+/// The TC decapsulation variant: the sample is the frame as it came off the underlay.
+pub const HOOK_UNDERLAY_TC: u8 = 2;
+/// The XDP decapsulation variant: as [`HOOK_UNDERLAY_TC`].
+pub const HOOK_UNDERLAY_XDP: u8 = 3;
+
+/// One EVENTS record: a dropped frame, written by the drop path only while
+/// `CONFIG_F_MONITOR` is set.
+///
+/// Layout (152 bytes): `time_ns` 0..8, `reason` 8..12, `ifindex` 12..16,
+/// `frame_len` 16..20, `sample_len` 20..22, `hook` 22, `_pad` 23, `sample` 24..152.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub time_ns: u64,
+    /// A [`Counter`] (a `drop_` one).
+    pub reason: u32,
+    /// The interface the frame arrived on.
+    pub ifindex: u32,
+    /// The whole frame's length.
+    pub frame_len: u32,
+    /// How many bytes of `sample` hold the frame's start (at most [`DROP_SAMPLE_LEN`]).
+    pub sample_len: u16,
+    /// `HOOK_*`: a container's frame (endpoint) or one from the underlay.
+    pub hook: u8,
+    pub _pad: u8,
+    /// The frame's first bytes, as they were when it was dropped.
+    pub sample: [u8; DROP_SAMPLE_LEN],
+}
+
+/// A fixed one-second window of a per-CPU rate limiter.
+/// Layout (16 bytes): `start_ns` 0..8, `used` 8..12, `_pad` 12..16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RateWindow {
+    /// When the current window began (`bpf_ktime_get_coarse_ns()`).
+    pub start_ns: u64,
+    /// How much of the window's allowance is used.
+    pub used: u32,
+    pub _pad: u32,
+}
+
+/// MONITOR's single entry, per CPU: the rate limiters of drop events and log
+/// records, and what they let through. Only the programs write it.
+///
+/// Layout (64 bytes): `events` 0..8, `events_lost` 8..16, `events_limited`
+/// 16..24, `logs_limited` 24..32, `event_window` 32..48, `log_window` 48..64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct MonitorCpu {
+    /// Drop events written to EVENTS.
+    pub events: u64,
+    /// Drop events not written because EVENTS was full (the reader fell behind).
+    pub events_lost: u64,
+    /// Drop events not written because of [`MONITOR_EVENTS_PER_SEC`].
+    pub events_limited: u64,
+    /// Log records not written because of [`LOG_RECORDS_PER_SEC`].
+    pub logs_limited: u64,
+    pub event_window: RateWindow,
+    pub log_window: RateWindow,
+}
+
+/// TRACE's single entry: the flow whose packets are logged while
+/// `CONFIG_F_TRACE` is set. A packet belongs to it when its (inner) IPv4 or
+/// ARP addresses are `a` and `b` in either direction, or `a` and anything if
+/// `b` is 0.0.0.0, in network `vni` (0: any).
+/// Layout (12 bytes): `vni` 0..4, `a` 4..8, `b` 8..12.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TraceFlow {
+    pub vni: u32,
+    pub a: [u8; 4],
+    pub b: [u8; 4],
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -188,6 +297,9 @@ mod user {
     unsafe impl aya::Pod for NeighKey {}
     unsafe impl aya::Pod for NeighEntry {}
     unsafe impl aya::Pod for Vtep {}
+    unsafe impl aya::Pod for DropEvent {}
+    unsafe impl aya::Pod for MonitorCpu {}
+    unsafe impl aya::Pod for TraceFlow {}
 }
 
 /// Declares [`Counter`] once: each reason with its doc, its stable name, and
@@ -213,6 +325,26 @@ macro_rules! counters {
                 match self {
                     $( Counter::$variant => $name, )+
                 }
+            }
+
+            /// The counter at STATS index `index`.
+            pub const fn from_index(index: u32) -> Option<Counter> {
+                if index < Counter::COUNT {
+                    Some(Counter::ALL[index as usize])
+                } else {
+                    None
+                }
+            }
+
+            /// Whether this counter is a reason to drop a frame.
+            pub const fn is_drop(self) -> bool {
+                let name = self.name().as_bytes();
+                name.len() > 5
+                    && name[0] == b'd'
+                    && name[1] == b'r'
+                    && name[2] == b'o'
+                    && name[3] == b'p'
+                    && name[4] == b'_'
             }
         }
     };
@@ -289,4 +421,81 @@ const _: () = {
     assert!(size_of::<NeighEntry>() == 8);
     assert!(size_of::<Vtep>() == 8);
     assert!(size_of::<CounterValue>() == 16);
+    assert!(size_of::<DropEvent>() == 152);
+    assert!(size_of::<RateWindow>() == 16);
+    assert!(size_of::<MonitorCpu>() == 64);
+    assert!(size_of::<TraceFlow>() == 12);
+    // A ring buffer record must be a multiple of 8 bytes long.
+    assert!(size_of::<DropEvent>().is_multiple_of(8));
+};
+
+/// Identifies this build's ABI: it changes when a layout, a map's size, a map
+/// name, a counter or a flag changes, so that nodes (and pins) of different
+/// ABIs can be told apart (the agent reports it as `overlay_build_info{abi}`).
+pub const ABI_FINGERPRINT: u32 = {
+    use core::mem::size_of;
+    const FNV_OFFSET: u32 = 0x811c_9dc5;
+    const FNV_PRIME: u32 = 0x0100_0193;
+    const fn mix(mut hash: u32, bytes: &[u8]) -> u32 {
+        let mut i = 0;
+        while i < bytes.len() {
+            hash ^= bytes[i] as u32;
+            hash = hash.wrapping_mul(FNV_PRIME);
+            i += 1;
+        }
+        // A separator, so that ("ab", "c") and ("a", "bc") differ.
+        (hash ^ 0xff).wrapping_mul(FNV_PRIME)
+    }
+    const fn mix_u32(hash: u32, value: u32) -> u32 {
+        mix(hash, &value.to_le_bytes())
+    }
+    let mut hash = FNV_OFFSET;
+    let mut i = 0;
+    while i < map_names::ALL.len() {
+        hash = mix(hash, map_names::ALL[i].as_bytes());
+        i += 1;
+    }
+    let mut i = 0;
+    while i < Counter::ALL.len() {
+        hash = mix(hash, Counter::ALL[i].name().as_bytes());
+        i += 1;
+    }
+    let sizes = [
+        size_of::<Config>(),
+        size_of::<Network>(),
+        size_of::<Endpoint>(),
+        size_of::<FdbKey>(),
+        size_of::<FdbEntry>(),
+        size_of::<NeighKey>(),
+        size_of::<NeighEntry>(),
+        size_of::<Vtep>(),
+        size_of::<CounterValue>(),
+        size_of::<DropEvent>(),
+        size_of::<MonitorCpu>(),
+        size_of::<TraceFlow>(),
+    ];
+    let mut i = 0;
+    while i < sizes.len() {
+        hash = mix_u32(hash, sizes[i] as u32);
+        i += 1;
+    }
+    let numbers = [
+        MAX_NETWORKS,
+        MAX_ENDPOINTS,
+        MAX_FDB_ENTRIES,
+        MAX_NEIGH_ENTRIES,
+        MAX_VTEPS,
+        EVENTS_BYTES,
+        MONITOR_EVENTS_PER_SEC,
+        LOG_RECORDS_PER_SEC,
+        CONFIG_F_READY | CONFIG_F_MONITOR | CONFIG_F_TRACE,
+        FDB_KIND_LOCAL,
+        FDB_KIND_REMOTE,
+    ];
+    let mut i = 0;
+    while i < numbers.len() {
+        hash = mix_u32(hash, numbers[i]);
+        i += 1;
+    }
+    hash
 };

@@ -152,14 +152,14 @@ pub fn tc(ctx: &TcContext, cfg: &Config) -> i32 {
     );
     let (ifindex, inner_is_arp) = match classify(ctx, cfg) {
         Verdict::NotOurs => return aya_ebpf::bindings::TC_ACT_OK,
-        Verdict::Drop(reason) => return drop(reason, len),
+        Verdict::Drop(reason) => return drop(ctx, cfg, reason, len),
         Verdict::Deliver {
             ifindex,
             inner_is_arp,
         } => (ifindex, inner_is_arp),
     };
     let Some(inner_eth) = ctx.ptr_at::<Eth>(INNER_ETH_OFF) else {
-        return drop(Counter::DropMalformed, len);
+        return drop(ctx, cfg, Counter::DropMalformed, len);
     };
     // SAFETY: bounds-checked above.
     let inner_eth = unsafe { core::ptr::read_unaligned(inner_eth) };
@@ -175,7 +175,7 @@ pub fn tc(ctx: &TcContext, cfg: &Config) -> i32 {
         .is_err()
         || ctx.store(0, &inner_eth, 0).is_err()
     {
-        return drop(Counter::DropError, len);
+        return drop(ctx, cfg, Counter::DropError, len);
     }
     let inner_len = len - VXLAN_OVERHEAD;
     count(delivered_counter(inner_is_arp), inner_len);
@@ -195,7 +195,7 @@ pub fn xdp(ctx: &XdpContext, cfg: &Config) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u32;
     let (ifindex, inner_is_arp) = match classify(ctx, cfg) {
         Verdict::NotOurs => return xdp_action::XDP_PASS,
-        Verdict::Drop(reason) => return drop(reason, len),
+        Verdict::Drop(reason) => return drop(ctx, cfg, reason, len),
         Verdict::Deliver {
             ifindex,
             inner_is_arp,
@@ -203,13 +203,13 @@ pub fn xdp(ctx: &XdpContext, cfg: &Config) -> u32 {
     };
     // SAFETY: valid xdp_md; the helper checks the delta against the packet.
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), VXLAN_OVERHEAD as i32) } != 0 {
-        return drop(Counter::DropError, len);
+        return drop(ctx, cfg, Counter::DropError, len);
     }
     match ENDPOINT_DEVS.redirect(ifindex, 0) {
         Ok(action) => {
             count(delivered_counter(inner_is_arp), len - VXLAN_OVERHEAD);
             action
         }
-        Err(_) => drop(Counter::DropError, len),
+        Err(_) => drop(ctx, cfg, Counter::DropError, len),
     }
 }

@@ -62,7 +62,7 @@ const ENCAP_ROOM_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
 pub fn to_remote(ctx: &TcContext, cfg: &Config, vni: u32, remote_vtep: [u8; 4]) -> i32 {
     let frame_len = ctx.len();
     let Some(inner_eth) = ctx.ptr_at::<Eth>(0) else {
-        return drop(Counter::DropUnsupported, frame_len);
+        return drop(ctx, cfg, Counter::DropUnsupported, frame_len);
     };
     // SAFETY: bounds-checked above.
     let inner_eth = unsafe { core::ptr::read_unaligned(inner_eth) };
@@ -107,10 +107,10 @@ pub fn to_remote(ctx: &TcContext, cfg: &Config, vni: u32, remote_vtep: [u8; 4]) 
         .adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_ROOM_FLAGS)
         .is_err()
     {
-        return drop(Counter::DropError, frame_len);
+        return drop(ctx, cfg, Counter::DropError, frame_len);
     }
     if ctx.store(0, &head, 0).is_err() {
-        return drop(Counter::DropError, frame_len);
+        return drop(ctx, cfg, Counter::DropError, frame_len);
     }
     count(Counter::Encap, frame_len);
 

@@ -14,11 +14,15 @@ mod deliver;
 mod encap;
 mod lookup;
 mod maps;
+mod monitor;
 mod parse;
 mod switch;
+mod trace;
+
+use monitor::Hooked as _;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_OK, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -27,31 +31,52 @@ use aya_ebpf::{
 #[classifier]
 pub fn endpoint_ingress(ctx: TcContext) -> i32 {
     upgrade_test_variant();
-    match lookup::config() {
-        Some(cfg) => switch::from_endpoint(&ctx, &cfg),
+    let Some(cfg) = lookup::config() else {
         // Not configured yet: a container must not reach the host stack through us.
-        None => TC_ACT_SHOT,
+        return monitor::endpoint_not_configured(ctx.skb.skb);
+    };
+    if trace::tracing(&cfg) {
+        ctx.trace_begin();
     }
+    let verdict = switch::from_endpoint(&ctx, &cfg);
+    if trace::tracing(&cfg) {
+        trace::end(verdict as u32);
+    }
+    verdict
 }
 
 /// TC ingress on the underlay: the TC decapsulation variant.
 #[classifier]
 pub fn underlay_ingress(ctx: TcContext) -> i32 {
     upgrade_test_variant();
-    match lookup::config() {
-        Some(cfg) => decap::tc(&ctx, &cfg),
-        None => TC_ACT_OK,
+    let Some(cfg) = lookup::config() else {
+        return TC_ACT_OK;
+    };
+    if trace::tracing(&cfg) {
+        ctx.trace_begin();
     }
+    let verdict = decap::tc(&ctx, &cfg);
+    if trace::tracing(&cfg) {
+        trace::end(verdict as u32);
+    }
+    verdict
 }
 
 /// XDP on the underlay: the XDP decapsulation variant.
 #[xdp]
 pub fn underlay_xdp(ctx: XdpContext) -> u32 {
     upgrade_test_variant();
-    match lookup::config() {
-        Some(cfg) => decap::xdp(&ctx, &cfg),
-        None => xdp_action::XDP_PASS,
+    let Some(cfg) = lookup::config() else {
+        return xdp_action::XDP_PASS;
+    };
+    if trace::tracing(&cfg) {
+        ctx.trace_begin();
     }
+    let verdict = decap::xdp(&ctx, &cfg);
+    if trace::tracing(&cfg) {
+        trace::end(verdict);
+    }
+    verdict
 }
 
 /// On the container-side veth in XDP mode. veth drops XDP_REDIRECTed frames unless

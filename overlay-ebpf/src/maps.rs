@@ -7,12 +7,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use overlay_common::{
-    Config, Counter, CounterValue, Endpoint, FdbEntry, FdbKey, MAX_ENDPOINTS, MAX_FDB_ENTRIES,
-    MAX_NEIGH_ENTRIES, MAX_NETWORKS, MAX_VTEPS, NeighEntry, NeighKey, Network, Vtep,
+    Config, Counter, CounterValue, DropEvent, EVENTS_BYTES, Endpoint, FdbEntry, FdbKey,
+    MAX_ENDPOINTS, MAX_FDB_ENTRIES, MAX_NEIGH_ENTRIES, MAX_NETWORKS, MAX_VTEPS, MonitorCpu,
+    NeighEntry, NeighKey, Network, TraceFlow, Vtep,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -65,3 +66,33 @@ pub struct NextHop {
 
 #[btf_map]
 pub static ENDPOINT_DEVS: DevMapHash<{ MAX_ENDPOINTS as usize }> = DevMapHash::new();
+
+/// Dropped frames, while a monitor listens (`CONFIG_F_MONITOR`).
+#[btf_map]
+pub static EVENTS: RingBuf<DropEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// Per CPU: the rate limiters of drop events and log records, and their counts.
+#[btf_map]
+pub static MONITOR: PerCpuArray<MonitorCpu, 1> = PerCpuArray::new();
+
+/// The flow whose decisions are logged while `CONFIG_F_TRACE` is set.
+#[btf_map]
+pub static TRACE: Array<TraceFlow, 1> = Array::new();
+
+/// Per CPU: the packet of the traced flow being processed, and the counters
+/// as they were when it arrived, so that its decisions show as what moved.
+/// Internal: not pinned, not part of the ABI.
+#[btf_map]
+pub static TRACE_CPU: PerCpuArray<TracedPacket, 1> = PerCpuArray::new();
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TracedPacket {
+    /// Non-zero while a packet of the traced flow is being processed.
+    pub active: u32,
+    pub _pad: u32,
+    /// The packet's arrival time, which its log records carry to tell them apart.
+    pub id: u64,
+    /// STATS packets per counter (this CPU's) when the packet arrived.
+    pub before: [u64; Counter::COUNT as usize],
+}

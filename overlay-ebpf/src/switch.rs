@@ -22,7 +22,7 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &Config) -> i32 {
     // SAFETY: ctx is a valid skb.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(ep) = endpoint(ifindex) else {
-        return drop(Counter::DropUnknownEndpoint, len);
+        return drop(ctx, cfg, Counter::DropUnknownEndpoint, len);
     };
     tc_pull(
         ctx,
@@ -33,21 +33,21 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &Config) -> i32 {
         },
     );
     let Some(eth) = ctx.ptr_at::<Eth>(0) else {
-        return drop(Counter::DropUnsupported, len);
+        return drop(ctx, cfg, Counter::DropUnsupported, len);
     };
     // SAFETY: bounds-checked above.
     let eth = unsafe { core::ptr::read_unaligned(eth) };
     if eth.src_addr != ep.mac {
-        return drop(Counter::DropSpoofedMac, len);
+        return drop(ctx, cfg, Counter::DropSpoofedMac, len);
     }
     match eth.ether_type {
         ETH_P_IP => {
             let Some(ip) = ctx.ptr_at::<Ipv4>(ETH_LEN) else {
-                return drop(Counter::DropUnsupported, len);
+                return drop(ctx, cfg, Counter::DropUnsupported, len);
             };
             // SAFETY: bounds-checked above.
             if unsafe { (*ip).src_addr } != ep.ip {
-                return drop(Counter::DropSpoofedIp, len);
+                return drop(ctx, cfg, Counter::DropSpoofedIp, len);
             }
             forward(ctx, cfg, &ep, eth.dst_addr, len)
         }
@@ -59,9 +59,9 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &Config) -> i32 {
                 unsafe { bpf_redirect(ifindex, 0) as i32 }
             }
             FromEndpoint::Forward { dst } => forward(ctx, cfg, &ep, dst, len),
-            FromEndpoint::Drop(reason) => drop(reason, len),
+            FromEndpoint::Drop(reason) => drop(ctx, cfg, reason, len),
         },
-        _ => drop(Counter::DropUnsupported, len),
+        _ => drop(ctx, cfg, Counter::DropUnsupported, len),
     }
 }
 
@@ -69,7 +69,7 @@ pub fn from_endpoint(ctx: &TcContext, cfg: &Config) -> i32 {
 #[inline(always)]
 fn forward(ctx: &TcContext, cfg: &Config, ep: &Endpoint, dst: [u8; 6], len: u32) -> i32 {
     if is_multicast(&dst) {
-        return drop(Counter::DropFlood, len);
+        return drop(ctx, cfg, Counter::DropFlood, len);
     }
     match locate(ep.vni, dst) {
         Some(Location::Local { ifindex }) => {
@@ -83,6 +83,6 @@ fn forward(ctx: &TcContext, cfg: &Config, ep: &Endpoint, dst: [u8; 6], len: u32)
             count(Counter::ToGateway, len);
             TC_ACT_OK
         }
-        None => drop(Counter::DropNoFdb, len),
+        None => drop(ctx, cfg, Counter::DropNoFdb, len),
     }
 }

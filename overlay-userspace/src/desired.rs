@@ -17,7 +17,7 @@ use crate::{
     cluster::resolve::{AcceptedRemote, Resolved},
     config::ClusterConfig,
     host::{plan::NodePlan, veth::CreatedEndpoint},
-    model::{Mac, Subnet, gateway_mac},
+    model::{Mac, PortMapping, Subnet, gateway_mac},
 };
 
 /// An endpoint living on this node, behind a host-side veth.
@@ -54,6 +54,15 @@ pub struct EgressNets {
     pub overlay: Vec<Subnet>,
     /// The subnets of the networks with a way out (not internal).
     pub way_out: Vec<Subnet>,
+    /// The ports this node's endpoints publish, DNATed to them.
+    pub published: Vec<Published>,
+}
+
+/// A published port and the endpoint address it leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Published {
+    pub port: PortMapping,
+    pub ip: Ipv4Addr,
 }
 
 /// Everything the dataplane should know, in cluster terms.
@@ -99,6 +108,28 @@ pub fn desired_state<'a>(
             })
         })
         .collect();
+    // An endpoint of a network the cluster refused (or gave another VNI) stays
+    // plumbed but out of the tables.
+    let served: Vec<&CreatedEndpoint> = locals
+        .into_iter()
+        .filter(|e| {
+            resolved
+                .networks
+                .get(&e.plan.network)
+                .is_some_and(|n| n.vni == e.plan.vni)
+        })
+        .collect();
+    let mut published: Vec<Published> = served
+        .iter()
+        .filter(|e| e.plan.gateway.is_some())
+        .flat_map(|e| {
+            e.plan.ports.iter().map(|&port| Published {
+                port,
+                ip: e.plan.ip,
+            })
+        })
+        .collect();
+    published.sort();
     let egress = EgressNets {
         overlay: resolved.networks.values().map(|n| n.subnet).collect(),
         way_out: resolved
@@ -107,18 +138,10 @@ pub fn desired_state<'a>(
             .filter(|n| !n.internal)
             .map(|n| n.subnet)
             .collect(),
+        published,
     };
-    // An endpoint of a network the cluster refused (or gave another VNI) stays
-    // plumbed but out of the tables.
-    let served = |e: &CreatedEndpoint| {
-        resolved
-            .networks
-            .get(&e.plan.network)
-            .is_some_and(|n| n.vni == e.plan.vni)
-    };
-    let local = locals
-        .into_iter()
-        .filter(|e| served(e))
+    let local = served
+        .iter()
         .map(|e| LocalEndpoint {
             vni: e.plan.vni,
             ip: e.plan.ip,
@@ -282,6 +305,7 @@ mod tests {
                 mtu: 1400,
                 host_ifname: format!("ov{ifindex}"),
                 container_ifname: "eth0".into(),
+                ports: Vec::new(),
             },
             host_ifindex: ifindex,
         }

@@ -14,7 +14,9 @@
 //!    applied to the maps as a diff ([`dataplane::reconcile`]).
 //!
 //! Around that flow: [`agent`] (the life cycle, the event loop and the one path
-//! a change takes), [`api`] (the local socket) and [`cli`] (the commands).
+//! a change takes), [`api`] (the local socket), [`docker`] (Docker's network
+//! and IPAM drivers, whose calls become API requests), [`cli`] (the commands)
+//! and [`cni`] (the `overlay-cni` plugin, a client of the socket).
 //!
 //! An endpoint goes by a different type on each floor:
 //!
@@ -30,15 +32,21 @@
 //! | [`cluster::resolve::AcceptedRemote`] | another node's announced endpoint, accepted by resolve |
 //! | [`desired::LocalEndpoint`], [`desired::RemoteEndpoint`] | what the maps should hold for it |
 //! | [`api::proto::EndpointInfo`] | what `overlay endpoint ls` shows |
+//! | [`api::proto::Attachment`] | a runtime's attachment, as the agent answers (CNI's result is made from it) |
 //! | [`overlay_common::Endpoint`] | the ENDPOINTS map's value (the ABI) |
 
 pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod cni;
 pub mod config;
 pub mod dataplane;
 pub mod desired;
+pub mod docker;
 pub mod gossip;
 pub mod host;
+pub mod logging;
+pub mod metrics;
 pub mod model;
+pub mod monitor;

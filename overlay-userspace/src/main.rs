@@ -8,19 +8,19 @@ use overlay_userspace::{
     agent::{self, AgentOptions},
     cli::{
         args::{Cli, Command},
-        commands, tables,
+        commands, monitor, tables,
     },
     gossip::key::ClusterKey,
+    logging::{self, LogFormat},
 };
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(
-        env_logger::Env::default()
-            .default_filter_or("info,netlink_packet_route=error,chitchat=warn"),
-    )
-    .format_timestamp_millis()
-    .init();
-    match try_main(&Cli::parse()) {
+    let cli = Cli::parse();
+    logging::init(match &cli.command {
+        Command::Agent { log_format, .. } => *log_format,
+        _ => LogFormat::default(),
+    });
+    match try_main(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("overlay: {e:#}");
@@ -44,6 +44,7 @@ fn try_main(cli: &Cli) -> Result<()> {
             state_dir,
             reconcile_interval,
             keep,
+            log_format: _,
         } => {
             return runtime()?.block_on(agent::run(AgentOptions {
                 config: config.clone(),
@@ -64,6 +65,8 @@ fn try_main(cli: &Cli) -> Result<()> {
         Command::Network(c) => runtime()?.block_on(commands::network(c))?,
         Command::Endpoint(c) => runtime()?.block_on(commands::endpoint(c))?,
         Command::Members(api) => runtime()?.block_on(commands::members(api))?,
+        Command::Monitor(args) => return runtime()?.block_on(monitor::monitor(args)),
+        Command::Trace(args) => return runtime()?.block_on(monitor::trace(args)),
         other => {
             let (table, args) = other.table().expect("every other command shows a table");
             let dir = tables::resolve_pin_dir(args.node.as_deref(), args.pin_dir.clone())?;

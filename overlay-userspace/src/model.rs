@@ -183,3 +183,57 @@ pub enum Plumbing {
     /// routes (Docker's Join: it moves `SrcName`, renames it, keeps the MTU).
     Caller,
 }
+
+/// A transport protocol a port is published for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        })
+    }
+}
+
+/// A published port (Docker's `-p HOST_PORT:CONTAINER_PORT`): what reaches
+/// `host_port` on this node, at `host_ip` or at any of its addresses, goes to
+/// the container's `container_port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+impl PortMapping {
+    /// Whether both would take the same packets: one protocol and port, and
+    /// the same host address or either on all of them.
+    pub fn clashes_with(&self, other: &PortMapping) -> bool {
+        self.protocol == other.protocol
+            && self.host_port == other.host_port
+            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        write!(
+            f,
+            "{}->{}/{}",
+            self.host_port, self.container_port, self.protocol
+        )
+    }
+}

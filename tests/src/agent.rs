@@ -131,7 +131,19 @@ impl Agent {
         pin_dir: &Path,
         extra: &[&str],
     ) -> Result<Agent> {
-        let mut child = spawn(node_ns, binary, config, pin_dir, extra, Stdio::piped())?;
+        Agent::start_with_env(node_ns, binary, config, pin_dir, extra, &[])
+    }
+
+    /// [`Agent::start`], with `env` (e.g. `RUST_LOG`) set for the agent.
+    pub fn start_with_env(
+        node_ns: &str,
+        binary: &Path,
+        config: &Path,
+        pin_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
+        let mut child = spawn(node_ns, binary, config, pin_dir, extra, env, Stdio::piped())?;
         let stdout = child.stdout.take().expect("piped");
         let mut agent = Agent {
             stderr: StderrLog::collect(&mut child),
@@ -179,7 +191,7 @@ impl Agent {
         pin_dir: &Path,
         extra: &[&str],
     ) -> Result<(ExitStatus, String)> {
-        let mut child = spawn(node_ns, binary, config, pin_dir, extra, Stdio::null())?;
+        let mut child = spawn(node_ns, binary, config, pin_dir, extra, &[], Stdio::null())?;
         let stderr = StderrLog::collect(&mut child);
         match wait_for(&mut child, ready_timeout())? {
             Some(status) => {
@@ -321,6 +333,7 @@ fn spawn(
     config: &Path,
     pin_dir: &Path,
     extra: &[&str],
+    env: &[(&str, &str)],
     stdout: Stdio,
 ) -> Result<Child> {
     Command::new("nsenter")
@@ -336,6 +349,7 @@ fn spawn(
         .arg("--state-dir")
         .arg(state_dir_for(pin_dir))
         .args(extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(Stdio::piped())

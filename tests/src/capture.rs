@@ -1,4 +1,5 @@
-//! Frame capture on one interface, in-process, and predicates on the frames.
+//! Frame capture on one interface, in-process, sending crafted frames out of
+//! one, and predicates on the frames.
 
 use std::{
     ffi::{CStr, CString},
@@ -67,6 +68,27 @@ impl Drop for Capture {
             let _ = worker.join();
         }
     }
+}
+
+/// Sends each of `frames` as it is, out of `ifname` in namespace `ns`: a
+/// container's frame as the container's own stack would not write it.
+pub fn inject(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) -> Result<()> {
+    let c_name = CString::new(ifname)?;
+    join(in_netns(ns, move || {
+        let socket = bind_packet_socket(&c_name)?;
+        for frame in &frames {
+            // SAFETY: the frame is valid for its length; the socket is bound.
+            let sent =
+                unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+            ensure!(
+                usize::try_from(sent).ok() == Some(frame.len()),
+                "sending a frame: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }))
+    .with_context(|| format!("sending frames out of {ifname} in {ns}"))
 }
 
 /// An AF_PACKET socket that sees only `ifname`: opened with protocol 0, which

@@ -52,6 +52,9 @@ pub struct ClusterFile {
     pub source_ports: Option<[u16; 2]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decap: Option<Decap>,
+    /// Where the agent serves its Prometheus metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(default, rename = "network", skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkSection>,
     #[serde(default, rename = "endpoint", skip_serializing_if = "Vec::is_empty")]
@@ -60,6 +63,8 @@ pub struct ClusterFile {
     pub remotes: Vec<RemoteSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerSection>,
     /// Top-level keys written as given, after the typed ones: for a file with a
     /// key the agent does not know. Reading a file back puts every key that has
     /// no field here.
@@ -123,6 +128,26 @@ pub struct ClusterSection {
     pub cluster_id: Option<String>,
 }
 
+/// `[docker]`: the Docker network and IPAM drivers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DockerSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_socket: Option<PathBuf>,
+    /// `unix://PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+}
+
+impl DockerSection {
+    /// Drivers served on `plugin_socket` for the dockerd behind `engine`.
+    pub fn new(plugin_socket: &Path, engine: &Path) -> DockerSection {
+        DockerSection {
+            plugin_socket: Some(plugin_socket.to_owned()),
+            engine: Some(format!("unix://{}", engine.display())),
+        }
+    }
+}
+
 impl ClusterFile {
     /// A file with only the two keys every node needs.
     pub fn new(node: impl Into<String>, underlay: impl Into<String>) -> ClusterFile {
@@ -142,6 +167,7 @@ impl ClusterFile {
             vxlan_port: Some(4790),
             source_ports: Some([40000, 50000]),
             decap: Some(Decap::Xdp),
+            metrics_listen: Some(addr("127.0.0.1:9464")),
             networks: vec![NetworkSection {
                 mtu: Some(1400),
                 gateway: Some("10.0.0.254".into()),
@@ -169,6 +195,10 @@ impl ClusterFile {
                     Path::new("/etc/overlay/cluster.key"),
                 )
             }),
+            docker: Some(DockerSection::new(
+                Path::new("/run/p/overlay-ebpf.sock"),
+                Path::new("/run/d/docker.sock"),
+            )),
             ..ClusterFile::new("n1", "eth1")
         }
     }
@@ -296,7 +326,17 @@ mod tests {
             table["cluster"]["seeds"][0].as_str(),
             Some("192.168.1.5:7947")
         );
-        for header in ["[[network]]", "[[endpoint]]", "[[remote]]", "[cluster]"] {
+        assert_eq!(
+            table["docker"]["engine"].as_str(),
+            Some("unix:///run/d/docker.sock")
+        );
+        for header in [
+            "[[network]]",
+            "[[endpoint]]",
+            "[[remote]]",
+            "[cluster]",
+            "[docker]",
+        ] {
             assert_eq!(text.matches(header).count(), 1, "{header} in {text}");
         }
     }

@@ -1,7 +1,8 @@
 //! The test bed: network namespaces as hosts, the seed article's topology, agent
 //! processes, a kernel-VXLAN reference host, in-process traffic and capture, and
 //! the one scenario (containers, networks, names) with the cluster files that
-//! describe it. Everything it creates is removed by a guard's `Drop`, so a
+//! describe it, and real container engines (dockerd, Podman) with offline
+//! images. Everything it creates is removed by a guard's `Drop`, so a
 //! failing test cleans up too.
 //!
 //! This library does not depend on the overlay crates, so `cargo xtask demo` can
@@ -12,12 +13,17 @@ mod capture;
 mod cluster;
 mod cluster_file;
 mod cmd;
+pub mod cni;
+mod docker_overlay;
 mod dockerd;
+mod image;
 mod kernel_vxlan;
 mod netns;
 mod nft;
 mod pinger;
+mod podman;
 pub mod prog_run;
+pub mod prometheus;
 mod scale;
 pub mod scenario;
 mod seed_overlay;
@@ -28,18 +34,22 @@ mod traffic;
 mod selftest;
 
 pub use agent::{Agent, LeftDataplane, keygen, overlay_binary, upgrade_variant_binary};
-pub use capture::{Capture, is_arp, is_vxlan, vxlan_inner};
+pub use capture::{Capture, inject, is_arp, is_vxlan, vxlan_inner};
 pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
 pub use cluster_file::{
-    ClusterFile, ClusterSection, Decap, EndpointSection, NetworkSection, RemoteSection,
+    ClusterFile, ClusterSection, Decap, DockerSection, EndpointSection, NetworkSection,
+    RemoteSection,
 };
 pub use cmd::{TempDir, ip, output_ok, sh, unique_prefix, write_config};
-pub use dockerd::Dockerd;
+pub use docker_overlay::{DockerContainer, DockerOverlay};
+pub use dockerd::{DOCKER_CLIENT, Dockerd, DockerdOptions};
+pub use image::busybox_rootfs_tar;
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
 pub use nft::NftTable;
 pub use pinger::{PingLog, Pinger};
+pub use podman::{Podman, PodmanContainer};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use seed_overlay::Overlay;
 pub use topology::{NODE1_VTEP, NODE2_VTEP, OUTSIDE_IP, SeedTopology, TopologyOptions};
-pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer};
+pub use traffic::{PingStats, TransferReport, link_stats, ping, tcp_transfer, tcp_transfer_via};

@@ -116,12 +116,23 @@ impl Overlay {
     }
 
     pub fn start_agent_with(&mut self, node: u8, extra: &[&str]) -> Result<()> {
-        let agent = Agent::start(
+        self.start_agent_with_env(node, extra, &[])
+    }
+
+    /// Starts `node`'s agent with `extra` arguments and `env` set (e.g. `RUST_LOG`).
+    pub fn start_agent_with_env(
+        &mut self,
+        node: u8,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
+        let agent = Agent::start_with_env(
             &self.node_ns(node),
             &self.binary,
             &self.config_path(node),
             &self.pin_dir(node),
             extra,
+            env,
         )
         .with_context(|| format!("starting the agent of node{node}"))?;
         self.agents.push(agent);

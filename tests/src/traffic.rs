@@ -168,7 +168,20 @@ pub fn tcp_transfer(
     let addr: SocketAddr = format!("{server_ip}:{port}")
         .parse()
         .with_context(|| format!("server address {server_ip}"))?;
-    let seed = 0x5eed ^ u64::from(port);
+    tcp_transfer_via(server_ns, addr, client_ns, addr, bytes)
+}
+
+/// [`tcp_transfer`] to a server listening on `listen` that the client reaches
+/// at `connect` (a published port, DNATed to it).
+pub fn tcp_transfer_via(
+    server_ns: &str,
+    listen: SocketAddr,
+    client_ns: &str,
+    connect: SocketAddr,
+    bytes: u64,
+) -> Result<TransferReport> {
+    let addr = listen;
+    let seed = 0x5eed ^ u64::from(connect.port());
     let abandoned = Arc::new(AtomicBool::new(false));
 
     let (bound_tx, bound_rx) = mpsc::channel();
@@ -188,7 +201,7 @@ pub fn tcp_transfer(
     }
 
     let started = Instant::now();
-    let client = in_netns(client_ns, move || send(addr, seed, bytes));
+    let client = in_netns(client_ns, move || send(connect, seed, bytes));
     let sent = join(client);
     if sent.is_err() {
         // Do not make the server wait out its timeout for a client that is gone.

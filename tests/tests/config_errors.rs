@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result, ensure};
 use overlay_tests::{
-    Agent, ClusterFile, ClusterSection, Decap, NetworkSection, Overlay,
+    Agent, ClusterFile, ClusterSection, Decap, DockerSection, NetworkSection, Overlay,
     scenario::{C1, C2, C3, OTHER_NET, UBER_NET},
     sh,
 };
@@ -118,6 +118,11 @@ fn bad_inputs_are_refused_with_file_field_and_problem() -> Result<()> {
             "source_ports: [60999, 32768] is not a range".into(),
         ),
         (
+            "metrics address without a port",
+            good.clone().raw("metrics_listen", "127.0.0.1"),
+            "metrics_listen: \"127.0.0.1\" is not an address and port".into(),
+        ),
+        (
             "overlapping subnets",
             with(&|f| f.network_mut(OTHER_NET.name).subnet = "10.0.0.128/25".into()),
             "network[1].subnet: 10.0.0.128/25 overlaps network \"uber-net\"'s subnet 10.0.0.0/24"
@@ -225,6 +230,10 @@ fn every_key_the_builder_writes_is_read_by_the_agent() -> Result<()> {
             .cluster
             .clone()
             .map(|c| ClusterSection::new(c.listen, c.seeds, &c.key_file)),
+        docker: file.docker.clone().map(|_| DockerSection {
+            plugin_socket: None,
+            engine: None,
+        }),
         ..ClusterFile::new(&file.node, &file.underlay)
     })?;
     ensure!((config.node.as_str(), config.underlay.as_str()) == (&*file.node, &*file.underlay));
@@ -235,6 +244,7 @@ fn every_key_the_builder_writes_is_read_by_the_agent() -> Result<()> {
             && config.source_ports != defaults.source_ports
     );
     ensure!(config.decap == DecapMode::Xdp && defaults.decap == DecapMode::Tc);
+    ensure!(config.metrics_listen == file.metrics_listen && defaults.metrics_listen.is_none());
 
     let (network, written) = (&config.networks[0], &file.networks[0]);
     ensure!(network.name == written.name && Some(i64::from(network.vni)) == written.vni);
@@ -270,6 +280,18 @@ fn every_key_the_builder_writes_is_read_by_the_agent() -> Result<()> {
     ensure!(
         Some(&cluster.cluster_id) == written.cluster_id.as_ref()
             && cluster.cluster_id != default.cluster_id
+    );
+
+    let docker = config.docker.context("the [docker] section")?;
+    let default = defaults.docker.context("the [docker] section")?;
+    let written = file.docker.context("the [docker] section")?;
+    ensure!(
+        Some(&docker.plugin_socket) == written.plugin_socket.as_ref()
+            && docker.plugin_socket != default.plugin_socket
+    );
+    ensure!(
+        Some(format!("unix://{}", docker.engine.display())) == written.engine
+            && docker.engine != default.engine
     );
     Ok(())
 }

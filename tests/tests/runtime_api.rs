@@ -6,7 +6,6 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::Ipv4Addr,
-    os::unix::fs::MetadataExt as _,
     os::unix::net::UnixStream,
     path::Path,
     process::{Child, Command, Stdio},
@@ -61,6 +60,7 @@ fn attach_request(container_id: &str, ifname: &str, netns: &str) -> AttachReques
         ip: None,
         mac: None,
         plumbing: Plumbing::Agent,
+        reserved: false,
     }
 }
 
@@ -93,20 +93,21 @@ fn gossip_overlay(extra: &[&str]) -> Result<Overlay> {
 struct Holder(Child);
 
 impl Holder {
+    /// Returns once the process is inside `ns`: until nsenter has entered it,
+    /// `/proc/PID/ns/net` names this process's own namespace.
     fn start(ns: &str) -> Result<Holder> {
+        use std::os::unix::fs::MetadataExt as _;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns_path(ns).display()))
             .args(["sleep", "600"])
             .stdin(Stdio::null())
             .spawn()?;
         let holder = Holder(child);
-        // Until nsenter has entered it, /proc/PID/ns/net is this namespace:
-        // an attachment made then would land here.
-        let wanted = std::fs::metadata(netns_path(ns))?.ino();
+        let target = std::fs::metadata(netns_path(ns))?.ino();
         wait_until(
             Duration::from_secs(5),
-            "the holder in its namespace",
-            || Ok(std::fs::metadata(holder.netns()).is_ok_and(|m| m.ino() == wanted)),
+            "the holder inside its namespace",
+            || Ok(std::fs::metadata(holder.netns())?.ino() == target),
         )?;
         Ok(holder)
     }

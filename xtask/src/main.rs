@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install prerequisites, then build target/release/overlay (eBPF object included).
+    /// Install prerequisites, then build target/release/overlay (eBPF object
+    /// included) and the CNI plugin target/release/overlay-cni.
     Build,
     /// Build, then run `overlay` with the given arguments, e.g. `-- agent --config node1.toml`.
     Run {
@@ -38,7 +39,8 @@ enum Task {
     },
     /// Build (and the upgrade suite's second build), then run every test: the
     /// test bed's self-tests, unit, program and properties (BPF_PROG_TEST_RUN),
-    /// topology, interop, lifecycle, config, gossip cluster, upgrade and faults.
+    /// drop events, topology, interop, lifecycle, config, gossip cluster,
+    /// monitor, metrics (installs Debian's prometheus), logs, upgrade and faults.
     /// Needs root; nothing is skipped.
     Test {
         /// Extra arguments for the test binaries, e.g. a test name filter.
@@ -76,6 +78,11 @@ enum Task {
         /// comparison, interleaved in the same run).
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// Only the CNI case: ADD's latency and how soon the other node
+        /// reaches the new container (--rounds: how many containers;
+        /// --baseline: another agent build, interleaved).
+        #[arg(long)]
+        cni: bool,
     },
 }
 
@@ -106,6 +113,7 @@ fn try_main() -> Result<()> {
             prereqs::ensure_for_tests()?;
             let binary = build()?;
             build_upgrade_variant()?;
+            prereqs::ensure_prometheus()?;
             // One test at a time: the topology tests each run two agents and move
             // tens of megabytes on a two-core machine. overlay-userspace is there
             // for its own unit tests.
@@ -155,8 +163,12 @@ fn try_main() -> Result<()> {
             out,
             no_readme,
             baseline,
+            cni,
         } => {
             let binary = build()?;
+            if cni {
+                return bench::cni::run(quick, rounds, out, baseline);
+            }
             bench::run(
                 &binary,
                 &bench::Options {
@@ -172,7 +184,8 @@ fn try_main() -> Result<()> {
     }
 }
 
-/// Prerequisites, then the release build of the `overlay` binary; its path.
+/// Prerequisites, then the release build of the `overlay` and `overlay-cni`
+/// binaries; the path of `overlay`.
 fn build() -> Result<PathBuf> {
     prereqs::ensure_all()?;
     run(Command::new("cargo").current_dir(workspace_root()).args([
@@ -182,8 +195,10 @@ fn build() -> Result<PathBuf> {
         "overlay-userspace",
     ]))?;
     let binary = workspace_root().join("target/release/overlay");
-    if !binary.exists() {
-        bail!("the build succeeded but left no {}", binary.display());
+    for built in [&binary, &binary.with_file_name("overlay-cni")] {
+        if !built.exists() {
+            bail!("the build succeeded but left no {}", built.display());
+        }
     }
     Ok(binary)
 }

@@ -28,9 +28,15 @@ const PACKAGES: [(&str, &str); 10] = [
 ];
 
 /// What only the tests need: a real dockerd (with its default iptables
-/// settings) for the suites that check the overlay beside one, and a static
-/// busybox for its offline images.
-const TEST_PACKAGES: [&str; 2] = ["docker.io", "busybox-static"];
+/// settings) for the suites that check the overlay beside one, Podman and the
+/// CNI reference plugins (portmap) for the CNI suites, and a static busybox
+/// for their offline images.
+const TEST_PACKAGES: [&str; 4] = [
+    "docker.io",
+    "podman",
+    "containernetworking-plugins",
+    "busybox-static",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -224,6 +230,53 @@ fn ensure_packages() -> Result<()> {
         .args(["install", "-y", "-qq"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// A real Prometheus server for the metrics suite: Debian's `prometheus`,
+/// without the node exporter it recommends. The suite runs its own servers,
+/// inside its namespaces, so the package's service is neither started (a
+/// policy-rc.d held in place while it installs) nor left enabled.
+pub fn ensure_prometheus() -> Result<()> {
+    if succeeds(Command::new("which").arg("prometheus")) {
+        println!("prereq: prometheus already installed");
+        return Ok(());
+    }
+    with_services_held_back(|| {
+        ensure_debian_packages("the metrics suite (a Prometheus server)", &["prometheus"])
+    })?;
+    // Enabling works offline, so the package enables its unit even where
+    // systemd does not run; undone either way.
+    if succeeds(Command::new("systemctl").args(["is-enabled", "--quiet", "prometheus.service"])) {
+        println!("prereq: disabling the prometheus service the package enabled");
+        run(Command::new("systemctl").args(["disable", "prometheus.service"]))?;
+    }
+    if Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl")
+            .args(["stop", "prometheus.service"])
+            .status();
+    }
+    Ok(())
+}
+
+/// Runs `install` with `/usr/sbin/policy-rc.d` refusing every service start
+/// (exit 101, as Debian's policy-rc.d interface has it), unless the machine
+/// already has a policy of its own.
+fn with_services_held_back(install: impl FnOnce() -> Result<()>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    if policy.exists() {
+        return install();
+    }
+    std::fs::write(
+        policy,
+        "#!/bin/sh\n# cargo xtask: no service starts while it installs\nexit 101\n",
+    )
+    .with_context(|| format!("writing {}", policy.display()))?;
+    std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    let installed = install();
+    let removed =
+        std::fs::remove_file(policy).with_context(|| format!("removing {}", policy.display()));
+    installed.and(removed)
 }
 
 /// Installs whichever of `packages` are not installed, for `purpose`. By package

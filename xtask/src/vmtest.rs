@@ -27,11 +27,13 @@ use kernel::{KernelImage, Series};
 /// The suites that run inside the VM: the test bed's self-tests and every suite
 /// that exercises the kernel. The list is explicit so that a new suite is a
 /// decision (it must be able to run in a bare initramfs), not an accident.
-const SUITES: [&str; 8] = [
+const SUITES: [&str; 10] = [
     "overlay_tests",
     "kernel_features",
     "program",
+    "drop_events",
     "topology",
+    "monitor",
     "interop",
     "lifecycle",
     "config_errors",

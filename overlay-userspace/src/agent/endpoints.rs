@@ -16,6 +16,7 @@ use crate::{
         plan::PlannedEndpoint,
         veth::{self, CreatedEndpoint},
     },
+    model::PortMapping,
 };
 
 /// Where a local endpoint was asked for.
@@ -80,6 +81,15 @@ impl Endpoints {
         self.list.iter().find(|a| a.has_key(key))
     }
 
+    /// Replaces the published ports of the attachment `key`; the ports it had.
+    pub fn set_ports(&mut self, key: &AttachmentKey, ports: Vec<PortMapping>) -> Vec<PortMapping> {
+        self.list
+            .iter_mut()
+            .find(|a| a.has_key(key))
+            .map(|a| std::mem::replace(&mut a.veth.plan.ports, ports))
+            .unwrap_or_default()
+    }
+
     /// The veths, for the desired state.
     pub fn veths(&self) -> impl Iterator<Item = &CreatedEndpoint> {
         self.list.iter().map(|a| &a.veth)
@@ -114,6 +124,25 @@ impl Endpoints {
         Ok(())
     }
 
+    /// Adopts the veth pair a previous agent left for `planned` and records
+    /// it; false (and nothing recorded) if there is none.
+    pub async fn adopt(
+        &mut self,
+        nl: &Netlink,
+        planned: &PlannedEndpoint,
+        origin: Origin,
+    ) -> Result<bool> {
+        let Some(veth) = veth::adopt_endpoint(nl, planned).await? else {
+            return Ok(false);
+        };
+        self.list.push(Attached {
+            veth,
+            origin,
+            made_here: false,
+        });
+        Ok(true)
+    }
+
     pub fn attach_all(&self, dataplane: &mut Dataplane) -> Result<()> {
         for a in &self.list {
             dataplane.attach_endpoint(&a.veth)?;
@@ -121,15 +150,17 @@ impl Endpoints {
         Ok(())
     }
 
-    /// Creates the veth pair for `planned` and attaches the programs to it. On
-    /// failure nothing of it is left.
+    /// Creates the veth pair for `planned` (through `inside`, a connection
+    /// into its namespace, if the caller has one) and attaches the programs to
+    /// it. On failure nothing of it is left.
     pub async fn create(
         &mut self,
         nl: &Netlink,
         dataplane: &mut Dataplane,
         planned: &PlannedEndpoint,
+        inside: Option<&Netlink>,
     ) -> Result<&Attached> {
-        let veth = veth::create_endpoint(nl, planned).await?;
+        let veth = veth::create_endpoint(nl, planned, inside).await?;
         if let Err(e) = dataplane.attach_endpoint(&veth) {
             let _ = remove(nl, dataplane, &veth).await;
             return Err(e);

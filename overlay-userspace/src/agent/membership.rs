@@ -5,16 +5,17 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use log::warn;
+use log::{info, warn};
 
 use crate::{
     api::proto::MemberList,
     cluster::{
+        events::{self, ClusterEvent},
         record::NodeRecord,
         resolve::{Resolved, resolve},
     },
     config::ClusterSection,
-    gossip::{Gossip, key::ClusterKey, now_ms},
+    gossip::{Gossip, key::ClusterKey, now_ms, transport::TransportStats},
 };
 
 /// A restarted agent keeps remote entries it has not heard about yet for at most
@@ -29,6 +30,8 @@ pub struct Membership {
     warm: bool,
     /// How long an address block claim takes to be seen by every node.
     settle: Duration,
+    /// Whether `resolved` is a view resolved by this agent, rather than empty.
+    resolved_once: bool,
 }
 
 impl Membership {
@@ -41,6 +44,7 @@ impl Membership {
             started: Instant::now(),
             warm: false,
             settle: Duration::ZERO,
+            resolved_once: false,
         }
     }
 
@@ -88,8 +92,8 @@ impl Membership {
         }
     }
 
-    /// Resolves the cluster from `own` and every other record, and logs the
-    /// conflicts that are new.
+    /// Resolves the cluster from `own` and every other record, and logs what
+    /// changed: one line per cluster event.
     pub async fn resolve(&mut self, own: &NodeRecord) -> &Resolved {
         let others = match &self.gossip {
             Some(g) => g.records().await,
@@ -102,13 +106,10 @@ impl Membership {
                 || self.started.elapsed() > WARMUP;
         }
         let resolved = resolve(own, &others, now_ms());
-        for c in resolved
-            .conflicts
-            .iter()
-            .filter(|c| !self.resolved.conflicts.contains(c))
-        {
-            warn!("{c}");
+        for event in events::changes(&self.resolved, &resolved, !self.resolved_once) {
+            log_event(&event);
         }
+        self.resolved_once = true;
         self.resolved = resolved;
         &self.resolved
     }
@@ -128,6 +129,11 @@ impl Membership {
         }
     }
 
+    /// The gossip transport's counters, once gossip runs.
+    pub fn transport_stats(&self) -> Option<std::sync::Arc<TransportStats>> {
+        self.gossip.as_ref().map(Gossip::transport_stats)
+    }
+
     pub fn member_list(&self, node: &str) -> MemberList {
         MemberList {
             node: node.to_owned(),
@@ -143,5 +149,48 @@ impl Membership {
         if let Some(g) = self.gossip.take() {
             g.shutdown().await;
         }
+    }
+}
+
+/// One line per event, its fields as key-values (JSON members with
+/// `--log-format json`).
+fn log_event(event: &ClusterEvent) {
+    let name = event.name();
+    match event {
+        ClusterEvent::NodeJoined {
+            node,
+            vtep,
+            gossip,
+            generation,
+        } => {
+            let vtep = vtep.map_or_else(|| "none".to_owned(), |v| v.to_string());
+            let gossip = gossip.map_or_else(|| "none".to_owned(), |g| g.to_string());
+            info!(
+                event = name, node = node.as_str(), vtep = vtep.as_str(), gossip = gossip.as_str(),
+                generation = *generation;
+                "node {node} joined (VTEP {vtep}, gossip {gossip}, generation {generation})"
+            );
+        }
+        ClusterEvent::NodeDied { node, generation } => warn!(
+            event = name, node = node.as_str(), generation = *generation;
+            "node {node} died: its endpoints are withdrawn"
+        ),
+        ClusterEvent::NetworkCreated {
+            network,
+            vni,
+            subnet,
+            origin,
+        } => info!(
+            event = name, network = network.as_str(), vni = *vni, subnet = subnet.as_str(), origin = origin.as_str();
+            "network {network} created (VNI {vni}, {subnet}, by {origin})"
+        ),
+        ClusterEvent::NetworkRemoved { network, vni } => info!(
+            event = name, network = network.as_str(), vni = *vni;
+            "network {network} removed (VNI {vni})"
+        ),
+        ClusterEvent::ConflictRefused { conflict } => warn!(
+            event = name, conflict = conflict.as_str();
+            "refused: {conflict}"
+        ),
     }
 }

@@ -32,14 +32,17 @@ use self::{
     handlers::Reply,
     lock::RunLock,
     node::{Node, Teardown},
-    state_file::StateFile,
+    state_file::{Change, RuntimeState, StateFile},
 };
 use crate::{
     api::{self, proto::Call},
     config::ClusterConfig,
     dataplane::pins,
+    docker::DockerPlugin,
     gossip::key::ClusterKey,
     host::{netlink::Netlink, plan},
+    metrics,
+    monitor::{self, Monitor},
 };
 
 /// How the agent was started.
@@ -84,19 +87,51 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .clone()
         .unwrap_or_else(|| Path::new(DEFAULT_STATE_ROOT).join(&config.node));
     let state_file = StateFile::new(&state_dir);
-    let runtime = state_file.load()?;
+    let docker_section = config.docker.clone();
+    let runtime = drop_queued_detaches(&state_file, state_file.load()?, &socket)?;
     let nl = Netlink::current()?;
     let plan = plan::plan(config, pin_dir, &nl).await?;
 
     let mut node = Node::new(plan, runtime, state_file);
+    let monitor = Monitor::new();
+    let mut listeners = monitor.listeners();
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let started = async {
         node.start(&nl, key.as_ref()).await?;
-        api::server::serve(&socket, calls_tx)
+        let docker = docker_section
+            .as_ref()
+            .map(|d| DockerPlugin::start(d, &state_dir, calls_tx.clone()))
+            .transpose()?;
+        let served = async {
+            let metrics = match node.plan.config.metrics_listen {
+                Some(listen) => Some(
+                    metrics::server::serve(
+                        listen,
+                        &node.plan.pin_dir,
+                        node.metrics(),
+                        monitor.listeners(),
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let server = api::server::serve(&socket, calls_tx, monitor.clone())?;
+            anyhow::Ok((server, metrics))
+        }
+        .await;
+        match served {
+            Ok((server, metrics)) => Ok((server, metrics, docker)),
+            Err(e) => {
+                if let Some(docker) = docker {
+                    docker.stop();
+                }
+                Err(e)
+            }
+        }
     }
     .await;
-    let server = match started {
-        Ok(server) => server,
+    let (server, metrics, docker) = match started {
+        Ok(started) => started,
         Err(e) => {
             let note = if node.adopted() {
                 "; the dataplane the previous agent left is untouched"
@@ -107,6 +142,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             return Err(e.context(format!("setup failed{note}")));
         }
     };
+    let relay = node.take_drop_events().map(|events| {
+        tokio::spawn(monitor::relay(
+            events,
+            monitor.clone(),
+            node.plan.pin_dir.clone(),
+        ))
+    });
     node.sync().await;
     announce_ready(&node, &socket);
 
@@ -128,7 +170,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 node.sync().await;
                 continue;
             }
+            Ok(()) = listeners.changed() => {
+                let observe = listeners.borrow_and_update().observe();
+                node.observe(observe);
+                continue;
+            }
             _ = ticker.tick() => {
+                node.detach_queued(&nl, &socket).await;
                 node.reconcile_all(&nl).await;
                 continue;
             }
@@ -148,7 +196,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
     server.abort();
+    for task in [metrics, relay].into_iter().flatten() {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&socket);
+    if let Some(docker) = docker {
+        docker.stop();
+    }
     info!(
         "shutting down{}",
         if opts.keep {
@@ -166,11 +220,45 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     Ok(())
 }
 
+/// Drops from the saved state the attachments runtimes detached while no
+/// agent ran (see [`api::offline`]), before anything is made again from it.
+fn drop_queued_detaches(
+    state_file: &StateFile,
+    mut runtime: RuntimeState,
+    socket: &Path,
+) -> Result<RuntimeState> {
+    let queued = api::offline::queued(socket);
+    if queued.is_empty() {
+        return Ok(runtime);
+    }
+    for (_, key) in &queued {
+        let saved = runtime.endpoints.iter().find(|e| {
+            e.container_id.as_deref() == Some(key.container_id.as_str())
+                && e.container_ifname == key.ifname
+        });
+        if let Some(e) = saved {
+            info!(
+                "container {} attachment {} ({} in network {}) was detached while no agent ran; dropped",
+                key.container_id, key.ifname, e.ip, e.network
+            );
+            runtime = runtime.with(&Change::RemoveEndpoint {
+                network: e.network.clone(),
+                netns: e.netns.clone(),
+            });
+        }
+    }
+    state_file.save(&runtime)?;
+    for (path, _) in queued {
+        api::offline::done(&path);
+    }
+    Ok(runtime)
+}
+
 /// Logs what is up and what to watch out for, and prints `ready`.
 fn announce_ready(node: &Node, socket: &Path) {
     let plan = &node.plan;
     info!(
-        "node {} up: VTEP {} on {} (MTU {}), decap {}, {} local endpoint(s), maps pinned in {}, API on {}{}{}",
+        "node {} up: VTEP {} on {} (MTU {}), decap {}, {} local endpoint(s), maps pinned in {}, API on {}{}{}{}",
         plan.config.node,
         plan.underlay.vtep,
         plan.underlay.name,
@@ -181,6 +269,10 @@ fn announce_ready(node: &Node, socket: &Path) {
         socket.display(),
         match &plan.config.cluster {
             Some(c) => format!(", gossip on {} (seeds {:?})", c.listen, c.seeds),
+            None => String::new(),
+        },
+        match &plan.config.metrics_listen {
+            Some(listen) => format!(", metrics on http://{listen}/metrics"),
             None => String::new(),
         },
         if node.adopted() {

@@ -3,7 +3,7 @@
 //! [`Node::sync`] resolves the cluster, announces this node's record and brings
 //! the maps to the desired state.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     cluster::record::{EndpointRecord, NetworkDef, NodeRecord},
-    dataplane::{Dataplane, pins, reconcile::Prune},
+    dataplane::{Dataplane, Observe, events::DropEvents, pins, reconcile::Prune},
     desired::desired_state,
     gossip::{key::ClusterKey, now_ms},
     host::{
@@ -24,6 +24,8 @@ use crate::{
         netns,
         plan::{NodePlan, PlannedEndpoint, host_ifname},
     },
+    metrics::{AgentMetrics, ClusterView},
+    model::Plumbing,
 };
 
 pub struct Node {
@@ -37,6 +39,7 @@ pub struct Node {
     adopting: bool,
     pub(super) endpoints: Endpoints,
     pub(super) membership: Membership,
+    metrics: Arc<AgentMetrics>,
     /// The way out: the agent's nftables table (and DOCKER-USER rules).
     way_out: WayOut,
 }
@@ -55,6 +58,7 @@ pub enum Teardown {
 
 impl Node {
     pub fn new(plan: NodePlan, runtime: RuntimeState, state_file: StateFile) -> Node {
+        let metrics = AgentMetrics::new(plan.config.decap);
         Node {
             way_out: WayOut::new(&plan.config.node),
             plan,
@@ -64,6 +68,26 @@ impl Node {
             adopting: false,
             endpoints: Endpoints::default(),
             membership: Membership::alone(),
+            metrics,
+        }
+    }
+
+    /// What the agent reports to the metrics endpoint.
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The drop events of the loaded dataplane, for the monitor's one reader.
+    pub fn take_drop_events(&mut self) -> Option<DropEvents> {
+        self.dataplane.as_mut()?.take_drop_events()
+    }
+
+    /// Asks the programs to report what the connected monitors and traces need.
+    pub fn observe(&mut self, observe: Observe) {
+        if let Some(dataplane) = self.dataplane.as_mut()
+            && let Err(e) = dataplane.set_observe(observe)
+        {
+            warn!("asking the programs to report drops and traces: {e:#}");
         }
     }
 
@@ -90,18 +114,31 @@ impl Node {
             self.endpoints.ensure(nl, &planned, Origin::File).await?;
         }
         for saved in self.runtime.endpoints.clone() {
-            match self.plan_saved_endpoint(&saved) {
-                Ok(planned) => self.endpoints.ensure(nl, &planned, Origin::Api).await?,
-                Err(e) => {
-                    warn!(
-                        "endpoint {} in network {} (namespace {}) from the state file is dropped: {e:#}",
-                        saved.ip, saved.network, saved.netns
-                    );
-                    self.save(&Change::RemoveEndpoint {
-                        network: saved.network,
-                        netns: saved.netns,
-                    })?;
+            let ensured = match self.plan_saved_endpoint(&saved) {
+                Ok(planned) if planned.plumbing == Plumbing::Caller => {
+                    // Its container end is wherever the caller put it: the
+                    // host end left behind says whether the container lives.
+                    if self.endpoints.adopt(nl, &planned, Origin::Api).await? {
+                        Ok(())
+                    } else {
+                        Err(anyhow::anyhow!(
+                            "its veth {} is gone (the container with it?)",
+                            planned.host_ifname
+                        ))
+                    }
                 }
+                Ok(planned) => self.endpoints.ensure(nl, &planned, Origin::Api).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ensured {
+                warn!(
+                    "endpoint {} in network {} (namespace {}) from the state file is dropped: {e:#}",
+                    saved.ip, saved.network, saved.netns
+                );
+                self.save(&Change::RemoveEndpoint {
+                    network: saved.network,
+                    netns: saved.netns,
+                })?;
             }
         }
         // The view of this node alone (its own networks) before the first
@@ -123,6 +160,9 @@ impl Node {
             self.membership
                 .join(&self.plan.config.node, &section, key, &record)
                 .await?;
+            if let Some(stats) = self.membership.transport_stats() {
+                self.metrics.set_transport(stats);
+            }
         }
         Ok(())
     }
@@ -132,7 +172,7 @@ impl Node {
             .own_networks()
             .remove(&saved.network)
             .with_context(|| format!("network {} is not known", saved.network))?;
-        if netns::existing(&saved.netns).is_err() {
+        if saved.plumbing == Plumbing::Agent && netns::existing(&saved.netns).is_err() {
             bail!("namespace {} is gone", saved.netns);
         }
         Ok(self.plan_endpoint(&def, saved))
@@ -153,6 +193,7 @@ impl Node {
             mtu: self.plan.mtu_for(def.mtu),
             host_ifname: host_ifname(self.name(), def.vni, saved.ip),
             container_ifname: saved.container_ifname.clone(),
+            ports: saved.ports.clone(),
         }
     }
 
@@ -271,26 +312,35 @@ impl Node {
         }
     }
 
-    /// Brings the maps and the way out to the desired state.
+    /// Brings the maps and the way out to the desired state; the pass is
+    /// timed and counted for the metrics.
     fn apply(
         &mut self,
         prune: Prune,
         force_way_out: bool,
     ) -> Result<crate::dataplane::reconcile::Changes> {
+        let started = Instant::now();
         let desired = desired_state(
             &self.plan,
             self.membership.resolved(),
             self.endpoints.veths(),
         );
-        let changes = self
+        let applied = self
             .dataplane
             .as_mut()
-            .context("the dataplane is not loaded")?
-            .apply(&desired, prune)?;
-        if let Some(what) = self.way_out.apply(&desired.egress, force_way_out)? {
-            info!("{what}");
-        }
-        Ok(changes)
+            .context("the dataplane is not loaded")
+            .and_then(|d| d.apply(&desired, prune))
+            .and_then(|changes| {
+                if let Some(what) = self.way_out.apply(&desired.egress, force_way_out)? {
+                    info!("{what}");
+                }
+                Ok(changes)
+            });
+        self.metrics
+            .reconciled(started.elapsed(), applied.as_ref().ok());
+        self.metrics
+            .set_view(ClusterView::of(self.membership.resolved(), &desired));
+        applied
     }
 
     /// A container's veth disappears with its namespace. Such an endpoint is

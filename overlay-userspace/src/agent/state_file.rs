@@ -21,7 +21,7 @@ use crate::{
         record::{BlockClaim, NetworkDef},
         resolve::Resolved,
     },
-    model::{Mac, Plumbing},
+    model::{Mac, Plumbing, PortMapping},
 };
 
 /// An endpoint added through the API.
@@ -40,6 +40,17 @@ pub struct SavedEndpoint {
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "is_agent_plumbing")]
     pub plumbing: Plumbing,
+    /// Its published ports (Docker's `-p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+}
+
+/// An address a runtime's IPAM took for an endpoint still to come (Docker's
+/// RequestAddress, before Join): no one else on this node is given it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Reservation {
+    pub network: String,
+    pub ip: Ipv4Addr,
 }
 
 fn is_agent_plumbing(p: &Plumbing) -> bool {
@@ -62,6 +73,8 @@ pub struct RuntimeState {
     pub endpoints: Vec<SavedEndpoint>,
     #[serde(default)]
     pub blocks: Vec<BlockClaim>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<Reservation>,
 }
 
 /// One change a request (or the agent's start) makes to the runtime state.
@@ -82,6 +95,15 @@ pub enum Change {
         network: String,
         netns: String,
     },
+    /// Replaces the published ports of an endpoint.
+    SetPorts {
+        network: String,
+        netns: String,
+        ports: Vec<PortMapping>,
+    },
+    Reserve(Reservation),
+    /// Gives a reserved address back; one not reserved is fine.
+    Release(Reservation),
 }
 
 impl RuntimeState {
@@ -97,12 +119,30 @@ impl RuntimeState {
                 next.networks.remove(name);
                 next.removed.insert(name.clone(), *removed_ms);
                 next.blocks.retain(|b| &b.network != name);
+                next.reserved.retain(|r| &r.network != name);
             }
             Change::ClaimBlock(claim) => next.blocks.push(claim.clone()),
             Change::AddEndpoint(e) => next.endpoints.push(e.clone()),
             Change::RemoveEndpoint { network, netns } => next
                 .endpoints
                 .retain(|e| !(&e.network == network && &e.netns == netns)),
+            Change::SetPorts {
+                network,
+                netns,
+                ports,
+            } => {
+                for e in &mut next.endpoints {
+                    if &e.network == network && &e.netns == netns {
+                        e.ports.clone_from(ports);
+                    }
+                }
+            }
+            Change::Reserve(r) => {
+                if !next.reserved.contains(r) {
+                    next.reserved.push(r.clone());
+                }
+            }
+            Change::Release(r) => next.reserved.retain(|x| x != r),
         }
         next
     }
@@ -164,17 +204,21 @@ impl StateFile {
 
     /// Replaces the file atomically: a crash leaves the old state or the new one.
     pub fn save(&self, state: &RuntimeState) -> Result<()> {
-        let dir = self.path.parent().expect("a file in a directory");
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))?;
-        Ok(())
+        write_atomically(&self.path, serde_json::to_string_pretty(state)?.as_bytes())
     }
+}
+
+/// Replaces `path` with `contents` (creating its directory): a crash leaves
+/// the old file or the new one, never half of either.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("a file in a directory");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,10 +5,13 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::UnixStream,
+    net::{
+        UnixStream,
+        unix::{OwnedReadHalf, OwnedWriteHalf},
+    },
 };
 
 use super::{
@@ -25,33 +28,9 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<serde_json::Value> {
     let exchange = async {
-        let stream = UnixStream::connect(socket).await.map_err(|e| {
-            api_error(
-                ErrorCode::Unavailable,
-                format!(
-                    "no agent answers on {} ({e}); is `overlay agent` running for this node?",
-                    socket.display()
-                ),
-            )
-        })?;
-        let (read, mut write) = stream.into_split();
-        let mut text = serde_json::to_string(request)?;
-        text.push('\n');
-        write.write_all(text.as_bytes()).await?;
-        let mut line = String::new();
-        BufReader::new(read).read_line(&mut line).await?;
-        if line.is_empty() {
-            return Err(api_error(
-                ErrorCode::Unavailable,
-                "the agent closed the connection without answering",
-            ));
-        }
-        let response: Response =
-            serde_json::from_str(&line).context("the agent's answer is not valid")?;
-        match response.error {
-            Some(e) => Err(api_error(response.code.unwrap_or(ErrorCode::Failed), e)),
-            None => Ok(response.data),
-        }
+        let (read, mut write) = connect(socket).await?.into_split();
+        send(&mut write, request).await?;
+        answer(&mut BufReader::new(read)).await
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| {
         api_error(
@@ -61,8 +40,50 @@ pub async fn call(
     })?
 }
 
+/// Connects to the agent behind `socket`, or says that none answers
+/// ([`ErrorCode::Unavailable`]).
+pub async fn connect(socket: &Path) -> Result<UnixStream> {
+    UnixStream::connect(socket).await.map_err(|e| {
+        api_error(
+            ErrorCode::Unavailable,
+            format!(
+                "no agent answers on {} ({e}); is `overlay agent` running for this node?",
+                socket.display()
+            ),
+        )
+    })
+}
+
+/// Writes `request` as one line.
+pub async fn send(write: &mut OwnedWriteHalf, request: &impl serde::Serialize) -> Result<()> {
+    let mut text = serde_json::to_string(request)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    Ok(())
+}
+
+/// Reads the agent's answer line: its data, or its error with its code.
+pub async fn answer(read: &mut BufReader<OwnedReadHalf>) -> Result<serde_json::Value> {
+    let mut line = String::new();
+    read.read_line(&mut line).await?;
+    if line.is_empty() {
+        return Err(api_error(
+            ErrorCode::Unavailable,
+            "the agent closed the connection without answering",
+        ));
+    }
+    let response: Response =
+        serde_json::from_str(&line).context("the agent's answer is not valid")?;
+    match response.error {
+        Some(e) => Err(api_error(response.code.unwrap_or(ErrorCode::Failed), e)),
+        None => Ok(response.data),
+    }
+}
+
 /// The socket a command talks to: `--socket`, else the node's default, else the
-/// only agent socket in the run directory.
+/// only agent socket in the run directory. When it cannot pick one, the error
+/// carries [`ErrorCode::Unavailable`] (none there) or [`ErrorCode::Invalid`]
+/// (several).
 pub fn resolve_socket(node: Option<&str>, socket: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(s) = socket {
         return Ok(s);
@@ -79,15 +100,21 @@ pub fn resolve_socket(node: Option<&str>, socket: Option<PathBuf>) -> Result<Pat
         .unwrap_or_default();
     match sockets.as_slice() {
         [one] => Ok(one.clone()),
-        [] => bail!(
-            "no agent socket in {DEFAULT_RUN_DIR}; is `overlay agent` running? (or pass --node/--socket)"
-        ),
-        many => bail!(
-            "several agents run here ({}); pick one with --node or --socket",
-            many.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        [] => Err(api_error(
+            ErrorCode::Unavailable,
+            format!(
+                "no agent socket in {DEFAULT_RUN_DIR}; is `overlay agent` running? (or name its socket: --node/--socket, or `socket` in a CNI configuration)"
+            ),
+        )),
+        many => Err(api_error(
+            ErrorCode::Invalid,
+            format!(
+                "several agents run here ({}); pick one with --node or --socket (`socket` in a CNI configuration)",
+                many.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
     }
 }

@@ -1,9 +1,13 @@
 //! The agent's local API: a unix socket only root can open ([`server`]), the
-//! messages on it ([`proto`]), and the command line's side ([`client`]).
+//! messages on it ([`proto`]), the command line's side ([`client`]), and the
+//! detaches runtimes leave on disk while no agent answers ([`offline`]). A
+//! monitor's or a trace's connection stays open ([`stream`]).
 
 pub mod client;
+pub mod offline;
 pub mod proto;
 pub mod server;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 

@@ -7,8 +7,11 @@
 //!
 //! Container runtimes use [`Request::NetworkCreate`] (Docker's CreateNetwork),
 //! [`Request::Attach`] (CNI ADD, Docker's Join), [`Request::Detach`] (CNI DEL,
-//! Docker's Leave) and [`Request::Attachments`] (CNI CHECK and GC); the CLI's
-//! `endpoint add/rm --netns` are [`Request::EndpointAdd`] and
+//! Docker's Leave), [`Request::Check`] (CNI CHECK) and [`Request::Attachments`]
+//! (CNI GC); Docker's driver also [`Request::NetworkCheck`],
+//! [`Request::ReserveAddress`] and [`Request::ReleaseAddress`] (its IPAM) and
+//! [`Request::Publish`] (`-p`). The CLI's `endpoint add/rm --netns` are
+//! [`Request::EndpointAdd`] and
 //! [`Request::EndpointRm`].
 
 use std::{fmt, net::Ipv4Addr};
@@ -19,7 +22,8 @@ use tokio::sync::oneshot;
 use crate::{
     cluster::resolve::Member,
     gossip::transport::TransportCounts,
-    model::{Mac, Plumbing, Subnet},
+    model::{Mac, Plumbing, PortMapping, Subnet},
+    monitor::record::Filter,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +31,11 @@ use crate::{
 pub enum Request {
     /// Creates a network on every node. Answered with a [`NetworkInfo`].
     NetworkCreate(NetworkCreate),
+    /// Checks a create without making anything: Docker's CreateNetwork, which
+    /// comes before Docker tells the network's name. An empty `name` leaves
+    /// the name's checks to the create. Answered with the [`NetworkInfo`] it
+    /// would make.
+    NetworkCheck(NetworkCreate),
     NetworkLs,
     /// Refused while any node has an endpoint in it.
     NetworkRm {
@@ -57,14 +66,83 @@ pub enum Request {
     /// This node's attachments (made by runtimes, the CLI or the file), as a
     /// list of [`Attachment`].
     Attachments,
+    /// Checks one attachment against the system (CNI CHECK): its veth pair,
+    /// and inside the namespace its interface's MAC and address. Answered with
+    /// the [`Attachment`]; [`ErrorCode::NotFound`] for an unknown key,
+    /// [`ErrorCode::Failed`] saying what is wrong.
+    Check(AttachmentKey),
+    /// Takes an address for an endpoint still to come (Docker's IPAM
+    /// RequestAddress): `ip` if given and free, else the next free one of this
+    /// node's address blocks. No one else on this node gets it until
+    /// [`Request::ReleaseAddress`]; an attach takes it with `reserved`.
+    /// Answered with an [`AddressReservation`].
+    ReserveAddress {
+        network: String,
+        #[serde(default)]
+        ip: Option<Ipv4Addr>,
+    },
+    /// Gives a reserved address back (Docker's IPAM ReleaseAddress);
+    /// `not_found` if it was not reserved.
+    ReleaseAddress {
+        network: String,
+        ip: Ipv4Addr,
+    },
+    /// Sets an attachment's published ports, replacing the ones it had
+    /// (Docker's ProgramExternalConnectivity; none: RevokeExternalConnectivity).
+    /// Answered with the [`Attachment`].
+    Publish {
+        container_id: String,
+        ifname: String,
+        ports: Vec<PortMapping>,
+    },
     EndpointLs,
     Members,
 }
 
-impl Request {
-    /// Decodes one request line as the socket receives it.
-    pub fn decode(line: &str) -> Result<Request, serde_json::Error> {
-        serde_json::from_str(line)
+/// The requests whose connection stays open ([`crate::api::stream`]); the
+/// agent's loop never sees them. The same `op` tag as [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum StreamRequest {
+    /// Streams the drops that match `filter` until the client goes.
+    Monitor {
+        #[serde(default)]
+        filter: Filter,
+    },
+    /// Logs the decisions on packets between `a` and `b` (or anything, without
+    /// `b`) in network `vni` (or any) until the client goes.
+    Trace {
+        a: Ipv4Addr,
+        b: Option<Ipv4Addr>,
+        vni: Option<u32>,
+    },
+}
+
+/// One request line as the socket receives it: a stream's, which keeps the
+/// connection, or one for the agent's loop. Both share the `op` tag and no op
+/// name, so a line is at most one of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    Stream(StreamRequest),
+    Call(Request),
+}
+
+impl Incoming {
+    /// Decodes one line, a stream's request first; the error is the one-shot
+    /// decoder's, which names the ops a client most likely meant.
+    pub fn decode(line: &str) -> Result<Incoming, serde_json::Error> {
+        if let Ok(request) = serde_json::from_str::<StreamRequest>(line) {
+            return Ok(Incoming::Stream(request));
+        }
+        serde_json::from_str(line).map(Incoming::Call)
+    }
+
+    /// The line a client sends for this request (without its newline).
+    pub fn encode(&self) -> Result<String, serde_json::Error> {
+        match self {
+            Incoming::Stream(request) => serde_json::to_string(request),
+            Incoming::Call(request) => serde_json::to_string(request),
+        }
     }
 }
 
@@ -125,6 +203,18 @@ pub struct AttachRequest {
     /// Default: the agent plumbs the container end.
     #[serde(default)]
     pub plumbing: Plumbing,
+    /// `ip` was taken with [`Request::ReserveAddress`] (Docker's IPAM): the
+    /// attach uses that reservation. Without it, a reserved `ip` is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reserved: bool,
+}
+
+/// An address taken for an endpoint still to come.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressReservation {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
 }
 
 /// One attachment, as a runtime reports it.
@@ -140,6 +230,10 @@ pub struct Attachment {
     pub plumbing: Plumbing,
     /// The end in the agent's namespace, with the programs attached.
     pub host_ifname: String,
+    /// The host end's MAC when the agent sets it (the gateway's, on a network
+    /// with a way out); `None` leaves it the kernel's.
+    #[serde(default)]
+    pub host_mac: Option<Mac>,
     /// The other end: inside the namespace under `ifname` ([`Plumbing::Agent`]),
     /// or in the agent's namespace under this name until the caller moves it
     /// ([`Plumbing::Caller`]: Docker's `SrcName`).
@@ -153,6 +247,9 @@ pub struct Attachment {
     /// (set inside with [`Plumbing::Agent`]; the caller's to set otherwise).
     pub routes: Vec<Route>,
     pub mtu: u32,
+    /// Its published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +384,33 @@ pub type Call = (Request, oneshot::Sender<Response>);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_requests_read_back() {
+        for text in [
+            r#"{"op":"monitor","filter":{"reasons":[],"vni":null,"ips":[]}}"#,
+            r#"{"op":"monitor","filter":{"reasons":["drop_no_fdb"],"vni":4097,"ips":["10.0.0.1"]}}"#,
+            r#"{"op":"trace","a":"10.0.0.3","b":null,"vni":null}"#,
+        ] {
+            let r: Result<StreamRequest, _> = serde_json::from_str(text);
+            assert!(r.is_ok(), "{text}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn a_line_is_a_stream_or_a_call_as_its_op_says() {
+        let monitor = Incoming::decode(r#"{"op":"monitor"}"#).unwrap();
+        assert!(matches!(
+            monitor,
+            Incoming::Stream(StreamRequest::Monitor { .. })
+        ));
+        let members = Incoming::decode(r#"{"op":"members"}"#).unwrap();
+        assert_eq!(members, Incoming::Call(Request::Members));
+        let again = Incoming::decode(&members.encode().unwrap()).unwrap();
+        assert_eq!(again, members);
+        let err = Incoming::decode(r#"{"op":"nonsense"}"#).unwrap_err();
+        assert!(err.to_string().contains("nonsense"), "{err}");
+    }
 
     #[test]
     fn requests_read_as_documented_and_old_fields_still_parse() {

@@ -12,12 +12,19 @@ use tokio::{
 
 use super::{
     MAX_REQUEST,
-    proto::{Call, Request, Response},
+    proto::{Call, Incoming, Response, StreamRequest},
+    stream,
 };
+use crate::monitor::Monitor;
 
 /// Binds the socket (replacing a stale one: the caller holds the node's lock, so
-/// no live agent owns it) and forwards each request to `calls`.
-pub fn serve(socket: &Path, calls: mpsc::Sender<Call>) -> Result<tokio::task::JoinHandle<()>> {
+/// no live agent owns it) and forwards each request to `calls`, but monitors
+/// and traces to `monitor`.
+pub fn serve(
+    socket: &Path,
+    calls: mpsc::Sender<Call>,
+    monitor: std::sync::Arc<Monitor>,
+) -> Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -35,19 +42,39 @@ pub fn serve(socket: &Path, calls: mpsc::Sender<Call>) -> Result<tokio::task::Jo
                 continue;
             };
             let calls = calls.clone();
+            let monitor = monitor.clone();
             tokio::spawn(async move {
-                let _ = answer(stream, calls).await;
+                let _ = answer(stream, calls, &monitor).await;
             });
         }
     }))
 }
 
-async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()> {
+async fn answer(
+    stream: UnixStream,
+    calls: mpsc::Sender<Call>,
+    monitor: &std::sync::Arc<Monitor>,
+) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     reader.read_line(&mut line).await?;
-    let response = match Request::decode(&line) {
+    let request = match Incoming::decode(&line) {
+        Ok(Incoming::Stream(request)) => {
+            let read = reader.into_inner().into_inner();
+            return match request {
+                StreamRequest::Monitor { filter } => {
+                    stream::serve_monitor(monitor, &filter, read, write).await
+                }
+                StreamRequest::Trace { a, b, vni } => {
+                    stream::serve_trace(monitor, (a, b, vni), read, write).await
+                }
+            };
+        }
+        Ok(Incoming::Call(request)) => Ok(request),
+        Err(e) => Err(e),
+    };
+    let response = match request {
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
             if calls.send((request, tx)).await.is_err() {

@@ -5,6 +5,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use super::tables::Table;
+use crate::logging::LogFormat;
 
 /// An eBPF/XDP VXLAN overlay dataplane: Docker-style overlay networks whose
 /// switching, encapsulation, decapsulation and proxy ARP run in TC/XDP programs.
@@ -46,6 +47,10 @@ pub enum Command {
         /// connectivity until the next agent adopts them.
         #[arg(long)]
         keep: bool,
+        /// How log lines are written (stderr; `RUST_LOG` filters them): text, or
+        /// one JSON object per line for a log pipeline.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Write a new cluster key (32 random bytes, as 64 hex digits, mode 0600).
     /// Every node of a cluster needs the same key.
@@ -75,6 +80,48 @@ pub enum Command {
     Vteps(ShowArgs),
     /// Print the dataplane's counters, summed over CPUs.
     Stats(ShowArgs),
+    /// Show dropped frames as they are dropped, one line each: time, reason,
+    /// interface, VNI, and the outer and inner MACs, IPs and ports. Until
+    /// Ctrl-C (or --count).
+    ///
+    /// The programs write drop events only while a monitor is connected, at
+    /// most 1000 per second and CPU; what that limit holds back is reported.
+    Monitor(MonitorArgs),
+    /// Log each decision the programs take on the packets of one flow, at
+    /// debug level, in the agent's log (the agent must run with
+    /// RUST_LOG=info,overlay_ebpf=debug), while this command runs.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Only these reasons (repeatable), e.g. drop_spoofed_ip.
+    #[arg(long, value_name = "REASON", value_parser = crate::monitor::record::parse_reason)]
+    pub reason: Vec<String>,
+    /// Only frames of this network.
+    #[arg(long)]
+    pub vni: Option<u32>,
+    /// Only frames with this address anywhere in their headers (repeatable).
+    #[arg(long, value_name = "IP")]
+    pub ip: Vec<Ipv4Addr>,
+    /// Exit after this many drops.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// One end of the flow: an (inner) IPv4 address.
+    pub a: Ipv4Addr,
+    /// The other end; without it, everything to and from A.
+    pub b: Option<Ipv4Addr>,
+    /// Only in this network.
+    #[arg(long)]
+    pub vni: Option<u32>,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, Subcommand)]

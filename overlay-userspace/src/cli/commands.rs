@@ -148,6 +148,7 @@ pub async fn endpoint(command: &EndpointCommand) -> Result<String> {
                         .transpose()
                         .map_err(anyhow::Error::msg)?,
                     plumbing: Plumbing::Agent,
+                    reserved: false,
                 }),
                 _ => Request::EndpointAdd {
                     network: network.clone(),

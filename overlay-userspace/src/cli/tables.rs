@@ -3,17 +3,17 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CStr,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
-use overlay_common::{Counter, FDB_KIND_GATEWAY, FDB_KIND_LOCAL, FDB_KIND_REMOTE};
+use overlay_common::{FDB_KIND_GATEWAY, FDB_KIND_LOCAL, FDB_KIND_REMOTE};
 use serde_json::{Value, json};
 
 use crate::{
-    dataplane::{maps::Maps, pins},
+    dataplane::{maps::Maps, pins, usage::Occupancy},
+    host,
     model::Mac,
 };
 
@@ -148,32 +148,28 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
             (vec!["VTEP", "ENDPOINTS"], rows)
         }
         Table::Stats => {
-            let mut rows = Vec::new();
-            for &counter in Counter::ALL {
-                let per_cpu = maps
-                    .stats
-                    .get(&(counter as u32), 0)
-                    .context("reading STATS")?;
-                let (packets, bytes) = per_cpu
-                    .iter()
-                    .fold((0u64, 0u64), |(p, b), v| (p + v.packets, b + v.bytes));
-                rows.push(vec![
-                    ("counter", json!(counter.name())),
-                    ("packets", json!(packets)),
-                    ("bytes", json!(bytes)),
-                ]);
-            }
+            let mut rows: Vec<_> = maps
+                .counter_totals()?
+                .into_iter()
+                .map(|(counter, total)| {
+                    vec![
+                        ("counter", json!(counter.name())),
+                        ("packets", json!(total.packets)),
+                        ("bytes", json!(total.bytes)),
+                    ]
+                })
+                .collect();
             let fill = maps.fill()?;
             if !as_json {
                 let counters = render_rows(&["COUNTER", "PACKETS", "BYTES"], rows);
                 return Ok(format!("{counters}\n{}", render_fill(&fill)));
             }
-            for (name, entries, max) in fill {
+            for o in fill {
                 rows.push(vec![
-                    ("map", json!(name)),
-                    ("entries", json!(entries)),
-                    ("max_entries", json!(max)),
-                    ("full", json!(entries as u64 >= u64::from(max))),
+                    ("map", json!(o.map)),
+                    ("entries", json!(o.entries)),
+                    ("max_entries", json!(o.max_entries)),
+                    ("full", json!(o.entries >= o.max_entries)),
                 ]);
             }
             (vec!["COUNTER", "PACKETS", "BYTES"], rows)
@@ -203,22 +199,28 @@ fn render_rows(header: &[&str], rows: Vec<Row>) -> String {
 
 /// The tables' fill, with the full ones called out: the agent could not add
 /// entries there (its log names the count).
-fn render_fill(fill: &[(&str, usize, u32)]) -> String {
+fn render_fill(fill: &[Occupancy]) -> String {
     let rows: Vec<Vec<String>> = fill
         .iter()
-        .map(|&(name, entries, max)| {
-            let state = if entries as u64 >= u64::from(max) {
-                "FULL: new entries are refused"
-            } else {
-                "ok"
-            };
-            vec![
-                name.to_owned(),
-                entries.to_string(),
-                max.to_string(),
-                state.to_owned(),
-            ]
-        })
+        .map(
+            |&Occupancy {
+                 map: name,
+                 entries,
+                 max_entries: max,
+             }| {
+                let state = if entries >= max {
+                    "FULL: new entries are refused"
+                } else {
+                    "ok"
+                };
+                vec![
+                    name.to_owned(),
+                    entries.to_string(),
+                    max.to_string(),
+                    state.to_owned(),
+                ]
+            },
+        )
         .collect();
     format_table(&["MAP", "ENTRIES", "MAX", "STATE"], &rows)
 }
@@ -249,13 +251,8 @@ pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The interface name for an ifindex in this namespace, or `#N` if it is not here.
 fn ifname(ifindex: u32) -> String {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
-    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if ptr.is_null() {
-        return format!("#{ifindex}");
+    match host::ifname::ifname(ifindex) {
+        Some(name) => format!("{name}(#{ifindex})"),
+        None => format!("#{ifindex}"),
     }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    let name = unsafe { CStr::from_ptr(buf.as_ptr().cast()) };
-    format!("{}(#{ifindex})", name.to_string_lossy())
 }

@@ -13,6 +13,11 @@
 //! longer than the settle time to reach the other node, i.e. under a partition.
 //! Claims are kept after the block empties, so a block's addresses stay with one
 //! node, and they leave the cluster with the node's gossip state.
+//!
+//! A node claims ahead: once fewer than [`CLAIM_AHEAD`] addresses are free in
+//! its blocks, it claims the next block at once, without waiting, so that the
+//! claim has settled by the time the block is needed and an attach seldom
+//! waits for one. A block is used only once its claim has settled.
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
@@ -39,14 +44,28 @@ fn block_addresses(subnet: Subnet, index: u32) -> impl Iterator<Item = Ipv4Addr>
     (first..first + size).map(Ipv4Addr::from)
 }
 
-/// Who owns each claimed block of `network`: the earliest claim, then the
-/// smallest node name.
-pub fn owner<'a>(claims: &'a [(String, BlockClaim)], network: &str, index: u32) -> Option<&'a str> {
+/// When fewer addresses than this are free in a node's blocks of a network,
+/// it claims the next block ahead of need: half a block, so that a node holds
+/// at most one block more than it fills.
+pub const CLAIM_AHEAD: usize = 8;
+
+/// The claim that owns a block of `network`: the earliest, then the smallest
+/// node name; its node and time.
+fn owning_claim<'a>(
+    claims: &'a [(String, BlockClaim)],
+    network: &str,
+    index: u32,
+) -> Option<(&'a str, u64)> {
     claims
         .iter()
         .filter(|(_, c)| c.network == network && c.index == index)
         .min_by(|(a, ca), (b, cb)| (ca.claimed_ms, a).cmp(&(cb.claimed_ms, b)))
-        .map(|(node, _)| node.as_str())
+        .map(|(node, c)| (node.as_str(), c.claimed_ms))
+}
+
+/// Who owns each claimed block of `network`.
+pub fn owner<'a>(claims: &'a [(String, BlockClaim)], network: &str, index: u32) -> Option<&'a str> {
+    owning_claim(claims, network, index).map(|(node, _)| node)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -55,7 +74,17 @@ pub enum Allocation {
     /// No free address in this node's blocks: claim this block, let the claim
     /// settle, then ask again.
     Claim(u32),
+    /// Only blocks whose claim has not settled yet have room: ask again after
+    /// this many milliseconds.
+    Settling(u64),
     Exhausted,
+}
+
+/// When a claim holds: `settle_ms` after it was made (0 for a node alone).
+#[derive(Clone, Copy, Debug)]
+pub struct Settle {
+    pub now_ms: u64,
+    pub settle_ms: u64,
 }
 
 /// The next address for `me` in `network`, avoiding every address in `used`.
@@ -65,22 +94,66 @@ pub fn allocate(
     me: &str,
     claims: &[(String, BlockClaim)],
     used: &BTreeSet<Ipv4Addr>,
+    settle: Settle,
 ) -> Allocation {
-    let count = block_count(subnet);
-    for index in 0..count {
-        if owner(claims, network, index) != Some(me) {
+    let mut settling: Option<u64> = None;
+    for index in 0..block_count(subnet) {
+        let Some((owner, claimed_ms)) = owning_claim(claims, network, index) else {
+            continue;
+        };
+        if owner != me {
             continue;
         }
-        if let Some(ip) =
-            block_addresses(subnet, index).find(|ip| !subnet.is_reserved(*ip) && !used.contains(ip))
-        {
-            return Allocation::Address(ip);
+        let Some(ip) = free_in_block(subnet, index, used).next() else {
+            continue;
+        };
+        let age = settle.now_ms.saturating_sub(claimed_ms);
+        if age < settle.settle_ms {
+            let wait = settle.settle_ms - age;
+            settling = Some(settling.map_or(wait, |w| w.min(wait)));
+            continue;
         }
+        return Allocation::Address(ip);
     }
-    match (0..count).find(|&i| owner(claims, network, i).is_none()) {
+    if let Some(wait) = settling {
+        return Allocation::Settling(wait);
+    }
+    match next_unclaimed(network, subnet, claims) {
         Some(index) => Allocation::Claim(index),
         None => Allocation::Exhausted,
     }
+}
+
+fn free_in_block(
+    subnet: Subnet,
+    index: u32,
+    used: &BTreeSet<Ipv4Addr>,
+) -> impl Iterator<Item = Ipv4Addr> {
+    block_addresses(subnet, index).filter(move |ip| !subnet.is_reserved(*ip) && !used.contains(ip))
+}
+
+/// The lowest block of `network` nobody has claimed.
+pub fn next_unclaimed(
+    network: &str,
+    subnet: Subnet,
+    claims: &[(String, BlockClaim)],
+) -> Option<u32> {
+    (0..block_count(subnet)).find(|&i| owner(claims, network, i).is_none())
+}
+
+/// How many addresses `me` can still hand out in its blocks of `network`,
+/// settled or not.
+pub fn free_in_own_blocks(
+    network: &str,
+    subnet: Subnet,
+    me: &str,
+    claims: &[(String, BlockClaim)],
+    used: &BTreeSet<Ipv4Addr>,
+) -> usize {
+    (0..block_count(subnet))
+        .filter(|&i| owner(claims, network, i) == Some(me))
+        .map(|i| free_in_block(subnet, i, used).count())
+        .sum()
 }
 
 #[cfg(test)]
@@ -111,21 +184,56 @@ mod tests {
     fn allocates_in_own_blocks_then_claims_the_lowest_free_one() {
         let s: Subnet = "10.0.0.0/24".parse().unwrap();
         let used = BTreeSet::new();
-        assert_eq!(allocate("red", s, "a", &[], &used), Allocation::Claim(0));
+        let alone = Settle {
+            now_ms: 10,
+            settle_ms: 0,
+        };
+        assert_eq!(
+            allocate("red", s, "a", &[], &used, alone),
+            Allocation::Claim(0)
+        );
         let claims = vec![claim("b", 0, 5), claim("a", 1, 6)];
         assert_eq!(
-            allocate("red", s, "a", &claims, &used),
+            allocate("red", s, "a", &claims, &used, alone),
             Allocation::Address(Ipv4Addr::new(10, 0, 0, 16))
         );
         // Block 0 skips the network address.
         assert_eq!(
-            allocate("red", s, "b", &claims, &used),
+            allocate("red", s, "b", &claims, &used, alone),
             Allocation::Address(Ipv4Addr::new(10, 0, 0, 1))
         );
         let full: BTreeSet<_> = (16..32).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
         assert_eq!(
-            allocate("red", s, "a", &claims, &full),
+            allocate("red", s, "a", &claims, &full, alone),
             Allocation::Claim(2)
+        );
+        assert_eq!(free_in_own_blocks("red", s, "a", &claims, &used), 16);
+        assert_eq!(free_in_own_blocks("red", s, "a", &claims, &full), 0);
+        assert_eq!(next_unclaimed("red", s, &claims), Some(2));
+    }
+
+    #[test]
+    fn a_block_is_used_once_its_claim_has_settled() {
+        let s: Subnet = "10.0.0.0/24".parse().unwrap();
+        let used = BTreeSet::new();
+        let claims = vec![claim("a", 1, 1000)];
+        let at = |now_ms| Settle {
+            now_ms,
+            settle_ms: 500,
+        };
+        assert_eq!(
+            allocate("red", s, "a", &claims, &used, at(1200)),
+            Allocation::Settling(300)
+        );
+        assert_eq!(
+            allocate("red", s, "a", &claims, &used, at(1500)),
+            Allocation::Address(Ipv4Addr::new(10, 0, 0, 16))
+        );
+        // A settled block with room comes first; an unsettled one waits.
+        let claims = vec![claim("a", 1, 1000), claim("a", 0, 100)];
+        assert_eq!(
+            allocate("red", s, "a", &claims, &used, at(1200)),
+            Allocation::Address(Ipv4Addr::new(10, 0, 0, 1))
         );
     }
 

@@ -114,6 +114,23 @@ pub struct ClusterSection {
     pub cluster_id: String,
 }
 
+/// The Docker network and IPAM drivers: the `[docker]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerSection {
+    /// Where the agent serves the drivers. dockerd finds a plugin by name as
+    /// `/run/docker/plugins/<name>.sock`, or through a spec file.
+    pub plugin_socket: PathBuf,
+    /// This node's dockerd (`unix://PATH`): the agent creates the cluster's
+    /// networks in it and reads the names of the networks made there.
+    pub engine: PathBuf,
+}
+
+/// The name of both drivers: `docker network create -d overlay-ebpf
+/// --ipam-driver overlay-ebpf`.
+pub const DOCKER_PLUGIN: &str = "overlay-ebpf";
+pub const DEFAULT_PLUGIN_SOCKET: &str = "/run/docker/plugins/overlay-ebpf.sock";
+pub const DEFAULT_DOCKER_ENGINE: &str = "unix:///var/run/docker.sock";
+
 pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_CLUSTER_ID: &str = "overlay";
 
@@ -127,10 +144,13 @@ pub struct ClusterConfig {
     pub vxlan_port: u16,
     pub source_ports: [u16; 2],
     pub decap: DecapMode,
+    /// Where the Prometheus endpoint listens; none by default.
+    pub metrics_listen: Option<SocketAddr>,
     pub networks: Vec<NetworkConfig>,
     pub endpoints: Vec<EndpointConfig>,
     pub remotes: Vec<RemoteConfig>,
     pub cluster: Option<ClusterSection>,
+    pub docker: Option<DockerSection>,
 }
 
 impl ClusterConfig {
@@ -212,6 +232,15 @@ vtep = "192.168.1.5"
     }
 
     #[test]
+    fn metrics_are_off_unless_asked_for() {
+        assert_eq!(parse(GOOD).unwrap().metrics_listen, None);
+        let c = parse(&format!("metrics_listen = \"127.0.0.1:9464\"\n{GOOD}")).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let c = parse(&format!("metrics_listen = \"[::1]:9464\"\n{GOOD}")).unwrap();
+        assert_eq!(c.metrics_listen, Some("[::1]:9464".parse().unwrap()));
+    }
+
+    #[test]
     fn cluster_section_defaults_and_relative_key_file() {
         let text = format!(
             "{GOOD}\n[cluster]\nlisten = \"172.31.1.5:7946\"\nseeds = [\"192.168.1.5:7946\"]\nkey_file = \"cluster.key\"\n"
@@ -230,6 +259,26 @@ vtep = "192.168.1.5"
             c.seeds,
             vec!["192.168.1.5:7946".parse::<SocketAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn docker_section_defaults() {
+        assert_eq!(parse(GOOD).unwrap().docker, None);
+        let c = parse(&format!("{GOOD}\n[docker]\n")).unwrap();
+        assert_eq!(
+            c.docker,
+            Some(DockerSection {
+                plugin_socket: DEFAULT_PLUGIN_SOCKET.into(),
+                engine: "/var/run/docker.sock".into(),
+            })
+        );
+        let c = parse(&format!(
+            "{GOOD}\n[docker]\nplugin_socket = \"/tmp/p/overlay-ebpf.sock\"\nengine = \"unix:///tmp/d.sock\"\n"
+        ))
+        .unwrap();
+        let docker = c.docker.unwrap();
+        assert_eq!(docker.plugin_socket, Path::new("/tmp/p/overlay-ebpf.sock"));
+        assert_eq!(docker.engine, Path::new("/tmp/d.sock"));
     }
 
     #[test]
@@ -296,6 +345,14 @@ vtep = "192.168.1.5"
                 "network[0].name: \"uber:net\" is not a network name",
             ),
             (
+                format!("metrics_listen = \"9464\"\n{GOOD}"),
+                "metrics_listen: \"9464\" is not an address and port",
+            ),
+            (
+                format!("metrics_listen = \"127.0.0.1:0\"\n{GOOD}"),
+                "metrics_listen: \"127.0.0.1:0\" needs a port",
+            ),
+            (
                 format!("{GOOD}\n[[network]]\nname = \"b\"\nvni = 9\nsubnet = \"10.0.0.128/25\"\n"),
                 "network[1].subnet: 10.0.0.128/25 overlaps network \"uber-net\"'s subnet 10.0.0.0/24",
             ),
@@ -316,6 +373,18 @@ vtep = "192.168.1.5"
             (
                 GOOD.replace("ip = \"10.0.0.3\"", "ip = \"10.0.0.1\""),
                 "endpoint[0].ip: 10.0.0.1 is network \"uber-net\"'s gateway",
+            ),
+            (
+                format!("{GOOD}\n[docker]\nengine = \"tcp://1.2.3.4:2375\"\n"),
+                "docker.engine: \"tcp://1.2.3.4:2375\" is not a unix socket address",
+            ),
+            (
+                format!("{GOOD}\n[docker]\nplugin_socket = \"p.sock\"\n"),
+                "docker.plugin_socket: \"p.sock\" is not an absolute path",
+            ),
+            (
+                format!("{GOOD}\n[docker]\nsocket = \"/x.sock\"\n"),
+                "unknown field `socket`",
             ),
             (
                 GOOD.replace("02:42:0a:00:00:04", "02:42:0a:00:00:01"),

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub vxlan_port: Option<u16>,
     pub source_ports: Option<[u16; 2]>,
     pub decap: Option<DecapMode>,
+    pub metrics_listen: Option<String>,
     #[serde(default, rename = "network")]
     pub networks: Vec<RawNetwork>,
     #[serde(default, rename = "endpoint")]
@@ -21,6 +22,14 @@ pub struct RawConfig {
     #[serde(default, rename = "remote")]
     pub remotes: Vec<RawRemote>,
     pub cluster: Option<RawCluster>,
+    pub docker: Option<RawDocker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocker {
+    pub plugin_socket: Option<String>,
+    pub engine: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,7 +3,7 @@
 //! the node plan (`host::plan`) all call these. Each returns the problem in words
 //! that make sense after "field: ".
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use overlay_common::VNI_MAX;
 
@@ -213,6 +213,45 @@ pub fn host_address(ip: Ipv4Addr, network: &str, subnet: Subnet) -> Result<(), S
     Ok(())
 }
 
+/// Where the Docker plugin is served: an absolute path of a socket file.
+/// dockerd finds `/run/docker/plugins/<name>.sock` by the name alone; a
+/// socket elsewhere needs `/etc/docker/plugins/<name>.spec`.
+pub fn plugin_socket(path: &str) -> Result<(), String> {
+    let clean = path.starts_with('/')
+        && path.ends_with(".sock")
+        && !path.contains('\0')
+        && !path.split('/').any(|part| part == "..");
+    if clean {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path:?} is not an absolute path of a socket file (…/overlay-ebpf.sock)"
+        ))
+    }
+}
+
+/// A Docker Engine address: `unix://` and an absolute socket path (the
+/// only transport the agent speaks to its own node's dockerd).
+pub fn docker_engine(address: &str) -> Result<std::path::PathBuf, String> {
+    match address.strip_prefix("unix://") {
+        Some(path) if path.starts_with('/') && !path.contains('\0') => Ok(path.into()),
+        _ => Err(format!(
+            "{address:?} is not a unix socket address such as \"unix:///var/run/docker.sock\""
+        )),
+    }
+}
+
+/// Where the metrics endpoint listens: an address (IPv4 or IPv6) and a port.
+pub fn metrics_listen(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an address and port such as \"127.0.0.1:9464\""))?;
+    if addr.port() == 0 {
+        return Err(format!("{text:?} needs a port"));
+    }
+    Ok(addr)
+}
+
 /// A `[low, high]` range of outer UDP source ports.
 pub fn source_ports(ports: [u16; 2]) -> Result<(), String> {
     if ports[0] == 0 || ports[0] > ports[1] {
@@ -246,6 +285,15 @@ mod tests {
         assert!(container_id("a\nb").is_err());
         assert!(interface_name("eth0").is_ok());
         assert!(interface_name("sixteen-chars-xx").is_err());
+        assert!(plugin_socket("/run/docker/plugins/overlay-ebpf.sock").is_ok());
+        assert!(plugin_socket("overlay-ebpf.sock").is_err());
+        assert!(plugin_socket("/run/docker/plugins/overlay-ebpf").is_err());
+        assert_eq!(
+            docker_engine("unix:///var/run/docker.sock"),
+            Ok("/var/run/docker.sock".into())
+        );
+        assert!(docker_engine("tcp://127.0.0.1:2375").is_err());
+        assert!(docker_engine("unix://docker.sock").is_err());
     }
 
     #[test]
@@ -263,6 +311,9 @@ mod tests {
         assert!(host_address(Ipv4Addr::new(10, 0, 1, 3), "n", s).is_err());
         assert!(unicast(Ipv4Addr::new(224, 0, 0, 1)).is_err());
         assert!(source_ports([10, 9]).is_err());
+        assert!(metrics_listen("127.0.0.1:9464").is_ok());
+        assert!(metrics_listen("0.0.0.0:0").is_err());
+        assert!(metrics_listen("localhost:9464").is_err());
     }
 
     #[test]

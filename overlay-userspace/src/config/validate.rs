@@ -11,9 +11,10 @@ use std::{
 use overlay_common::DEFAULT_VXLAN_PORT;
 
 use super::{
-    ClusterConfig, ClusterSection, ConfigError, DEFAULT_CLUSTER_ID, DEFAULT_GOSSIP_INTERVAL_MS,
-    DEFAULT_SOURCE_PORTS, EndpointConfig, NetworkConfig, RemoteConfig,
-    raw::{RawCluster, RawConfig, RawEndpoint, RawNetwork, RawRemote},
+    ClusterConfig, ClusterSection, ConfigError, DEFAULT_CLUSTER_ID, DEFAULT_DOCKER_ENGINE,
+    DEFAULT_GOSSIP_INTERVAL_MS, DEFAULT_PLUGIN_SOCKET, DEFAULT_SOURCE_PORTS, DockerSection,
+    EndpointConfig, NetworkConfig, RemoteConfig,
+    raw::{RawCluster, RawConfig, RawDocker, RawEndpoint, RawNetwork, RawRemote},
     rules,
 };
 use crate::model::Mac;
@@ -33,6 +34,11 @@ pub fn validate(file: &Path, raw: RawConfig) -> Result<ClusterConfig, ConfigErro
     }
     let source_ports = raw.source_ports.unwrap_or(DEFAULT_SOURCE_PORTS);
     rules::source_ports(source_ports).map_err(|p| v.err("source_ports", p))?;
+    let metrics_listen = raw
+        .metrics_listen
+        .as_deref()
+        .map(|text| rules::metrics_listen(text).map_err(|p| v.err("metrics_listen", p)))
+        .transpose()?;
 
     let networks = v.networks(&raw.networks)?;
     let mut addresses = Addresses::default();
@@ -46,6 +52,7 @@ pub fn validate(file: &Path, raw: RawConfig) -> Result<ClusterConfig, ConfigErro
     let endpoints = v.endpoints(&raw.endpoints, &networks, &mut addresses)?;
     let remotes = v.remotes(&raw.remotes, &networks, vtep, &mut addresses)?;
     let cluster = raw.cluster.map(|c| v.cluster(c)).transpose()?;
+    let docker = raw.docker.map(|d| v.docker(&d)).transpose()?;
     Ok(ClusterConfig {
         path: file.to_owned(),
         node: raw.node,
@@ -54,10 +61,12 @@ pub fn validate(file: &Path, raw: RawConfig) -> Result<ClusterConfig, ConfigErro
         vxlan_port,
         source_ports,
         decap: raw.decap.unwrap_or_default(),
+        metrics_listen,
         networks,
         endpoints,
         remotes,
         cluster,
+        docker,
     })
 }
 
@@ -337,6 +346,20 @@ impl Validator<'_> {
             key_file,
             gossip_interval: Duration::from_millis(interval),
             cluster_id,
+        })
+    }
+
+    fn docker(&self, raw: &RawDocker) -> Result<DockerSection, ConfigError> {
+        let plugin_socket = raw
+            .plugin_socket
+            .as_deref()
+            .unwrap_or(DEFAULT_PLUGIN_SOCKET);
+        rules::plugin_socket(plugin_socket).map_err(|p| self.err("docker.plugin_socket", p))?;
+        let engine = raw.engine.as_deref().unwrap_or(DEFAULT_DOCKER_ENGINE);
+        let engine = rules::docker_engine(engine).map_err(|p| self.err("docker.engine", p))?;
+        Ok(DockerSection {
+            plugin_socket: PathBuf::from(plugin_socket),
+            engine,
         })
     }
 

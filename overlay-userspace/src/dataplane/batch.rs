@@ -10,12 +10,32 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{HashMap, IterableMap as _, MapData},
+    maps::{HashMap, IterableMap as _, MapData, MapError},
 };
 
 /// The whole map in a few BPF_MAP_LOOKUP_BATCH calls, or `None` if the kernel
 /// refuses (then the caller iterates).
 pub fn read_all<K: Pod + Ord, V: Pod>(map: &HashMap<MapData, K, V>) -> Option<BTreeMap<K, V>> {
+    let mut out = BTreeMap::new();
+    visit_all(map, |k, v| {
+        out.insert(k, v);
+    })
+    .then_some(out)
+}
+
+/// How many entries the map holds, read as [`read_all`] reads them; iterated
+/// if the kernel refuses batches.
+pub fn count<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> Result<usize, MapError> {
+    let mut n = 0;
+    if visit_all(map, |_, _| n += 1) {
+        return Ok(n);
+    }
+    map.keys().try_fold(0, |n, key| key.map(|_| n + 1))
+}
+
+/// Calls `visit` with every entry, in BPF_MAP_LOOKUP_BATCH chunks; false if
+/// the kernel refuses them.
+fn visit_all<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, mut visit: impl FnMut(K, V)) -> bool {
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const CHUNK: usize = 4096;
     #[repr(C)]
@@ -36,7 +56,6 @@ pub fn read_all<K: Pod + Ord, V: Pod>(map: &HashMap<MapData, K, V>) -> Option<BT
     // The position token is opaque; a hash map's is a bucket index (u32).
     let mut token = [0u64; 4];
     let mut next = [0u64; 4];
-    let mut out = BTreeMap::new();
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
@@ -60,7 +79,7 @@ pub fn read_all<K: Pod + Ord, V: Pod>(map: &HashMap<MapData, K, V>) -> Option<BT
         };
         let done = rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
         if rc != 0 && !done {
-            return None;
+            return false;
         }
         for i in 0..attr.count as usize {
             // SAFETY: K and V are Pod and the kernel wrote `count` of each.
@@ -70,10 +89,10 @@ pub fn read_all<K: Pod + Ord, V: Pod>(map: &HashMap<MapData, K, V>) -> Option<BT
                     std::ptr::read_unaligned(values.as_ptr().add(i * vs).cast::<V>()),
                 )
             };
-            out.insert(k, v);
+            visit(k, v);
         }
         if done {
-            return Some(out);
+            return true;
         }
         token = next;
         first = false;

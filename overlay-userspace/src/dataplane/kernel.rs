@@ -54,7 +54,7 @@ pub fn tc_attach() -> TcAttach {
 }
 
 /// A helper the programs call, the program type that calls it, and why.
-const HELPERS: [(ProgramType, BpfHelper, &str, &str); 9] = [
+const HELPERS: [(ProgramType, BpfHelper, &str, &str); 13] = [
     (
         ProgramType::SchedClassifier,
         BpfHelper::BPF_FUNC_skb_adjust_room,
@@ -109,12 +109,37 @@ const HELPERS: [(ProgramType, BpfHelper, &str, &str); 9] = [
         "bpf_redirect_map",
         "XDP delivery into containers",
     ),
+    (
+        ProgramType::SchedClassifier,
+        BpfHelper::BPF_FUNC_ringbuf_reserve,
+        "bpf_ringbuf_reserve (5.8+)",
+        "drop events and log records (TC)",
+    ),
+    (
+        ProgramType::Xdp,
+        BpfHelper::BPF_FUNC_ringbuf_reserve,
+        "bpf_ringbuf_reserve (5.8+)",
+        "drop events and log records (XDP)",
+    ),
+    (
+        ProgramType::SchedClassifier,
+        BpfHelper::BPF_FUNC_skb_load_bytes,
+        "bpf_skb_load_bytes",
+        "the dropped frame's headers in a drop event (TC)",
+    ),
+    (
+        ProgramType::Xdp,
+        BpfHelper::BPF_FUNC_xdp_load_bytes,
+        "bpf_xdp_load_bytes (5.18+)",
+        "the dropped frame's headers in a drop event (XDP)",
+    ),
 ];
 
 /// Map types beyond the basic hash and array ones, which any BPF kernel has.
-const MAPS: [(MapType, &str); 2] = [
+const MAPS: [(MapType, &str); 3] = [
     (MapType::DevMapHash, "BPF_MAP_TYPE_DEVMAP_HASH (5.4+)"),
     (MapType::PerCpuArray, "BPF_MAP_TYPE_PERCPU_ARRAY"),
+    (MapType::RingBuf, "BPF_MAP_TYPE_RINGBUF (5.8+)"),
 ];
 
 /// Refuses to go on if the kernel lacks a helper or map type the programs use:

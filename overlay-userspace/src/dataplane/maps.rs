@@ -9,11 +9,13 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, IterableMap as _, Map, MapData, PerCpuArray},
 };
 use overlay_common::{
-    Config, CounterValue, Endpoint, FdbEntry, FdbKey, NeighEntry, NeighKey, Network, Vtep,
-    map_names,
+    Config, CounterValue, Endpoint, FdbEntry, FdbKey, MonitorCpu, NeighEntry, NeighKey, Network,
+    TraceFlow, Vtep, map_names,
 };
 
-/// Typed handles on every map of the dataplane.
+/// Typed handles on the dataplane's tables and counters. The ring buffers
+/// (EVENTS, AYA_LOGS) have one reader each, the agent: see [`super::events`]
+/// and [`super::logs`].
 pub struct Maps {
     pub config: Array<MapData, Config>,
     pub networks: HashMap<MapData, u32, Network>,
@@ -23,6 +25,8 @@ pub struct Maps {
     pub vteps: HashMap<MapData, [u8; 4], Vtep>,
     pub stats: PerCpuArray<MapData, CounterValue>,
     pub endpoint_devs: DevMapHash<MapData>,
+    pub monitor: PerCpuArray<MapData, MonitorCpu>,
+    pub trace: Array<MapData, TraceFlow>,
 }
 
 impl Maps {
@@ -65,6 +69,8 @@ impl Maps {
             vteps: HashMap::try_from(take(map_names::VTEPS)?)?,
             stats: PerCpuArray::try_from(take(map_names::STATS)?)?,
             endpoint_devs: DevMapHash::try_from(take(map_names::ENDPOINT_DEVS)?)?,
+            monitor: PerCpuArray::try_from(take(map_names::MONITOR)?)?,
+            trace: Array::try_from(take(map_names::TRACE)?)?,
         })
     }
 
@@ -82,33 +88,6 @@ impl Maps {
             _ => return None,
         };
         data.info().ok().map(|i| i.max_entries())
-    }
-
-    /// How full each table is: (map name, entries, max_entries). A table at its
-    /// capacity refuses what the agent would add.
-    pub fn fill(&self) -> Result<Vec<(&'static str, usize, u32)>> {
-        fn count<K: aya::Pod + Ord, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Result<usize> {
-            Ok(match super::batch::read_all(map) {
-                Some(all) => all.len(),
-                None => map.keys().count(),
-            })
-        }
-        let max = |name| self.max_entries(name).unwrap_or(0);
-        Ok(vec![
-            (
-                map_names::NETWORKS,
-                count(&self.networks)?,
-                max(map_names::NETWORKS),
-            ),
-            (
-                map_names::ENDPOINTS,
-                count(&self.endpoints)?,
-                max(map_names::ENDPOINTS),
-            ),
-            (map_names::FDB, count(&self.fdb)?, max(map_names::FDB)),
-            (map_names::NEIGH, count(&self.neigh)?, max(map_names::NEIGH)),
-            (map_names::VTEPS, count(&self.vteps)?, max(map_names::VTEPS)),
-        ])
     }
 
     /// Opens the maps a running (or kept) agent pinned under `dir`.
@@ -133,6 +112,8 @@ impl Maps {
             vteps: HashMap::try_from(Map::HashMap(open(map_names::VTEPS)?))?,
             stats: PerCpuArray::try_from(Map::PerCpuArray(open(map_names::STATS)?))?,
             endpoint_devs: DevMapHash::try_from(Map::DevMapHash(open(map_names::ENDPOINT_DEVS)?))?,
+            monitor: PerCpuArray::try_from(Map::PerCpuArray(open(map_names::MONITOR)?))?,
+            trace: Array::try_from(Map::Array(open(map_names::TRACE)?))?,
         })
     }
 }

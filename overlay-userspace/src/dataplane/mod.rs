@@ -8,25 +8,32 @@
 //!   running kernel offers them;
 //! - [`upgrade`] and `swap`: taking over from an agent of another version
 //!   (maps migrated, programs swapped atomically under the live maps).
+//! - [`usage`]: counters and occupancy as the maps hold them; [`events`]: the
+//!   drop events of the monitor; [`logs`]: the programs' log records.
 
 mod batch;
+pub mod events;
 pub mod kernel;
+pub mod logs;
 pub mod maps;
 pub mod pins;
 pub mod programs;
 pub mod reconcile;
 mod swap;
 pub mod upgrade;
+pub mod usage;
 
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use log::{info, warn};
+use overlay_common::{CONFIG_F_MONITOR, CONFIG_F_TRACE, TraceFlow};
 
 use self::{
+    events::DropEvents,
     maps::Maps,
     programs::{Hook, Programs},
     reconcile::{Changes, Prune, Tables},
@@ -44,6 +51,26 @@ pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay"))
 }
 
+/// What the programs are asked to report besides counting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observe {
+    /// A monitor listens: drops write events.
+    pub monitor: bool,
+    /// The flow whose decisions are logged.
+    pub trace: Option<TraceFlow>,
+}
+
+impl Observe {
+    fn flags(self) -> u32 {
+        (if self.monitor { CONFIG_F_MONITOR } else { 0 })
+            | (if self.trace.is_some() {
+                CONFIG_F_TRACE
+            } else {
+                0
+            })
+    }
+}
+
 /// One node's loaded dataplane: its maps, its programs and where they attach.
 pub struct Dataplane {
     maps: Maps,
@@ -56,15 +83,31 @@ pub struct Dataplane {
     takeover: Option<Vec<MapChange>>,
     /// Maps found full, each reported once until it has room again.
     full: BTreeSet<&'static str>,
+    observe: Observe,
+    /// Until the agent takes them to its monitor.
+    events: Option<DropEvents>,
+    /// Reads the programs' log records into the agent's log.
+    logs: tokio::task::JoinHandle<()>,
 }
 
 impl Dataplane {
     /// Loads the programs with every map pinned under `pin_dir`, reusing the
-    /// maps a previous agent left there (see [`pins::load_adopting`]).
+    /// maps a previous agent left there (see [`pins::load_adopting`]), and
+    /// starts reading their logs.
     pub fn load(pin_dir: &Path, decap: DecapMode) -> Result<Dataplane> {
         let adopting = pins::holds_pins(pin_dir);
-        let (ebpf, maps, changes) = pins::load_adopting(pin_dir)?;
-        let programs = Programs::load(ebpf, pin_dir)?;
+        let (mut ebpf, maps, changes) = pins::load_adopting(pin_dir)?;
+        // The readers hold this object's maps, which the programs swapped in
+        // write to: a takeover keeps them working.
+        let events = DropEvents::take(&mut ebpf)?;
+        let logs = logs::start(&mut ebpf)?;
+        let programs = match Programs::load(ebpf, pin_dir) {
+            Ok(programs) => programs,
+            Err(e) => {
+                logs.abort();
+                return Err(e);
+            }
+        };
         Ok(Dataplane {
             maps,
             programs,
@@ -72,6 +115,9 @@ impl Dataplane {
             pin_dir: pin_dir.to_owned(),
             takeover: adopting.then_some(changes),
             full: BTreeSet::new(),
+            observe: Observe::default(),
+            events: Some(events),
+            logs,
         })
     }
 
@@ -80,8 +126,9 @@ impl Dataplane {
     /// dataplane is taken over: its attachments swapped to this agent's
     /// programs, and the migrated maps pinned in place of the old ones.
     pub fn apply(&mut self, desired: &DesiredState, prune: Prune) -> Result<Changes> {
-        let changes =
-            reconcile::reconcile_with(&mut self.maps, &Tables::from_desired(desired), prune)?;
+        let mut want = Tables::from_desired(desired);
+        want.config.flags |= self.observe.flags();
+        let changes = reconcile::reconcile_with(&mut self.maps, &want, prune)?;
         self.report_full(&changes);
         if prune == Prune::All
             && let Some(migrated) = &self.takeover
@@ -127,6 +174,32 @@ impl Dataplane {
         self.takeover.is_some()
     }
 
+    /// Asks the programs to report what `observe` says, at once: the flow
+    /// first, then the flags in CONFIG that make them look at it.
+    pub fn set_observe(&mut self, observe: Observe) -> Result<()> {
+        if let Some(flow) = observe.trace {
+            self.maps.trace.set(0, flow, 0).context("writing TRACE")?;
+        }
+        let mut config = self.maps.config.get(&0, 0).context("reading CONFIG")?;
+        config.flags = (config.flags & !(CONFIG_F_MONITOR | CONFIG_F_TRACE)) | observe.flags();
+        self.maps
+            .config
+            .set(0, config, 0)
+            .context("writing CONFIG")?;
+        self.observe = observe;
+        Ok(())
+    }
+
+    /// The drop events, for the one reader there may be.
+    pub fn take_drop_events(&mut self) -> Option<DropEvents> {
+        self.events.take()
+    }
+
+    /// The maps, to read the counters and occupancy from.
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
     pub fn attach_underlay(&mut self, underlay: &str) -> Result<()> {
         self.programs.attach_underlay(underlay, self.decap)
     }
@@ -164,10 +237,16 @@ impl Dataplane {
         self.programs.detach_unadopted()
     }
 
-    /// Leaves programs, links and maps in place for the next agent. Maps of a
+    /// Leaves programs, links and maps in place for the next agent. Nobody
+    /// listens any more, so the programs stop writing events. Maps of a
     /// migration that was not swapped in yet are removed: the previous
     /// agent's maps still serve its programs, and the next agent starts over.
     pub fn keep(mut self) {
+        if self.observe != Observe::default()
+            && let Err(e) = self.set_observe(Observe::default())
+        {
+            log::warn!("clearing the monitor flags before leaving: {e:#}");
+        }
         self.programs.keep_all();
         if self.takeover.is_some()
             && let Err(e) = upgrade::clear_migrating(&self.pin_dir)
@@ -183,5 +262,11 @@ impl Dataplane {
         drop(self);
         let unpinned = pins::unpin(pin_dir);
         detached.and(unpinned)
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.logs.abort();
     }
 }

@@ -12,7 +12,7 @@ use aya::{Ebpf, EbpfLoader};
 use overlay_common::map_names;
 
 use super::{
-    ebpf_object,
+    ebpf_object, logs,
     maps::Maps,
     upgrade::{self, MIGRATING_DIR, MapChange},
 };
@@ -54,11 +54,14 @@ pub fn load_adopting(pin_dir: &Path) -> Result<(Ebpf, Maps, Vec<MapChange>)> {
         .iter()
         .map(|name| (*name, pin_dir.join(name)))
         .collect();
+    // Log statements above the agent's log level are left out by the verifier.
+    let log_level = logs::ebpf_log_level();
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
     upgrade::pin_migrating(&mut loader, pin_dir, &changes)?;
+    loader.override_global(aya_log::LEVEL, &log_level, true);
     let mut ebpf = loader
         .load(ebpf_object())
         .context("loading the eBPF object")?;

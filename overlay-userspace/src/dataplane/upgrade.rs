@@ -12,6 +12,12 @@
 //! is complete (the cluster view warm), and only then does the new map take the
 //! old one's pin. That holds for every map of [`map_names::ALL`]: the tables are
 //! refilled by the reconciler, the programs' own maps (counters) start empty.
+//! A map the pinned dataplane lacks (an older version without it: the drop
+//! events, the trace flow, the programs' log buffer) is created the same way,
+//! under [`MIGRATING_DIR`], and takes its pin with the swap: until then only the
+//! new programs, not yet attached, know it, and an agent that stops before the
+//! swap leaves the old dataplane's pins as they were. A ring buffer holds no
+//! state to carry over, so a fresh one is all a migration of one means.
 //! The agent refuses when an old map is also used by a program it would not
 //! swap (another loader's, or one it cannot find), since that program would go
 //! on with a map nobody fills.
@@ -57,17 +63,29 @@ impl Shape {
     }
 }
 
-/// A pinned map this build cannot reuse.
+/// A map of this build the pinned dataplane cannot give it: its pin has
+/// another shape, or there is none (`pinned` is `None`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapChange {
     pub name: &'static str,
-    pinned: Shape,
+    pinned: Option<Shape>,
     ours: Shape,
+}
+
+impl MapChange {
+    /// Whether the running dataplane has a map of this name, which this
+    /// migration replaces.
+    pub fn replaces_a_pin(&self) -> bool {
+        self.pinned.is_some()
+    }
 }
 
 impl fmt::Display for MapChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (a, b) = (self.pinned, self.ours);
+        let Some(a) = self.pinned else {
+            return write!(f, "{} (new: the running dataplane has none)", self.name);
+        };
+        let b = self.ours;
         let mut parts = Vec::new();
         for (what, old, new) in [
             ("type", a.map_type, b.map_type),
@@ -84,30 +102,31 @@ impl fmt::Display for MapChange {
     }
 }
 
-/// The pinned maps under `pin_dir` whose shape differs from this build's.
+/// The maps of this build that the dataplane pinned under `pin_dir` lacks,
+/// or pinned with another shape.
 pub fn changed_maps(pin_dir: &Path) -> Result<Vec<MapChange>> {
     let mut fresh = Ebpf::load(ebpf_object()).context("loading the eBPF object")?;
     let mut changes = Vec::new();
     for name in map_names::ALL {
-        let path = pin_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let pinned = MapData::from_pin(&path)
-            .with_context(|| format!("opening pinned map {}", path.display()))?
-            .info()?;
         let map = fresh
             .map_mut(name)
             .with_context(|| format!("the eBPF object has no map {name}"))?;
-        let ours = map_data(map)
-            .with_context(|| format!("map {name} is of a kind this agent does not pin"))?
-            .info()?;
-        if Shape::of(&pinned) != Shape::of(&ours) {
-            changes.push(MapChange {
-                name,
-                pinned: Shape::of(&pinned),
-                ours: Shape::of(&ours),
-            });
+        let ours = Shape::of(
+            &map_data(map)
+                .with_context(|| format!("map {name} is of a kind this agent does not pin"))?
+                .info()?,
+        );
+        let path = pin_dir.join(name);
+        let pinned = if path.exists() {
+            let info = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?
+                .info()?;
+            Some(Shape::of(&info))
+        } else {
+            None
+        };
+        if pinned != Some(ours) {
+            changes.push(MapChange { name, pinned, ours });
         }
     }
     Ok(changes)
@@ -134,7 +153,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
 /// [`PROGRAMS_DIR`] and those its pinned links run; any other user is named.
 pub fn check_sole_users(pin_dir: &Path, changes: &[MapChange]) -> Result<()> {
     let mut old_maps = Vec::new();
-    for change in changes {
+    for change in changes.iter().filter(|c| c.replaces_a_pin()) {
         let id = MapData::from_pin(pin_dir.join(change.name))?.info()?.id();
         old_maps.push((id, change));
     }
@@ -199,10 +218,14 @@ pub fn pin_migrating<'a>(
     }
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for change in changes {
-        info!(
-            "map {change} differs from the pinned one: migrating it (a new map, filled from the \
-             desired state, swapped in with the programs)"
-        );
+        if change.replaces_a_pin() {
+            info!(
+                "map {change} differs from the pinned one: migrating it (a new map, filled from \
+                 the desired state, swapped in with the programs)"
+            );
+        } else {
+            info!("map {change}: creating it, pinned with the programs' swap");
+        }
         loader.map_pin_path(change.name, dir.join(change.name));
     }
     Ok(())

@@ -180,6 +180,11 @@ impl Gossip {
         self.stats.counts()
     }
 
+    /// The transport's live counters.
+    pub fn transport_stats(&self) -> Arc<TransportStats> {
+        self.stats.clone()
+    }
+
     pub async fn shutdown(self) {
         let _ = self.handle.shutdown().await;
     }

@@ -26,7 +26,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::docker_user::DockerUser;
-use crate::{desired::EgressNets, model::Subnet};
+use crate::{
+    desired::{EgressNets, Published},
+    model::Subnet,
+};
 
 /// The way out on this node: the agent's nftables table, and its rules in a
 /// dockerd's `DOCKER-USER` chain where there is one ([`super::docker_user`]).
@@ -124,9 +127,42 @@ pub fn render(name: &str, nets: &EgressNets) -> String {
         "\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
         "\t\tip saddr @way_out ip daddr != @overlay masquerade\n",
         "\t}\n",
-        "}\n",
     ));
+    if !nets.published.is_empty() {
+        published(&mut s, &nets.published);
+    }
+    s.push_str("}\n");
     s
+}
+
+/// Published ports: DNAT on the way in (`prerouting`) and for the host's own
+/// connections (`output`, loopback aside: a DNATed 127.0.0.1 would be a
+/// martian), to any of the node's addresses unless the port names one. The
+/// forward chain accepts what was DNATed, and conntrack takes the replies
+/// back.
+fn published(s: &mut String, ports: &[Published]) {
+    // `dstnat` names -100 on prerouting only; output takes the number.
+    for (hook, priority, local_only) in [
+        ("prerouting", "dstnat", ""),
+        ("output", "-100", " ip daddr != 127.0.0.0/8"),
+    ] {
+        let _ = writeln!(
+            s,
+            "\tchain {hook} {{\n\t\ttype nat hook {hook} priority {priority}; policy accept;"
+        );
+        for p in ports {
+            let to = match p.port.host_ip {
+                Some(ip) => format!("ip daddr {ip}"),
+                None => format!("fib daddr type local{local_only}"),
+            };
+            let _ = writeln!(
+                s,
+                "\t\t{to} {} dport {} dnat to {}:{}",
+                p.port.protocol, p.port.host_port, p.ip, p.port.container_port
+            );
+        }
+        s.push_str("\t}\n");
+    }
 }
 
 fn set(s: &mut String, name: &str, subnets: &[Subnet]) {
@@ -166,7 +202,10 @@ fn nft(script: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+    use crate::model::{PortMapping, Protocol};
 
     #[test]
     fn the_table_replaces_itself_and_lists_the_subnets() {
@@ -176,6 +215,7 @@ mod tests {
                 "10.9.0.0/24".parse().unwrap(),
             ],
             way_out: vec!["10.0.0.0/24".parse().unwrap()],
+            published: Vec::new(),
         };
         let s = render("overlay-n1", &nets);
         assert!(s.starts_with("table ip overlay-n1 {}\ndelete table ip overlay-n1\n"));
@@ -184,5 +224,43 @@ mod tests {
         // An empty set has no elements line, which nft would refuse.
         let empty = render("overlay-n1", &EgressNets::default());
         assert!(!empty.contains("elements"), "{empty}");
+        assert!(!s.contains("dnat to"), "no DNAT without published ports");
+    }
+
+    #[test]
+    fn published_ports_are_dnated_on_the_way_in_and_from_the_host() {
+        let port = |host_ip, host_port| PortMapping {
+            protocol: Protocol::Tcp,
+            host_ip,
+            host_port,
+            container_port: 80,
+        };
+        let nets = EgressNets {
+            published: vec![
+                Published {
+                    port: port(None, 8080),
+                    ip: Ipv4Addr::new(10, 0, 0, 3),
+                },
+                Published {
+                    port: port(Some(Ipv4Addr::new(172, 31, 1, 5)), 8081),
+                    ip: Ipv4Addr::new(10, 0, 0, 4),
+                },
+            ],
+            ..EgressNets::default()
+        };
+        let s = render("overlay-n1", &nets);
+        assert!(s.contains("chain prerouting {\n\t\ttype nat hook prerouting priority dstnat;"));
+        assert!(s.contains("chain output {\n\t\ttype nat hook output priority -100;"));
+        assert!(s.contains("\t\tfib daddr type local tcp dport 8080 dnat to 10.0.0.3:80\n"));
+        assert!(s.contains(
+            "\t\tfib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 dnat to 10.0.0.3:80\n"
+        ));
+        assert_eq!(
+            s.matches("ip daddr 172.31.1.5 tcp dport 8081 dnat to 10.0.0.4:80")
+                .count(),
+            2,
+            "{s}"
+        );
+        assert!(s.trim_end().ends_with('}'));
     }
 }

@@ -1,11 +1,12 @@
 //! The host floor: this machine's interfaces and namespaces. The cluster file
 //! resolved against the machine ([`plan`]); rtnetlink ([`netlink`]); entering
-//! namespaces ([`netns`]); an endpoint's veth pair ([`veth`]); the way out of
-//! the overlay through this host ([`egress`], and beside a dockerd
-//! [`docker_user`]).
+//! namespaces ([`netns`]); an endpoint's veth pair ([`veth`]); interface
+//! names ([`ifname`]); the way out of the overlay through this host
+//! ([`egress`], and beside a dockerd [`docker_user`]).
 
 pub mod docker_user;
 pub mod egress;
+pub mod ifname;
 pub mod netlink;
 pub mod netns;
 pub mod plan;

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, anyhow};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{InfoKind, LinkAttribute, LinkInfo as NlLinkInfo},
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage},
 };
 use rtnetlink::Handle;
 
@@ -99,30 +99,41 @@ impl Netlink {
             .ok_or_else(|| anyhow!("veth {name} vanished right after creation"))
     }
 
-    pub async fn move_to_netns(&self, index: u32, netns: &OwnedFd) -> Result<()> {
-        self.handle
-            .link()
-            .set(index)
-            .setns_by_fd(netns.as_raw_fd())
+    /// Creates a veth pair whose `peer` end is born in the namespace `netns`
+    /// with its MAC and MTU (moving an interface there afterwards costs an RCU
+    /// grace period); returns the index of `name`, which stays here, down.
+    pub async fn add_veth_into(
+        &self,
+        name: &str,
+        peer: &str,
+        netns: &OwnedFd,
+        peer_mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<u32> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes.extend([
+            LinkAttribute::IfName(peer.to_owned()),
+            LinkAttribute::NetNsFd(netns.as_raw_fd()),
+            LinkAttribute::Address(peer_mac.to_vec()),
+            LinkAttribute::Mtu(mtu),
+        ]);
+        let mut request = self.handle.link().add();
+        request.message_mut().attributes.extend([
+            LinkAttribute::IfName(name.to_owned()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::LinkInfo(vec![
+                NlLinkInfo::Kind(InfoKind::Veth),
+                NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+            ]),
+        ]);
+        request
             .execute()
             .await
-            .context("moving interface into the namespace")
-    }
-
-    /// Renames and configures an interface, then brings it up.
-    pub async fn configure(&self, index: u32, name: &str, mac: [u8; 6], mtu: u32) -> Result<()> {
-        self.handle
-            .link()
-            .set(index)
-            .name(name.to_owned())
-            .address(mac.to_vec())
-            .mtu(mtu)
-            .execute()
-            .await
-            .with_context(|| format!("configuring {name}"))?;
-        self.set_up(index)
-            .await
-            .with_context(|| format!("bringing {name} up"))
+            .with_context(|| format!("creating veth pair {name}/{peer} (into the namespace)"))?;
+        self.link_by_name(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| anyhow!("veth {name} vanished right after creation"))
     }
 
     /// Sets an interface's MAC and MTU, leaving it up or down as it is.
@@ -222,7 +233,7 @@ impl Netlink {
     }
 }
 
-fn link_info(msg: netlink_packet_route::link::LinkMessage) -> LinkInfo {
+fn link_info(msg: LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
         name: String::new(),
         index: msg.header.index,

@@ -10,7 +10,7 @@ use overlay_common::VXLAN_OVERHEAD;
 use super::{netlink::Netlink, netns};
 use crate::{
     config::{ClusterConfig, ConfigError, DecapMode, rules},
-    model::{Mac, Plumbing, Subnet},
+    model::{Mac, Plumbing, PortMapping, Subnet},
 };
 
 #[derive(Clone, Debug)]
@@ -44,6 +44,8 @@ pub struct PlannedEndpoint {
     /// or the name the runtime asked for. With [`Plumbing::Caller`], the name
     /// the runtime knows the attachment by.
     pub container_ifname: String,
+    /// Its published ports (Docker's `-p`), DNATed by the way out.
+    pub ports: Vec<PortMapping>,
 }
 
 impl PlannedEndpoint {
@@ -243,6 +245,7 @@ pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Resu
             mtu: plan.mtu_for(network.mtu),
             host_ifname,
             container_ifname,
+            ports: Vec::new(),
         });
     }
     plan.endpoints = endpoints;

@@ -13,7 +13,7 @@ use super::{
     netns::{NetnsGuard, disable_ipv6, enable_forwarding, netns_path, open_netns},
     plan::PlannedEndpoint,
 };
-use crate::model::{Plumbing, gateway_mac};
+use crate::model::{Mac, Plumbing, gateway_mac};
 
 /// An endpoint whose veth exists.
 #[derive(Clone, Debug)]
@@ -22,14 +22,32 @@ pub struct CreatedEndpoint {
     pub host_ifindex: u32,
 }
 
-/// Creates the veth pair and configures its host end; then either moves the
-/// other end into the container's namespace as its `container_ifname` and
-/// configures it ([`Plumbing::Agent`]), or leaves it in this namespace for the
-/// caller ([`Plumbing::Caller`]). Leaves nothing behind on failure.
-pub async fn create_endpoint(nl: &Netlink, plan: &PlannedEndpoint) -> Result<CreatedEndpoint> {
-    let peer = plan.peer_ifname();
-    let host_ifindex = nl.add_veth(&plan.host_ifname, &peer).await?;
-    match configure(nl, plan, &peer, host_ifindex).await {
+/// Creates the veth pair and configures it: with [`Plumbing::Agent`] the
+/// container end is born inside the container's namespace as its
+/// `container_ifname` (with its MAC and MTU) and configured there, through
+/// `inside` (a connection into that namespace; one is opened if `None`);
+/// with [`Plumbing::Caller`] it stays in this namespace for the caller. The
+/// host end is configured either way. Leaves nothing behind on failure.
+pub async fn create_endpoint(
+    nl: &Netlink,
+    plan: &PlannedEndpoint,
+    inside: Option<&Netlink>,
+) -> Result<CreatedEndpoint> {
+    let host_ifindex = match plan.plumbing {
+        Plumbing::Agent => {
+            let netns = open_netns(&plan.netns)?;
+            nl.add_veth_into(
+                &plan.host_ifname,
+                &plan.container_ifname,
+                &netns,
+                plan.mac.0,
+                plan.mtu,
+            )
+            .await?
+        }
+        Plumbing::Caller => nl.add_veth(&plan.host_ifname, &plan.peer_ifname()).await?,
+    };
+    match configure(nl, plan, host_ifindex, inside).await {
         Ok(()) => Ok(CreatedEndpoint {
             plan: plan.clone(),
             host_ifindex,
@@ -48,20 +66,29 @@ pub async fn create_endpoint(nl: &Netlink, plan: &PlannedEndpoint) -> Result<Cre
 async fn configure(
     nl: &Netlink,
     plan: &PlannedEndpoint,
-    peer: &str,
     host_ifindex: u32,
+    inside: Option<&Netlink>,
 ) -> Result<()> {
-    let peer_index = nl
-        .link_by_name(peer)
-        .await?
-        .context("veth peer vanished")?
-        .index;
     configure_host_end(nl, plan, host_ifindex).await?;
     match plan.plumbing {
-        Plumbing::Agent => configure_container_end(nl, plan, peer, peer_index).await,
+        Plumbing::Agent => match inside {
+            Some(inside) => configure_container_end(inside, plan).await,
+            None => {
+                let inside = Netlink::in_netns(&netns_path(&plan.netns))?;
+                configure_container_end(&inside, plan).await
+            }
+        },
         // Docker moves it, renames it and sets the address and routes; the MTU
         // set here is kept.
-        Plumbing::Caller => nl.set_mac_mtu(peer_index, plan.mac.0, plan.mtu).await,
+        Plumbing::Caller => {
+            let peer = plan.peer_ifname();
+            let index = nl
+                .link_by_name(&peer)
+                .await?
+                .context("veth peer vanished")?
+                .index;
+            nl.set_mac_mtu(index, plan.mac.0, plan.mtu).await
+        }
     }
 }
 
@@ -83,30 +110,26 @@ async fn configure_host_end(nl: &Netlink, plan: &PlannedEndpoint, index: u32) ->
     nl.replace_host_route(plan.ip, index, gateway).await
 }
 
-async fn configure_container_end(
-    nl: &Netlink,
-    plan: &PlannedEndpoint,
-    peer: &str,
-    peer_index: u32,
-) -> Result<()> {
-    let netns = open_netns(&plan.netns)?;
-    nl.move_to_netns(peer_index, &netns).await?;
-    let path = netns_path(&plan.netns);
-    let inside = Netlink::in_netns(&path)?;
-    let moved = inside
-        .link_by_name(peer)
+/// The container end, born inside with its name, MAC and MTU: IPv6 off
+/// before it comes up, then up, its address, and the default route.
+async fn configure_container_end(inside: &Netlink, plan: &PlannedEndpoint) -> Result<()> {
+    let ifname = &plan.container_ifname;
+    let index = inside
+        .link_by_name(ifname)
         .await?
-        .context("veth peer not found after the move")?;
+        .with_context(|| format!("{ifname} not found in namespace {}", plan.netns))?
+        .index;
     {
-        // The namespace's own IPv6 settings apply once moved.
-        let _inside = NetnsGuard::enter(&path)?;
-        disable_ipv6(peer)?;
+        // The namespace's own IPv6 settings apply to it.
+        let _inside = NetnsGuard::enter(&netns_path(&plan.netns))?;
+        disable_ipv6(ifname)?;
     }
     inside
-        .configure(moved.index, &plan.container_ifname, plan.mac.0, plan.mtu)
-        .await?;
+        .set_up(index)
+        .await
+        .with_context(|| format!("bringing {ifname} up"))?;
     inside
-        .add_ipv4(moved.index, plan.ip, plan.prefix_len)
+        .add_ipv4(index, plan.ip, plan.prefix_len)
         .await
         .with_context(|| format!("in namespace {}", plan.netns))?;
     if let Some(gateway) = plan.gateway {
@@ -160,7 +183,51 @@ pub async fn ensure_endpoint(
     if let Some(adopted) = adopt_endpoint(nl, plan).await? {
         return Ok((adopted, false));
     }
-    Ok((create_endpoint(nl, plan).await?, true))
+    Ok((create_endpoint(nl, plan, None).await?, true))
+}
+
+/// Whether an endpoint is still as it was made: its host end (the same
+/// interface), and for [`Plumbing::Agent`] its container end inside with its
+/// MAC and address. Routes are left out: a plugin chained after the agent's
+/// attach may change them. The problem, in words.
+pub async fn check_endpoint(nl: &Netlink, e: &CreatedEndpoint) -> Result<(), String> {
+    let plan = &e.plan;
+    let failed = |what: &str, err: anyhow::Error| format!("{what}: {err:#}");
+    match nl.link_by_name(&plan.host_ifname).await {
+        Ok(Some(host)) if host.index == e.host_ifindex => {}
+        Ok(Some(_)) => return Err(format!("host interface {} was replaced", plan.host_ifname)),
+        Ok(None) => return Err(format!("host interface {} is gone", plan.host_ifname)),
+        Err(err) => return Err(failed("looking up the host interface", err)),
+    }
+    if plan.plumbing == Plumbing::Caller {
+        return Ok(());
+    }
+    let inside = Netlink::in_netns(&netns_path(&plan.netns))
+        .map_err(|err| failed(&format!("namespace {}", plan.netns), err))?;
+    let ifname = &plan.container_ifname;
+    let link = inside
+        .link_by_name(ifname)
+        .await
+        .map_err(|err| failed(ifname, err))?
+        .ok_or_else(|| format!("namespace {} has no interface {ifname}", plan.netns))?;
+    if link.mac != Some(plan.mac.0) {
+        return Err(format!(
+            "{ifname} has MAC {}, not {}",
+            link.mac.map_or("none".into(), |m| Mac(m).to_string()),
+            plan.mac
+        ));
+    }
+    let addresses = inside
+        .ipv4_addresses(link.index)
+        .await
+        .map_err(|err| failed(ifname, err))?;
+    if !addresses.contains(&plan.ip) {
+        return Err(format!(
+            "{ifname} lacks its address {}/{} (has {addresses:?})",
+            plan.ip, plan.prefix_len
+        ));
+    }
+    Ok(())
 }
 
 /// Deletes an endpoint's veth pair; one already gone is fine.

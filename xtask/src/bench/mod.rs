@@ -8,6 +8,7 @@
 
 mod cases;
 mod chart;
+pub mod cni;
 mod metrics;
 mod progcost;
 mod report;

@@ -221,6 +221,20 @@ impl KernelImage {
         for dep in depends(&bytes) {
             self.visit(&module_key(&dep), files, builtin, ordered, stack)?;
         }
+        // A soft dependency is what the module asks for at init by another
+        // name (libcrc32c: the "crc32c" algorithm), so insmod fails without
+        // it. Without modules.alias (depmod makes it, the guest has none) the
+        // name is a module's, or crypto's portable `<name>_generic`.
+        for soft in soft_pre_dependencies(&bytes) {
+            let key = module_key(&soft);
+            let generic = format!("{key}_generic");
+            if let Some(found) = [key, generic]
+                .into_iter()
+                .find(|k| files.contains_key(k) || builtin.contains(k))
+            {
+                self.visit(&found, files, builtin, ordered, stack)?;
+            }
+        }
         stack.pop();
         ordered.push((name.to_owned(), bytes));
         Ok(())
@@ -275,17 +289,41 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
 /// The `depends=` entry of a module's `.modinfo` section, whose strings are
 /// NUL-separated `key=value` pairs.
 fn depends(module: &[u8]) -> Vec<String> {
-    const KEY: &[u8] = b"\0depends=";
-    let Some(at) = module.windows(KEY.len()).position(|w| w == KEY) else {
+    modinfo(module, "depends")
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `pre:` names of a module's `softdep=` entry (`pre: a b post: c`).
+fn soft_pre_dependencies(module: &[u8]) -> Vec<String> {
+    let Some(value) = modinfo(module, "softdep") else {
         return Vec::new();
     };
-    let value = &module[at + KEY.len()..];
+    let mut pre = Vec::new();
+    let mut in_pre = false;
+    for word in value.split_whitespace() {
+        match word {
+            "pre:" => in_pre = true,
+            "post:" => in_pre = false,
+            name if in_pre => pre.push(name.to_owned()),
+            _ => {}
+        }
+    }
+    pre
+}
+
+fn modinfo(module: &[u8], key: &str) -> Option<String> {
+    let key = format!("\0{key}=");
+    let key = key.as_bytes();
+    let at = module.windows(key.len()).position(|w| w == key)?;
+    let value = &module[at + key.len()..];
     let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-    String::from_utf8_lossy(&value[..end])
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    Some(String::from_utf8_lossy(&value[..end]).into_owned())
 }
 
 #[cfg(test)]
@@ -312,5 +350,12 @@ mod tests {
         assert_eq!(depends(blob), ["udp_tunnel", "ip6_udp_tunnel"]);
         assert!(depends(b"\0depends=\0name=veth\0").is_empty());
         assert_eq!(module_name("vxlan.ko.xz"), "vxlan");
+    }
+
+    #[test]
+    fn modinfo_soft_pre_dependencies_are_read() {
+        let blob = b"\0license=GPL\0softdep=pre: crc32c post: foo\0name=libcrc32c\0";
+        assert_eq!(soft_pre_dependencies(blob), ["crc32c"]);
+        assert!(soft_pre_dependencies(b"\0name=veth\0").is_empty());
     }
 }

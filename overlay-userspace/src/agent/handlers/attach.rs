@@ -3,32 +3,27 @@
 //! one path: check, pick an address (claiming a block first if need be), plan,
 //! plumb and attach, then commit; a failed commit undoes the veth.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result};
-use log::info;
+use log::{info, warn};
 
-use super::Pending;
+use super::{Pending, addresses::Claimant};
 use crate::{
     agent::{
         endpoints::{self, Attached, Origin},
         node::Node,
         state_file::{Change, SavedEndpoint},
     },
-    api::proto::{AttachRequest, AttachmentKey, ErrorCode, api_error},
-    cluster::{
-        ipam::{self, Allocation},
-        record::{BlockClaim, NetworkDef},
+    api::{
+        offline,
+        proto::{ApiError, AttachRequest, AttachmentKey, ErrorCode, api_error},
     },
+    cluster::record::NetworkDef,
     config::rules,
-    desired::addresses_in_use,
-    gossip::now_ms,
-    host::{netlink::Netlink, netns, plan::next_container_ifname},
+    host::{netlink::Netlink, netns, plan::next_container_ifname, veth},
     model::{Mac, Plumbing, gateway_mac},
 };
-
-/// How many times an address allocation claims a new block before giving up.
-const MAX_CLAIMS: u32 = 4;
 
 /// One attach, however it was asked for.
 pub(super) struct AttachSpec {
@@ -40,6 +35,8 @@ pub(super) struct AttachSpec {
     /// A runtime's key; `None` for the CLI, whose endpoint gets the next `ethN`.
     pub key: Option<AttachmentKey>,
     pub plumbing: Plumbing,
+    /// `ip` is a reservation the caller holds (Docker's IPAM).
+    pub reserved: bool,
 }
 
 impl From<&AttachRequest> for AttachSpec {
@@ -54,8 +51,14 @@ impl From<&AttachRequest> for AttachSpec {
                 ifname: r.ifname.clone(),
             }),
             plumbing: r.plumbing,
+            reserved: r.reserved,
         }
     }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiError>()
+        .is_some_and(|a| a.code == ErrorCode::NotFound)
 }
 
 fn invalid(problem: impl Into<String>) -> anyhow::Error {
@@ -74,18 +77,7 @@ impl Node {
         attempt: u32,
     ) -> Result<Pending<()>> {
         let (network, netns) = (spec.network.as_str(), spec.netns.as_str());
-        let def = self
-            .membership
-            .resolved()
-            .networks
-            .get(network)
-            .cloned()
-            .ok_or_else(|| {
-                api_error(
-                    ErrorCode::NotFound,
-                    format!("no network named {network} (see `overlay network ls`)"),
-                )
-            })?;
+        let def = self.network_def(network)?;
         if let Some(key) = &spec.key {
             rules::container_id(&key.container_id).map_err(invalid)?;
             rules::interface_name(&key.ifname).map_err(invalid)?;
@@ -99,7 +91,18 @@ impl Node {
                 )));
             }
         }
-        netns::existing(netns).map_err(invalid)?;
+        // A caller that plumbs the container end itself may name a namespace
+        // this agent cannot see (a dockerd in a mount namespace of its own).
+        if spec.plumbing == Plumbing::Agent {
+            netns::existing(netns).map_err(invalid)?;
+            if netns::same_netns(netns, "/proc/self/ns/net") {
+                return Err(invalid(format!(
+                    "namespace {netns} is the agent's own, not a container's"
+                )));
+            }
+        } else {
+            rules::netns(netns).map_err(invalid)?;
+        }
         if self.endpoints.find(network, netns).is_some() {
             return Err(exists(format!(
                 "namespace {netns} already has an endpoint in network {network}"
@@ -126,7 +129,15 @@ impl Node {
     ) -> Result<Pending<()>> {
         let network = def.name.as_str();
         let ip = match spec.ip {
-            Some(ip) => self.check_address(def, ip)?,
+            Some(ip) => {
+                let by = if spec.reserved {
+                    Claimant::Reservation
+                } else {
+                    Claimant::Anyone
+                };
+                self.check_address(def, ip, by)?
+            }
+            None if spec.reserved => return Err(invalid("a reserved attach needs its ip")),
             None => match self.allocate(def, attempt).await? {
                 Pending::Ready(ip) => ip,
                 Pending::AfterClaim(after) => return Ok(Pending::AfterClaim(after)),
@@ -146,7 +157,7 @@ impl Node {
                 "MAC {mac} is already in use in network {network}"
             )));
         }
-        let container_ifname = self.container_ifname(spec).await?;
+        let (container_ifname, inside) = self.container_ifname(spec).await?;
         let saved = SavedEndpoint {
             network: network.to_owned(),
             netns: spec.netns.clone(),
@@ -155,6 +166,7 @@ impl Node {
             container_ifname,
             container_id: spec.key.as_ref().map(|k| k.container_id.clone()),
             plumbing: spec.plumbing,
+            ports: Vec::new(),
         };
         let planned = self.plan_endpoint(def, &saved);
         if nl.link_by_name(&planned.host_ifname).await?.is_some() {
@@ -175,7 +187,9 @@ impl Node {
             .dataplane
             .as_mut()
             .context("the dataplane is not loaded")?;
-        self.endpoints.create(nl, dataplane, &planned).await?;
+        self.endpoints
+            .create(nl, dataplane, &planned, inside.as_ref())
+            .await?;
         let netns = saved.netns.clone();
         if let Err(e) = self.commit(Change::AddEndpoint(saved)).await {
             self.undo_add(nl, network, &netns).await;
@@ -192,10 +206,11 @@ impl Node {
     }
 
     /// The container end's name: the one asked for, which must be free inside
-    /// (the agent plumbs it), or the next free `ethN` (the CLI).
-    async fn container_ifname(&self, spec: &AttachSpec) -> Result<String> {
+    /// (the agent plumbs it), or the next free `ethN` (the CLI); with the
+    /// connection into the namespace that found out, for the plumbing.
+    async fn container_ifname(&self, spec: &AttachSpec) -> Result<(String, Option<Netlink>)> {
         match (&spec.key, spec.plumbing) {
-            (Some(key), Plumbing::Caller) => Ok(key.ifname.clone()),
+            (Some(key), Plumbing::Caller) => Ok((key.ifname.clone(), None)),
             (Some(key), Plumbing::Agent) => {
                 let inside = Netlink::in_netns(&netns::netns_path(&spec.netns))?;
                 if inside.link_by_name(&key.ifname).await?.is_some() {
@@ -204,66 +219,11 @@ impl Node {
                         spec.netns, key.ifname
                     )));
                 }
-                Ok(key.ifname.clone())
+                Ok((key.ifname.clone(), Some(inside)))
             }
             (None, _) => {
                 let inside = Netlink::in_netns(&netns::netns_path(&spec.netns))?;
-                next_container_ifname(&inside).await
-            }
-        }
-    }
-
-    /// An address the caller chose: a free host address of the network, not
-    /// one it keeps for itself.
-    fn check_address(&self, def: &NetworkDef, ip: Ipv4Addr) -> Result<Ipv4Addr> {
-        rules::host_address(ip, &def.name, def.subnet)
-            .and_then(|()| rules::not_reserved(ip, &def.name, def.gateway(), &def.aux))
-            .map_err(invalid)?;
-        if addresses_in_use(&self.plan.config, self.membership.resolved(), &def.name).contains(&ip)
-        {
-            return Err(exists(format!(
-                "{ip} is already in use in network {}",
-                def.name
-            )));
-        }
-        Ok(ip)
-    }
-
-    /// The next free address in this node's blocks, claiming a new block when
-    /// they are full. With gossip the claim must settle first; alone it holds
-    /// at once.
-    async fn allocate(&mut self, def: &NetworkDef, mut attempt: u32) -> Result<Pending<Ipv4Addr>> {
-        let network = def.name.as_str();
-        loop {
-            let used = addresses_in_use(&self.plan.config, self.membership.resolved(), network);
-            let allocation = ipam::allocate(
-                network,
-                def.subnet,
-                self.name(),
-                &self.membership.resolved().claims,
-                &used,
-            );
-            match allocation {
-                Allocation::Address(ip) => return Ok(Pending::Ready(ip)),
-                Allocation::Claim(index) if attempt < MAX_CLAIMS => {
-                    self.commit(Change::ClaimBlock(BlockClaim {
-                        network: network.to_owned(),
-                        index,
-                        claimed_ms: now_ms(),
-                    }))
-                    .await?;
-                    match self.membership.claim_settle() {
-                        Some(after) => return Ok(Pending::AfterClaim(after)),
-                        None => attempt += 1,
-                    }
-                }
-                Allocation::Claim(_) => anyhow::bail!(
-                    "could not claim an address block in network {network}: other nodes kept winning the claims"
-                ),
-                Allocation::Exhausted => anyhow::bail!(
-                    "network {network} ({}) has no free address block left",
-                    def.subnet
-                ),
+                Ok((next_container_ifname(&inside).await?, Some(inside)))
             }
         }
     }
@@ -293,19 +253,58 @@ impl Node {
         self.remove_endpoint(nl, network, netns).await
     }
 
-    /// A runtime's detach, by its key.
-    pub(super) async fn detach(&mut self, nl: &Netlink, key: &AttachmentKey) -> Result<Attached> {
-        let Some(a) = self.endpoints.find_key(key) else {
-            return Err(api_error(
+    /// A runtime's attachment, by its key.
+    fn by_key(&self, key: &AttachmentKey) -> Result<&Attached> {
+        self.endpoints.find_key(key).ok_or_else(|| {
+            api_error(
                 ErrorCode::NotFound,
                 format!(
                     "container {} has no attachment {} on this node",
                     key.container_id, key.ifname
                 ),
-            ));
-        };
+            )
+        })
+    }
+
+    /// A runtime's detach, by its key.
+    pub(super) async fn detach(&mut self, nl: &Netlink, key: &AttachmentKey) -> Result<Attached> {
+        let a = self.by_key(key)?;
         let (network, netns) = (a.network().to_owned(), a.netns().to_owned());
         self.remove_endpoint(nl, &network, &netns).await
+    }
+
+    /// Carries out the detaches runtimes queued while no agent answered (see
+    /// [`offline`]); a failed one stays queued for the next pass.
+    pub async fn detach_queued(&mut self, nl: &Netlink, socket: &Path) {
+        for (path, key) in offline::queued(socket) {
+            match self.detach(nl, &key).await {
+                Ok(_) => info!(
+                    "container {} attachment {} detached as queued while no agent answered",
+                    key.container_id, key.ifname
+                ),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    warn!("queued detach of {key:?}: {e:#}");
+                    continue;
+                }
+            }
+            offline::done(&path);
+        }
+    }
+
+    /// A runtime's check: the attachment is there and as it was made.
+    pub(super) async fn check(&self, nl: &Netlink, key: &AttachmentKey) -> Result<&Attached> {
+        let a = self.by_key(key)?;
+        veth::check_endpoint(nl, &a.veth).await.map_err(|problem| {
+            api_error(
+                ErrorCode::Failed,
+                format!(
+                    "container {} attachment {}: {problem}",
+                    key.container_id, key.ifname
+                ),
+            )
+        })?;
+        Ok(a)
     }
 
     /// Withdraws an endpoint from the maps and the cluster, then deletes its

@@ -2,22 +2,26 @@
 //! its side effects (a veth), and hands its [`Change`] to [`Node::commit`],
 //! undoing the side effects if the commit fails.
 //!
-//! - [`network`]: create, list and remove networks;
-//! - [`attach`]: endpoints and runtime attachments, added and removed.
+//! - [`network`]: create, check, list and remove networks;
+//! - [`attach`]: endpoints and runtime attachments, added and removed;
+//! - [`addresses`]: endpoint addresses checked, allocated and reserved;
+//! - [`publish`]: an attachment's published ports.
 //!
 //! [`Change`]: super::state_file::Change
 
+mod addresses;
 mod attach;
 mod network;
+mod publish;
 
 use std::time::Duration;
 
 use self::attach::AttachSpec;
 use super::{endpoints::Attached, node::Node};
 use crate::{
-    api::proto::{Attachment, EndpointInfo, Request, Response, Route},
+    api::proto::{Attachment, AttachmentKey, EndpointInfo, Request, Response, Route},
     host::netlink::Netlink,
-    model::Plumbing,
+    model::{Plumbing, gateway_mac},
 };
 
 /// How a request was answered.
@@ -43,6 +47,7 @@ impl Node {
     pub async fn handle(&mut self, nl: &Netlink, request: &Request, attempt: u32) -> Reply {
         let result = match request {
             Request::NetworkCreate(create) => self.network_create(create).await.map(Response::ok),
+            Request::NetworkCheck(create) => self.network_check(create).map(Response::ok),
             Request::NetworkLs => Ok(Response::ok(self.network_list())),
             Request::NetworkRm { name } => self
                 .network_rm(name)
@@ -61,6 +66,7 @@ impl Node {
                     mac: mac.clone(),
                     key: None,
                     plumbing: Plumbing::Agent,
+                    reserved: false,
                 };
                 match self.attach(nl, &spec, attempt).await {
                     Ok(Pending::Ready(())) => Ok(Response::ok(self.local_info(self.added(&spec)))),
@@ -84,9 +90,37 @@ impl Node {
                 .detach(nl, key)
                 .await
                 .map(|removed| Response::ok(attachment(&removed))),
+            Request::Check(key) => self
+                .check(nl, key)
+                .await
+                .map(|checked| Response::ok(attachment(checked))),
             Request::Attachments => Ok(Response::ok(
                 self.endpoints.iter().map(attachment).collect::<Vec<_>>(),
             )),
+            Request::ReserveAddress { network, ip } => {
+                match self.reserve_address(network, *ip, attempt).await {
+                    Ok(Pending::Ready(reservation)) => Ok(Response::ok(reservation)),
+                    Ok(Pending::AfterClaim(after)) => return later(after, attempt),
+                    Err(e) => Err(e),
+                }
+            }
+            Request::ReleaseAddress { network, ip } => self
+                .release_address(network, *ip)
+                .await
+                .map(|()| Response::ok(serde_json::json!({ "released": ip }))),
+            Request::Publish {
+                container_id,
+                ifname,
+                ports,
+            } => {
+                let key = AttachmentKey {
+                    container_id: container_id.clone(),
+                    ifname: ifname.clone(),
+                };
+                self.publish(&key, ports)
+                    .await
+                    .map(|a| Response::ok(attachment(a)))
+            }
             Request::EndpointLs => Ok(Response::ok(self.endpoint_list())),
             Request::Members => Ok(Response::ok(self.membership.member_list(self.name()))),
         };
@@ -153,6 +187,7 @@ fn attachment(a: &Attached) -> Attachment {
         netns: p.netns.clone(),
         plumbing: p.plumbing,
         host_ifname: p.host_ifname.clone(),
+        host_mac: p.gateway.map(gateway_mac),
         container_ifname: match p.plumbing {
             Plumbing::Agent => p.container_ifname.clone(),
             Plumbing::Caller => p.peer_ifname(),
@@ -167,5 +202,6 @@ fn attachment(a: &Attached) -> Attachment {
             .map(|(dst, gateway)| Route { dst, gateway })
             .collect(),
         mtu: p.mtu,
+        ports: p.ports.clone(),
     }
 }

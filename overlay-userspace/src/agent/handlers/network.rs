@@ -21,6 +21,9 @@ fn invalid(option: &str, problem: impl std::fmt::Display) -> anyhow::Error {
 
 impl Node {
     pub(super) async fn network_create(&mut self, c: &NetworkCreate) -> Result<NetworkInfo> {
+        if c.name.is_empty() {
+            return Err(invalid("name", "a network needs a name"));
+        }
         let def = self.check_network(c)?;
         self.commit(Change::CreateNetwork(def.clone())).await?;
         info!(
@@ -34,23 +37,33 @@ impl Node {
         Ok(self.network_info(&def))
     }
 
+    /// Docker's CreateNetwork, which knows everything but the name: what a
+    /// create would make, making nothing. An empty name skips the name's
+    /// checks.
+    pub(super) fn network_check(&self, c: &NetworkCreate) -> Result<NetworkInfo> {
+        Ok(self.network_info(&self.check_network(c)?))
+    }
+
     /// The definition `c` asks for, or why not; nothing is changed either way.
+    /// An empty name is only checked by [`Node::network_check`].
     fn check_network(&self, c: &NetworkCreate) -> Result<NetworkDef> {
         let name = c.name.as_str();
-        rules::network_name(name).map_err(|p| invalid("name", p))?;
-        let subnet = rules::network_subnet(&c.subnet).map_err(|p| invalid("subnet", p))?;
         let own = self.own_networks();
         let resolved = &self.membership.resolved().networks;
         let known = || resolved.values().chain(own.values());
-        if let Some(existing) = resolved.get(name).or(own.get(name)) {
-            return Err(api_error(
-                ErrorCode::Exists,
-                format!(
-                    "network {name} already exists (VNI {}, {}, from {})",
-                    existing.vni, existing.subnet, existing.origin
-                ),
-            ));
+        if !name.is_empty() {
+            rules::network_name(name).map_err(|p| invalid("name", p))?;
+            if let Some(existing) = resolved.get(name).or(own.get(name)) {
+                return Err(api_error(
+                    ErrorCode::Exists,
+                    format!(
+                        "network {name} already exists (VNI {}, {}, from {})",
+                        existing.vni, existing.subnet, existing.origin
+                    ),
+                ));
+            }
         }
+        let subnet = rules::network_subnet(&c.subnet).map_err(|p| invalid("subnet", p))?;
         let vni = match c.vni {
             Some(vni) => {
                 let vni =
