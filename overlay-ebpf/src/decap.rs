@@ -32,6 +32,9 @@ use crate::{
 /// MF flag and fragment offset: fragments are left to the kernel.
 const IP_MF_AND_OFFSET: [u8; 2] = [0x3f, 0xff];
 
+/// The shortest network header an inner frame may carry (IPv4's).
+const INNER_MIN_L3: usize = 20;
+
 /// The bytes the checks read: outer headers, inner Ethernet and an inner ARP body.
 pub const CLASSIFY_LEN: usize = INNER_L3_OFF + Arp::LEN;
 
@@ -83,6 +86,13 @@ pub fn classify<P: Packet>(pkt: &P, cfg: &Config) -> Verdict {
     let Some(inner) = pkt.ptr_at::<Eth>(INNER_ETH_OFF) else {
         return Verdict::Drop(Counter::DropMalformed);
     };
+    // Every frame a container takes carries a network header after its
+    // Ethernet one (IPv4's 20 bytes, ARP's 28). Shorter is malformed, and TC
+    // decap could not strip the outer headers from it (bpf_skb_adjust_room
+    // keeps at least an IPv4 header's length): found by the property tests.
+    if pkt.ptr_at::<[u8; INNER_MIN_L3]>(INNER_L3_OFF).is_none() {
+        return Verdict::Drop(Counter::DropMalformed);
+    }
     // SAFETY: bounds-checked above.
     let inner = unsafe { &*inner };
     if inner.ether_type == ETH_P_ARP && inner.dst_addr == [0xff; 6] {

@@ -30,6 +30,7 @@ use aya_ebpf::{
 /// TC ingress on an endpoint's host-side veth: every frame its container sends.
 #[classifier]
 pub fn endpoint_ingress(ctx: TcContext) -> i32 {
+    upgrade_test_variant();
     let Some(cfg) = lookup::config() else {
         // Not configured yet: a container must not reach the host stack through us.
         return monitor::endpoint_not_configured(ctx.skb.skb);
@@ -47,6 +48,7 @@ pub fn endpoint_ingress(ctx: TcContext) -> i32 {
 /// TC ingress on the underlay: the TC decapsulation variant.
 #[classifier]
 pub fn underlay_ingress(ctx: TcContext) -> i32 {
+    upgrade_test_variant();
     let Some(cfg) = lookup::config() else {
         return TC_ACT_OK;
     };
@@ -63,6 +65,7 @@ pub fn underlay_ingress(ctx: TcContext) -> i32 {
 /// XDP on the underlay: the XDP decapsulation variant.
 #[xdp]
 pub fn underlay_xdp(ctx: XdpContext) -> u32 {
+    upgrade_test_variant();
     let Some(cfg) = lookup::config() else {
         return xdp_action::XDP_PASS;
     };
@@ -80,7 +83,20 @@ pub fn underlay_xdp(ctx: XdpContext) -> u32 {
 /// the receiving peer runs an XDP program; this one lets everything through.
 #[xdp]
 pub fn endpoint_peer_xdp(_ctx: XdpContext) -> u32 {
+    upgrade_test_variant();
     xdp_action::XDP_PASS
+}
+
+/// In the upgrade tests' second build, one helper call more at every entry
+/// point: the same behaviour, other code (another program tag), so an agent
+/// upgrading from the default build has every program to swap.
+#[inline(always)]
+fn upgrade_test_variant() {
+    #[cfg(feature = "upgrade-test-variant")]
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    unsafe {
+        aya_ebpf::helpers::bpf_ktime_get_ns();
+    }
 }
 
 #[cfg(not(test))]

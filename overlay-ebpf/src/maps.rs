@@ -28,8 +28,14 @@ pub static NETWORKS: HashMap<u32, Network, { MAX_NETWORKS as usize }> = HashMap:
 pub static ENDPOINTS: HashMap<u32, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
 
 #[btf_map]
-pub static FDB: HashMap<FdbKey, FdbEntry, { MAX_FDB_ENTRIES as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static FDB: HashMap<FdbKey, FdbEntry, FDB_ENTRIES, NO_PREALLOC> = HashMap::new();
+
+/// The upgrade tests' second build has a FDB of another shape, which an agent
+/// upgrading onto it must migrate.
+#[cfg(not(feature = "upgrade-test-variant"))]
+const FDB_ENTRIES: usize = MAX_FDB_ENTRIES as usize;
+#[cfg(feature = "upgrade-test-variant")]
+const FDB_ENTRIES: usize = MAX_FDB_ENTRIES as usize / 2;
 
 #[btf_map]
 pub static NEIGH: HashMap<NeighKey, NeighEntry, { MAX_NEIGH_ENTRIES as usize }, NO_PREALLOC> =

@@ -1,3 +1,5 @@
+// Also the body of `overlay-upgrade-variant` (src/bin/upgrade_variant.rs
+// includes this file), so no inner attributes or `//!` docs here.
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::Result;

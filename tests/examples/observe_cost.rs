@@ -18,7 +18,7 @@
 //!     [--baseline OBJECT] [--rounds N] [--real-traffic]
 //! ```
 
-#[path = "../tests/common/fixture.rs"]
+#[path = "../tests/fixture/mod.rs"]
 mod fixture;
 
 use std::{

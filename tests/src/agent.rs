@@ -1,6 +1,7 @@
 //! `overlay agent` processes, run inside a node's namespace.
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -28,6 +29,23 @@ pub fn overlay_binary() -> Result<PathBuf> {
     ensure!(
         path.exists(),
         "{} is missing: run `cargo xtask build` (or `cargo xtask test`)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The upgrade suite's second version of the agent (its eBPF object differs:
+/// other program code, another FDB size), which `cargo xtask test` builds next
+/// to the first; `OVERLAY_UPGRADE_VARIANT` overrides the path.
+pub fn upgrade_variant_binary() -> Result<PathBuf> {
+    let path = std::env::var_os("OVERLAY_UPGRADE_VARIANT").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/overlay-upgrade-variant"),
+        PathBuf::from,
+    );
+    ensure!(
+        path.exists(),
+        "{} is missing: run `cargo xtask test`, or `cargo build --release -p overlay-userspace \
+         --bin overlay-upgrade-variant --features upgrade-test-variant`",
         path.display()
     );
     Ok(path)
@@ -205,6 +223,25 @@ impl Agent {
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// The ids of the BPF programs the agent holds open, from its fdinfo.
+    /// Other agents on the machine load the same programs, so telling ours
+    /// apart by name would count theirs too.
+    pub fn programs(&self) -> Result<BTreeSet<u64>> {
+        let mut ids = BTreeSet::new();
+        for entry in std::fs::read_dir(format!("/proc/{}/fdinfo", self.pid()))? {
+            let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            ids.extend(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|id| id.trim().parse::<u64>().ok()),
+            );
+        }
+        ensure!(!ids.is_empty(), "the agent holds no BPF program");
+        Ok(ids)
     }
 
     /// SIGKILL: the agent gets no chance to clean up, and its dataplane stays.

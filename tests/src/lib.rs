@@ -19,6 +19,8 @@ mod dockerd;
 mod image;
 mod kernel_vxlan;
 mod netns;
+mod nft;
+mod pinger;
 mod podman;
 pub mod prog_run;
 pub mod prometheus;
@@ -31,7 +33,7 @@ mod traffic;
 #[cfg(test)]
 mod selftest;
 
-pub use agent::{Agent, LeftDataplane, keygen, overlay_binary};
+pub use agent::{Agent, LeftDataplane, keygen, overlay_binary, upgrade_variant_binary};
 pub use capture::{Capture, inject, ipv4_sources_to, is_arp, is_vxlan, vxlan_inner};
 pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
 pub use cluster_file::{
@@ -44,6 +46,8 @@ pub use dockerd::{BUSYBOX_IMAGE, DOCKER_CLIENT, Dockerd, DockerdOptions};
 pub use image::busybox_rootfs_tar;
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
+pub use nft::NftTable;
+pub use pinger::{PingLog, Pinger};
 pub use podman::{Podman, PodmanContainer};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use seed_overlay::Overlay;

@@ -201,7 +201,8 @@ impl Overlay {
             .as_array()
             .context("stats is not a list")?
             .iter()
-            .filter(|r| r["packets"].as_u64() != Some(0))
+            // Counter rows only; the rows after them are the tables' fill.
+            .filter(|r| r["counter"].is_string() && r["packets"].as_u64() != Some(0))
             .map(|r| {
                 (
                     r["counter"].as_str().unwrap_or_default().to_owned(),

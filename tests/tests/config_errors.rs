@@ -295,3 +295,40 @@ fn every_key_the_builder_writes_is_read_by_the_agent() -> Result<()> {
     );
     Ok(())
 }
+
+/// `ip netns exec` remounts /sys, hiding the bpffs: the agent says so and what
+/// to do instead, before it changes anything.
+#[test]
+fn an_agent_under_ip_netns_exec_names_the_hidden_bpffs() -> Result<()> {
+    let o = Overlay::build_with(Decap::Tc, &[C1])?;
+    let before = system_state(&o)?;
+    let pin_dir = o.pin_dir(1);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &o.node_ns(1)])
+        .arg(&o.binary)
+        .arg("agent")
+        .arg("--config")
+        .arg(o.config_path(1))
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("--socket")
+        .arg(o.dir.path().join("netns-exec.sock"))
+        .arg("--state-dir")
+        .arg(o.dir.path().join("netns-exec-state"))
+        .output()
+        .context("running the agent under ip netns exec")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "the agent ran under ip netns exec: {stderr}"
+    );
+    ensure!(
+        stderr.contains("is not on a BPF filesystem")
+            && stderr.contains("ip netns exec")
+            && stderr.contains("nsenter --net="),
+        "{stderr}"
+    );
+    ensure!(system_state(&o)? == before, "the agent changed something");
+    ensure!(!o.dir.path().join("netns-exec-state").exists());
+    Ok(())
+}

@@ -1,9 +1,8 @@
 //! What the programs report besides counting, through BPF_PROG_TEST_RUN: drop
 //! events in EVENTS (only while the monitor flag is set, rate limited per
 //! CPU, the frame's start included), and aya-log records of their rare events
-//! and of a traced flow (rate limited too). The fixture is `common/fixture.rs`.
+//! and of a traced flow (rate limited too). The fixture is `fixture/`.
 
-#[path = "common/fixture.rs"]
 mod fixture;
 
 use std::{

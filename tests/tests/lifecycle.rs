@@ -21,25 +21,12 @@ struct NodeFootprint {
     attached_programs: usize,
 }
 
-/// The ids of the BPF programs the agents hold open, from their fdinfo. Other
-/// engineers' agents on the same machine load the same programs, so counting by
-/// program name would count theirs too.
+/// The ids of the BPF programs the agents hold open.
 fn programs_of(agents: &[&Agent]) -> Result<BTreeSet<u64>> {
     let mut ids = BTreeSet::new();
     for agent in agents {
-        let dir = format!("/proc/{}/fdinfo", agent.pid());
-        for entry in std::fs::read_dir(&dir)? {
-            let Ok(info) = std::fs::read_to_string(entry?.path()) else {
-                continue;
-            };
-            ids.extend(
-                info.lines()
-                    .filter_map(|l| l.strip_prefix("prog_id:"))
-                    .filter_map(|id| id.trim().parse::<u64>().ok()),
-            );
-        }
+        ids.extend(agent.programs()?);
     }
-    ensure!(!ids.is_empty(), "the agents hold no BPF program");
     Ok(ids)
 }
 

@@ -1,14 +1,13 @@
 //! Program tests: the loaded eBPF programs run on crafted frames through
 //! BPF_PROG_TEST_RUN, and every output byte, verdict and counter is checked.
-//! The fixture is in `common/fixture.rs`.
+//!
+//! The programs run in the fixture's scratch namespace (see `fixture`).
 
-#[path = "common/fixture.rs"]
 mod fixture;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result, ensure};
-use fixture::*;
 use overlay_common::program_names;
 use overlay_tests::{
     prog_run::{eth, ipv4_checksum, ipv4_udp, skb_ctx, test_run},
@@ -21,7 +20,7 @@ use overlay_userspace::{
     model::gateway_mac,
 };
 
-// ------------------------------------------------------------------- tests
+use fixture::*;
 
 #[test]
 fn encapsulation_writes_every_outer_field() -> Result<()> {
@@ -313,6 +312,12 @@ fn underlay_drop_reasons_each_count_once_in_both_variants() -> Result<()> {
         (
             "drop_malformed",
             vxlan_frame(REMOTE_VTEP, VNI, 0x08, &[0x02, 0x42, 0, 0]),
+        ),
+        // An Ethernet header for c1 and fewer than 20 bytes after it: TC decap
+        // once dropped it as drop_error, XDP delivered it (the property tests).
+        (
+            "drop_malformed",
+            vxlan_frame(REMOTE_VTEP, VNI, 0x08, &to_c1[..14 + 19]),
         ),
     ];
     for (prog, drop) in [

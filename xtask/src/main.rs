@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod prereqs;
 mod vmtest;
 
@@ -36,9 +37,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then run every test: the test bed's self-tests, unit, program
-    /// (BPF_PROG_TEST_RUN), drop events, topology, interop, lifecycle, config,
-    /// gossip cluster, monitor, metrics (installs Debian's prometheus) and logs.
+    /// Build (and the upgrade suite's second build), then run every test: the
+    /// test bed's self-tests, unit, program and properties (BPF_PROG_TEST_RUN),
+    /// drop events, topology, interop, lifecycle, config, gossip cluster,
+    /// monitor, metrics (installs Debian's prometheus), logs, upgrade and faults.
     /// Needs root; nothing is skipped.
     Test {
         /// Extra arguments for the test binaries, e.g. a test name filter.
@@ -52,6 +54,9 @@ enum Task {
     /// Build, then run the kernel tests inside qemu VMs on Debian's 6.1 and 6.12
     /// kernels (fetched with apt-get, cached under target/vmtest).
     Vmtest(vmtest::Args),
+    /// Run each libFuzzer target (cluster file, API request, gossip record,
+    /// transport open) for --seconds, on its seeds, regressions and corpus.
+    Fuzz(fuzz::Args),
     /// Build, then run the overlay in gossip mode across two hosts made of namespaces,
     /// add a container through the CLI, and tear it all down.
     Demo {
@@ -126,6 +131,7 @@ fn try_main() -> Result<()> {
         Task::Test { args } => {
             prereqs::ensure_for_tests()?;
             let binary = build()?;
+            build_upgrade_variant()?;
             prereqs::ensure_prometheus()?;
             // One test at a time: the topology tests each run two agents and move
             // tens of megabytes on a two-core machine. overlay-userspace is there
@@ -161,9 +167,11 @@ fn try_main() -> Result<()> {
             Ok(())
         }
         Task::Lint => lint(),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Vmtest(args) => {
             let binary = build()?;
-            vmtest::run(&args, &binary)
+            let variant = build_upgrade_variant()?;
+            vmtest::run(&args, &binary, &variant)
         }
         Task::Demo { containers } => {
             let binary = build()?;
@@ -223,6 +231,23 @@ fn build() -> Result<PathBuf> {
         }
     }
     Ok(binary)
+}
+
+/// The upgrade suite's second version of the agent (feature
+/// `upgrade-test-variant`: other program code, another FDB size), next to the
+/// first in target/release; its path. Only overlay-userspace is rebuilt for it.
+fn build_upgrade_variant() -> Result<PathBuf> {
+    run(Command::new("cargo").current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "-p",
+        "overlay-userspace",
+        "--bin",
+        "overlay-upgrade-variant",
+        "--features",
+        "upgrade-test-variant",
+    ]))?;
+    Ok(workspace_root().join("target/release/overlay-upgrade-variant"))
 }
 
 /// `cargo fmt --check`, then clippy with warnings denied. The eBPF crate only

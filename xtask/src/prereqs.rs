@@ -12,7 +12,7 @@ use crate::{run, succeeds};
 
 /// The Debian packages whose commands the agent, the tests and the demo run
 /// (the agent writes its way out of the overlay with `nft`).
-const PACKAGES: [(&str, &str); 9] = [
+const PACKAGES: [(&str, &str); 10] = [
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("iperf3", "iperf3"),
@@ -20,8 +20,11 @@ const PACKAGES: [(&str, &str); 9] = [
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
+    // Also the fault suite's loss and partitions (no netem here).
     ("nft", "nftables"),
     ("conntrack", "conntrack"),
+    // The fault suite: gratuitous ARP.
+    ("arping", "iputils-arping"),
 ];
 
 /// What only the tests, `demo --containers` and `bench --docker-run` need: a real dockerd (with
@@ -36,6 +39,7 @@ const TEST_PACKAGES: [&str; 4] = [
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn ensure_all() -> Result<()> {
     ensure_root()?;
@@ -44,6 +48,26 @@ pub fn ensure_all() -> Result<()> {
     ensure_bpf_linker()?;
     ensure_packages()?;
     Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (libFuzzer runs on the nightly, which
+/// the eBPF build installs anyway).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if let Ok(out) = Command::new("cargo").args(["fuzz", "--version"]).output()
+        && out.status.success()
+    {
+        println!(
+            "prereq: cargo-fuzz already installed ({})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        return Ok(());
+    }
+    println!("prereq: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)...");
+    run(Command::new("cargo").args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
 }
 
 /// [`ensure_all`], and what only the tests need.

@@ -27,7 +27,7 @@ use kernel::{KernelImage, Series};
 /// The suites that run inside the VM: the test bed's self-tests and every suite
 /// that exercises the kernel. The list is explicit so that a new suite is a
 /// decision (it must be able to run in a bare initramfs), not an accident.
-const SUITES: [&str; 9] = [
+const SUITES: [&str; 10] = [
     "overlay_tests",
     "kernel_features",
     "program",
@@ -37,6 +37,7 @@ const SUITES: [&str; 9] = [
     "interop",
     "lifecycle",
     "config_errors",
+    "upgrade",
 ];
 
 /// Commands the tests run, carried with their shared libraries, and the host's
@@ -132,7 +133,7 @@ impl fmt::Display for Accel {
     }
 }
 
-pub fn run(args: &Args, overlay: &Path) -> Result<()> {
+pub fn run(args: &Args, overlay: &Path, upgrade_variant: &Path) -> Result<()> {
     prereqs::ensure_debian_packages("the kernel VMs", &PACKAGES)?;
     let series: Vec<Series> = match args.kernel {
         KernelArg::V6_1 => vec![Series::V6_1],
@@ -147,7 +148,7 @@ pub fn run(args: &Args, overlay: &Path) -> Result<()> {
     let suites = build_test_binaries()?;
 
     let scratch = Scratch::create(&cache)?;
-    let common = common_archive(overlay, &suites, args, scratch.path())?;
+    let common = common_archive(overlay, upgrade_variant, &suites, args, scratch.path())?;
     let mut outcomes = Vec::new();
     for kernel in &kernels {
         let outcome = boot_and_test(kernel, &common, args, &cache, scratch.path())
@@ -217,6 +218,7 @@ fn build_test_binaries() -> Result<BTreeMap<String, PathBuf>> {
 /// the agent, the test binaries and the init script. Written once per run.
 fn common_archive(
     overlay: &Path,
+    upgrade_variant: &Path,
     suites: &BTreeMap<String, PathBuf>,
     args: &Args,
     dir: &Path,
@@ -256,6 +258,10 @@ fn common_archive(
         elves.push((format!("{dir}/{tool}"), path));
     }
     elves.push(("/vmtest/overlay".to_owned(), overlay.to_owned()));
+    elves.push((
+        "/vmtest/overlay-upgrade-variant".to_owned(),
+        upgrade_variant.to_owned(),
+    ));
     for (name, exe) in suites {
         elves.push((format!("/vmtest/bin/{name}"), exe.clone()));
     }
@@ -324,7 +330,8 @@ fn init_script(test_args: &[String], accel: Accel) -> String {
     format!(
         r#"#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp
-export OVERLAY_BINARY=/vmtest/overlay OVERLAY_TIMEOUT_SCALE={scale} RUST_BACKTRACE=1
+export OVERLAY_BINARY=/vmtest/overlay OVERLAY_UPGRADE_VARIANT=/vmtest/overlay-upgrade-variant
+export OVERLAY_TIMEOUT_SCALE={scale} RUST_BACKTRACE=1
 fatal() {{ echo "VMTEST-FATAL $*"; poweroff -f; sleep 60; }}
 mount -t proc proc /proc || fatal mounting proc
 mount -t sysfs sysfs /sys || fatal mounting sysfs

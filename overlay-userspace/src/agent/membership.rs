@@ -114,6 +114,14 @@ impl Membership {
         &self.resolved
     }
 
+    /// The view of this node alone, before any gossip: what a starting agent
+    /// fills its tables from first. Says nothing about warmth (gossip may not
+    /// be joined yet).
+    pub fn resolve_own(&mut self, own: &NodeRecord) -> &Resolved {
+        self.resolved = resolve(own, &[], now_ms());
+        &self.resolved
+    }
+
     /// Announces `record` (a no-op without gossip, or when nothing changed).
     pub async fn publish(&mut self, record: &NodeRecord) {
         if let Some(g) = self.gossip.as_mut() {

@@ -81,6 +81,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .pin_dir
         .clone()
         .unwrap_or_else(|| pins::default_pin_dir(&config.node));
+    pins::ensure_on_bpffs(&pin_dir)?;
     let state_dir = opts
         .state_dir
         .clone()

@@ -143,6 +143,11 @@ impl Node {
                 })?;
             }
         }
+        // The view of this node alone (its own networks) before the first
+        // fill: an empty one would withdraw the adopted dataplane's networks
+        // and endpoints until the next pass (found by the upgrade suite).
+        let own = self.own_record();
+        self.membership.resolve_own(&own);
         // Tables and the way out first, with the programs not yet attached to
         // new hooks.
         self.apply(Prune::KeepStaleRemote, true)?;
@@ -339,7 +344,7 @@ impl Node {
                 Ok(changes)
             });
         self.metrics
-            .reconciled(started.elapsed(), applied.as_ref().ok().copied());
+            .reconciled(started.elapsed(), applied.as_ref().ok());
         self.metrics
             .set_view(ClusterView::of(self.membership.resolved(), &desired));
         applied

@@ -118,6 +118,34 @@ pub enum StreamRequest {
     },
 }
 
+/// One request line as the socket receives it: a stream's, which keeps the
+/// connection, or one for the agent's loop. Both share the `op` tag and no op
+/// name, so a line is at most one of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    Stream(StreamRequest),
+    Call(Request),
+}
+
+impl Incoming {
+    /// Decodes one line, a stream's request first; the error is the one-shot
+    /// decoder's, which names the ops a client most likely meant.
+    pub fn decode(line: &str) -> Result<Incoming, serde_json::Error> {
+        if let Ok(request) = serde_json::from_str::<StreamRequest>(line) {
+            return Ok(Incoming::Stream(request));
+        }
+        serde_json::from_str(line).map(Incoming::Call)
+    }
+
+    /// The line a client sends for this request (without its newline).
+    pub fn encode(&self) -> Result<String, serde_json::Error> {
+        match self {
+            Incoming::Stream(request) => serde_json::to_string(request),
+            Incoming::Call(request) => serde_json::to_string(request),
+        }
+    }
+}
+
 /// A network to create, with the options Docker's `network create` and CNI
 /// configurations carry. Absent options take their defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,6 +395,21 @@ mod tests {
             let r: Result<StreamRequest, _> = serde_json::from_str(text);
             assert!(r.is_ok(), "{text}: {r:?}");
         }
+    }
+
+    #[test]
+    fn a_line_is_a_stream_or_a_call_as_its_op_says() {
+        let monitor = Incoming::decode(r#"{"op":"monitor"}"#).unwrap();
+        assert!(matches!(
+            monitor,
+            Incoming::Stream(StreamRequest::Monitor { .. })
+        ));
+        let members = Incoming::decode(r#"{"op":"members"}"#).unwrap();
+        assert_eq!(members, Incoming::Call(Request::Members));
+        let again = Incoming::decode(&members.encode().unwrap()).unwrap();
+        assert_eq!(again, members);
+        let err = Incoming::decode(r#"{"op":"nonsense"}"#).unwrap_err();
+        assert!(err.to_string().contains("nonsense"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::{
 
 use super::{
     MAX_REQUEST,
-    proto::{Call, Request, Response, StreamRequest},
+    proto::{Call, Incoming, Response, StreamRequest},
     stream,
 };
 use crate::monitor::Monitor;
@@ -59,18 +59,22 @@ async fn answer(
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     reader.read_line(&mut line).await?;
-    if let Ok(request) = serde_json::from_str::<StreamRequest>(&line) {
-        let read = reader.into_inner().into_inner();
-        return match request {
-            StreamRequest::Monitor { filter } => {
-                stream::serve_monitor(monitor, &filter, read, write).await
-            }
-            StreamRequest::Trace { a, b, vni } => {
-                stream::serve_trace(monitor, (a, b, vni), read, write).await
-            }
-        };
-    }
-    let response = match serde_json::from_str::<Request>(&line) {
+    let request = match Incoming::decode(&line) {
+        Ok(Incoming::Stream(request)) => {
+            let read = reader.into_inner().into_inner();
+            return match request {
+                StreamRequest::Monitor { filter } => {
+                    stream::serve_monitor(monitor, &filter, read, write).await
+                }
+                StreamRequest::Trace { a, b, vni } => {
+                    stream::serve_trace(monitor, (a, b, vni), read, write).await
+                }
+            };
+        }
+        Ok(Incoming::Call(request)) => Ok(request),
+        Err(e) => Err(e),
+    };
+    let response = match request {
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
             if calls.send((request, tx)).await.is_err() {

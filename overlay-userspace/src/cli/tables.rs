@@ -12,7 +12,7 @@ use overlay_common::{FDB_KIND_GATEWAY, FDB_KIND_LOCAL, FDB_KIND_REMOTE};
 use serde_json::{Value, json};
 
 use crate::{
-    dataplane::{maps::Maps, pins},
+    dataplane::{maps::Maps, pins, usage::Occupancy},
     host,
     model::Mac,
 };
@@ -148,7 +148,7 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
             (vec!["VTEP", "ENDPOINTS"], rows)
         }
         Table::Stats => {
-            let rows = maps
+            let mut rows: Vec<_> = maps
                 .counter_totals()?
                 .into_iter()
                 .map(|(counter, total)| {
@@ -159,6 +159,19 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
                     ]
                 })
                 .collect();
+            let fill = maps.fill()?;
+            if !as_json {
+                let counters = render_rows(&["COUNTER", "PACKETS", "BYTES"], rows);
+                return Ok(format!("{counters}\n{}", render_fill(&fill)));
+            }
+            for o in fill {
+                rows.push(vec![
+                    ("map", json!(o.map)),
+                    ("entries", json!(o.entries)),
+                    ("max_entries", json!(o.max_entries)),
+                    ("full", json!(o.entries >= o.max_entries)),
+                ]);
+            }
             (vec!["COUNTER", "PACKETS", "BYTES"], rows)
         }
     };
@@ -169,6 +182,10 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
             .collect();
         return Ok(serde_json::to_string_pretty(&objects)? + "\n");
     }
+    Ok(render_rows(&header, rows))
+}
+
+fn render_rows(header: &[&str], rows: Vec<Row>) -> String {
     let cells: Vec<Vec<String>> = rows
         .into_iter()
         .map(|row| {
@@ -177,7 +194,35 @@ pub fn render(table: Table, dir: &Path, as_json: bool) -> Result<String> {
                 .collect()
         })
         .collect();
-    Ok(format_table(&header, &cells))
+    format_table(header, &cells)
+}
+
+/// The tables' fill, with the full ones called out: the agent could not add
+/// entries there (its log names the count).
+fn render_fill(fill: &[Occupancy]) -> String {
+    let rows: Vec<Vec<String>> = fill
+        .iter()
+        .map(
+            |&Occupancy {
+                 map: name,
+                 entries,
+                 max_entries: max,
+             }| {
+                let state = if entries >= max {
+                    "FULL: new entries are refused"
+                } else {
+                    "ok"
+                };
+                vec![
+                    name.to_owned(),
+                    entries.to_string(),
+                    max.to_string(),
+                    state.to_owned(),
+                ]
+            },
+        )
+        .collect();
+    format_table(&["MAP", "ENTRIES", "MAX", "STATE"], &rows)
 }
 
 pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, IterableMap as _, Map, MapData, PerCpuArray},
 };
 use overlay_common::{
     Config, CounterValue, Endpoint, FdbEntry, FdbKey, MonitorCpu, NeighEntry, NeighKey, Network,
@@ -72,6 +72,22 @@ impl Maps {
             monitor: PerCpuArray::try_from(take(map_names::MONITOR)?)?,
             trace: Array::try_from(take(map_names::TRACE)?)?,
         })
+    }
+
+    /// The capacity of map `name`, from the kernel.
+    pub fn max_entries(&self, name: &str) -> Option<u32> {
+        let data = match name {
+            map_names::CONFIG => self.config.map(),
+            map_names::NETWORKS => self.networks.map(),
+            map_names::ENDPOINTS => self.endpoints.map(),
+            map_names::FDB => self.fdb.map(),
+            map_names::NEIGH => self.neigh.map(),
+            map_names::VTEPS => self.vteps.map(),
+            map_names::STATS => self.stats.map(),
+            map_names::ENDPOINT_DEVS => self.endpoint_devs.map(),
+            _ => return None,
+        };
+        data.info().ok().map(|i| i.max_entries())
     }
 
     /// Opens the maps a running (or kept) agent pinned under `dir`.

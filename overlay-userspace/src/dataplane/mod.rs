@@ -6,6 +6,8 @@
 //!   diff, applied; `batch`: whole-map reads;
 //! - [`programs`]: loading and attaching the programs; [`kernel`]: what the
 //!   running kernel offers them;
+//! - [`upgrade`] and `swap`: taking over from an agent of another version
+//!   (maps migrated, programs swapped atomically under the live maps).
 //! - [`usage`]: counters and occupancy as the maps hold them; [`events`]: the
 //!   drop events of the monitor; [`logs`]: the programs' log records.
 
@@ -17,11 +19,17 @@ pub mod maps;
 pub mod pins;
 pub mod programs;
 pub mod reconcile;
+mod swap;
+pub mod upgrade;
 pub mod usage;
 
-use std::path::Path;
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result};
+use log::{info, warn};
 use overlay_common::{CONFIG_F_MONITOR, CONFIG_F_TRACE, TraceFlow};
 
 use self::{
@@ -29,6 +37,7 @@ use self::{
     maps::Maps,
     programs::{Hook, Programs},
     reconcile::{Changes, Prune, Tables},
+    upgrade::MapChange,
 };
 use crate::{
     config::DecapMode,
@@ -67,6 +76,13 @@ pub struct Dataplane {
     maps: Maps,
     programs: Programs,
     decap: DecapMode,
+    pin_dir: PathBuf,
+    /// A previous agent's dataplane is still running: its attachments are to
+    /// be swapped to this agent's programs, and these maps migrated, once the
+    /// desired state is complete.
+    takeover: Option<Vec<MapChange>>,
+    /// Maps found full, each reported once until it has room again.
+    full: BTreeSet<&'static str>,
     observe: Observe,
     /// Until the agent takes them to its monitor.
     events: Option<DropEvents>,
@@ -79,7 +95,10 @@ impl Dataplane {
     /// maps a previous agent left there (see [`pins::load_adopting`]), and
     /// starts reading their logs.
     pub fn load(pin_dir: &Path, decap: DecapMode) -> Result<Dataplane> {
-        let (mut ebpf, maps) = pins::load_adopting(pin_dir)?;
+        let adopting = pins::holds_pins(pin_dir);
+        let (mut ebpf, maps, changes) = pins::load_adopting(pin_dir)?;
+        // The readers hold this object's maps, which the programs swapped in
+        // write to: a takeover keeps them working.
         let events = DropEvents::take(&mut ebpf)?;
         let logs = logs::start(&mut ebpf)?;
         let programs = match Programs::load(ebpf, pin_dir) {
@@ -93,17 +112,66 @@ impl Dataplane {
             maps,
             programs,
             decap,
+            pin_dir: pin_dir.to_owned(),
+            takeover: adopting.then_some(changes),
+            full: BTreeSet::new(),
             observe: Observe::default(),
             events: Some(events),
             logs,
         })
     }
 
-    /// Brings every map to what `desired` implies.
+    /// Brings every map to what `desired` implies. The first time the state is
+    /// complete (`Prune::All`: the cluster view is warm), a previous agent's
+    /// dataplane is taken over: its attachments swapped to this agent's
+    /// programs, and the migrated maps pinned in place of the old ones.
     pub fn apply(&mut self, desired: &DesiredState, prune: Prune) -> Result<Changes> {
         let mut want = Tables::from_desired(desired);
         want.config.flags |= self.observe.flags();
-        reconcile::reconcile_with(&mut self.maps, &want, prune)
+        let changes = reconcile::reconcile_with(&mut self.maps, &want, prune)?;
+        self.report_full(&changes);
+        if prune == Prune::All
+            && let Some(migrated) = &self.takeover
+        {
+            self.programs.swap_adopted()?;
+            upgrade::promote_migrated(&self.pin_dir, migrated)?;
+            if !migrated.is_empty() {
+                let names: Vec<String> = migrated.iter().map(ToString::to_string).collect();
+                info!("migrated map(s) now in use: {}", names.join(", "));
+            }
+            self.takeover = None;
+        }
+        Ok(changes)
+    }
+
+    /// Logs a map that refused entries for want of room once, naming it, and
+    /// once more when it has room again. `overlay stats` shows the same from
+    /// the pins.
+    fn report_full(&mut self, changes: &Changes) {
+        for (&name, &refused) in &changes.refused {
+            if self.full.insert(name) {
+                let max = self.maps.max_entries(name).unwrap_or(0);
+                warn!(
+                    "map {name} is full ({max} entries): {refused} entr{} the desired state holds \
+                     could not be installed; the rest of the dataplane is unaffected. This node's \
+                     own endpoints and gateways go in first; traffic to the missing remote ones is dropped \
+                     (drop_no_fdb) until entries are freed",
+                    if refused == 1 { "y" } else { "ies" }
+                );
+            }
+        }
+        self.full.retain(|name| {
+            let still = changes.refused.contains_key(name);
+            if !still {
+                info!("map {name} has room again: every entry of the desired state is installed");
+            }
+            still
+        });
+    }
+
+    /// Whether the previous agent's programs still run, waiting for the swap.
+    pub fn swap_pending(&self) -> bool {
+        self.takeover.is_some()
     }
 
     /// Asks the programs to report what `observe` says, at once: the flow
@@ -170,7 +238,9 @@ impl Dataplane {
     }
 
     /// Leaves programs, links and maps in place for the next agent. Nobody
-    /// listens any more, so the programs stop writing events.
+    /// listens any more, so the programs stop writing events. Maps of a
+    /// migration that was not swapped in yet are removed: the previous
+    /// agent's maps still serve its programs, and the next agent starts over.
     pub fn keep(mut self) {
         if self.observe != Observe::default()
             && let Err(e) = self.set_observe(Observe::default())
@@ -178,6 +248,11 @@ impl Dataplane {
             log::warn!("clearing the monitor flags before leaving: {e:#}");
         }
         self.programs.keep_all();
+        if self.takeover.is_some()
+            && let Err(e) = upgrade::clear_migrating(&self.pin_dir)
+        {
+            log::warn!("{e:#}");
+        }
     }
 
     /// Detaches every program and removes the pins. Carries on past errors and

@@ -8,13 +8,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Map, MapData},
-};
+use aya::{Ebpf, EbpfLoader};
 use overlay_common::map_names;
 
-use super::{ebpf_object, logs, maps::Maps};
+use super::{
+    ebpf_object, logs,
+    maps::Maps,
+    upgrade::{self, MIGRATING_DIR, MapChange},
+};
 
 /// Default root under which each node pins its maps, in `<root>/<node>/`.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/overlay";
@@ -35,13 +36,20 @@ pub fn holds_pins(dir: &Path) -> bool {
 /// ones are created and pinned.
 ///
 /// A pinned map whose shape differs from this build's (another version of the
-/// ABI) is refused rather than reused.
-pub fn load_adopting(pin_dir: &Path) -> Result<(Ebpf, Maps)> {
+/// ABI) is not reused: it is migrated (see [`upgrade`]), and returned.
+pub fn load_adopting(pin_dir: &Path) -> Result<(Ebpf, Maps, Vec<MapChange>)> {
+    ensure_on_bpffs(pin_dir)?;
     fs::create_dir_all(pin_dir)
         .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-    if holds_pins(pin_dir) {
-        check_pinned_shapes(pin_dir)?;
-    }
+    let changes = if holds_pins(pin_dir) {
+        let changes = upgrade::changed_maps(pin_dir)?;
+        if !changes.is_empty() {
+            upgrade::check_sole_users(pin_dir, &changes)?;
+        }
+        changes
+    } else {
+        Vec::new()
+    };
     let paths: Vec<(&str, PathBuf)> = map_names::ALL
         .iter()
         .map(|name| (*name, pin_dir.join(name)))
@@ -52,69 +60,69 @@ pub fn load_adopting(pin_dir: &Path) -> Result<(Ebpf, Maps)> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
+    upgrade::pin_migrating(&mut loader, pin_dir, &changes)?;
     loader.override_global(aya_log::LEVEL, &log_level, true);
     let mut ebpf = loader
         .load(ebpf_object())
         .context("loading the eBPF object")?;
     let maps = Maps::take(&mut ebpf)?;
-    Ok((ebpf, maps))
+    Ok((ebpf, maps, changes))
 }
 
-/// Compares each pinned map with the map this build would create.
-fn check_pinned_shapes(pin_dir: &Path) -> Result<()> {
-    let mut fresh = Ebpf::load(ebpf_object()).context("loading the eBPF object")?;
-    for name in map_names::ALL {
-        let path = pin_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let pinned = MapData::from_pin(&path)
-            .with_context(|| format!("opening pinned map {}", path.display()))?
-            .info()?;
-        let Some(map) = fresh.map_mut(name) else {
-            continue;
-        };
-        let ours = match map {
-            Map::Array(m)
-            | Map::HashMap(m)
-            | Map::PerCpuArray(m)
-            | Map::DevMapHash(m)
-            | Map::RingBuf(m) => m.info()?,
-            _ => continue,
-        };
-        if (
-            pinned.map_type().ok(),
-            pinned.key_size(),
-            pinned.value_size(),
-            pinned.max_entries(),
-        ) != (
-            ours.map_type().ok(),
-            ours.key_size(),
-            ours.value_size(),
-            ours.max_entries(),
-        ) {
-            bail!(
-                "the map pinned at {} was made by another version of the dataplane (its shape differs); \
-                 stop that node's dataplane (`overlay agent` without --keep, or remove {}) before starting this one",
-                path.display(),
-                pin_dir.display()
-            );
-        }
+/// Pins live only on a BPF filesystem. Checked on the nearest existing parent
+/// of `pin_dir`, before anything is created, so that a hidden bpffs (`ip netns
+/// exec` remounts /sys) is named as such instead of failing on a missing file.
+pub fn ensure_on_bpffs(pin_dir: &Path) -> Result<()> {
+    let Some(existing) = pin_dir.ancestors().find(|p| p.exists()) else {
+        bail!("pin directory {} has no existing parent", pin_dir.display());
+    };
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+        .context("pin directory path has a NUL byte")?;
+    // SAFETY: statfs writes into the zeroed struct it is given; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", existing.display()));
     }
-    Ok(())
+    if st.f_type == libc::BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let hint = if pin_dir.starts_with("/sys/fs/bpf") {
+        "no BPF filesystem is mounted at /sys/fs/bpf here. `ip netns exec` remounts /sys in a \
+         mount namespace of its own, which hides the host's bpffs (and a bpffs mounted there \
+         would not be the host's, so no other agent or `overlay` command would see the pins): \
+         run the agent with `nsenter --net=/run/netns/NAME overlay agent …` instead. Without \
+         `ip netns exec`, mount it with `mount -t bpf bpf /sys/fs/bpf`"
+    } else {
+        "pass --pin-dir on a mounted BPF filesystem (`mount -t bpf bpf DIR`)"
+    };
+    bail!(
+        "pin directory {}: {} is not on a BPF filesystem (statfs type {:#x}); {hint}",
+        pin_dir.display(),
+        existing.display(),
+        st.f_type
+    )
 }
 
-/// Where program links are pinned, inside a node's pin directory.
+/// Where program links are pinned, inside a node's pin directory. Netlink
+/// filters (kernels before TCX) have no link; each has a directory of its hook's
+/// name there instead, so the next agent knows to replace it.
 pub const LINKS_DIR: &str = "links";
+
+/// Where the running agent's programs are pinned: the next agent's way back if
+/// its swap must be rolled back.
+pub const PROGRAMS_DIR: &str = "programs";
 
 /// Removes the pins of every map under `dir`, then `dir` itself if it is empty.
 /// Pinned links go too, which detaches their programs.
 pub fn unpin(dir: &Path) -> Result<()> {
-    if let Ok(links) = fs::read_dir(dir.join(LINKS_DIR)) {
-        for link in links.flatten() {
-            let _ = fs::remove_file(link.path());
+    for sub in [LINKS_DIR, PROGRAMS_DIR, MIGRATING_DIR] {
+        if let Ok(entries) = fs::read_dir(dir.join(sub)) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path()).or_else(|_| fs::remove_dir(entry.path()));
+            }
+            let _ = fs::remove_dir(dir.join(sub));
         }
-        let _ = fs::remove_dir(dir.join(LINKS_DIR));
     }
     for name in map_names::ALL {
         match fs::remove_file(dir.join(name)) {

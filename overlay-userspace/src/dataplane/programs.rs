@@ -2,7 +2,7 @@
 //! dataplane outlives an agent that is killed or exits with `--keep`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::ErrorKind,
     path::{Path, PathBuf},
@@ -16,6 +16,7 @@ use aya::{
         links::{FdLink, Link as _, PinnedLink},
         tc::{
             self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcError,
+            TcHandle,
         },
         xdp::XdpLink,
     },
@@ -24,7 +25,7 @@ use overlay_common::program_names;
 
 use super::{
     kernel::{self, TcAttach},
-    pins::LINKS_DIR,
+    pins::{LINKS_DIR, PROGRAMS_DIR},
 };
 use crate::{config::DecapMode, host::netns::NetnsGuard};
 
@@ -40,7 +41,7 @@ pub enum Hook {
 }
 
 impl Hook {
-    fn pin_name(&self) -> String {
+    pub(super) fn pin_name(&self) -> String {
         match self {
             Hook::Endpoint(i) => format!("endpoint-{i}"),
             Hook::PeerXdp(i) => format!("peer-xdp-{i}"),
@@ -48,22 +49,69 @@ impl Hook {
             Hook::UnderlayXdp(i) => format!("underlay-xdp-{i}"),
         }
     }
+
+    /// The hook whose link (or netlink filter's directory) is pinned as `name`.
+    fn from_pin_name(name: &str) -> Option<Hook> {
+        type Make = fn(String) -> Hook;
+        let kinds: [(&str, Make); 4] = [
+            ("endpoint-", Hook::Endpoint),
+            ("peer-xdp-", Hook::PeerXdp),
+            ("underlay-tc-", Hook::UnderlayTc),
+            ("underlay-xdp-", Hook::UnderlayXdp),
+        ];
+        kinds
+            .into_iter()
+            .find_map(|(prefix, hook)| name.strip_prefix(prefix).map(|i| hook(i.to_owned())))
+    }
+
+    /// The program this hook runs.
+    pub(super) fn program(&self) -> &'static str {
+        match self {
+            Hook::Endpoint(_) => program_names::ENDPOINT_INGRESS,
+            Hook::PeerXdp(_) => program_names::ENDPOINT_PEER_XDP,
+            Hook::UnderlayTc(_) => program_names::UNDERLAY_INGRESS_TC,
+            Hook::UnderlayXdp(_) => program_names::UNDERLAY_XDP,
+        }
+    }
+
+    /// The interface of a TC hook, which may be a netlink filter.
+    pub(super) fn tc_ifname(&self) -> Option<&str> {
+        match self {
+            Hook::Endpoint(i) | Hook::UnderlayTc(i) => Some(i),
+            Hook::PeerXdp(_) | Hook::UnderlayXdp(_) => None,
+        }
+    }
 }
+
+/// Every program the agent loads, TC classifiers first.
+const TC_PROGRAMS: [&str; 2] = [
+    program_names::ENDPOINT_INGRESS,
+    program_names::UNDERLAY_INGRESS_TC,
+];
+const XDP_PROGRAMS: [&str; 2] = [
+    program_names::UNDERLAY_XDP,
+    program_names::ENDPOINT_PEER_XDP,
+];
 
 /// One attachment. Links are pinned, so that the dataplane outlives the agent
 /// when it is killed or exits with --keep, and a later agent adopts them.
 /// TC attachments made through netlink (before TCX, kernels < 6.6) have no link
 /// to pin; they stay until removed.
-enum Attachment {
+pub(super) enum Attachment {
     Pinned(PinnedLink),
-    TcNetlink(SchedClassifierLink),
+    /// A netlink filter, and the directory in `links/` that tells the next
+    /// agent it is there.
+    TcNetlink(SchedClassifierLink, PathBuf),
 }
 
 impl Attachment {
     fn detach(self) -> Result<()> {
         match self {
             Attachment::Pinned(link) => link.unpin()?.detach()?,
-            Attachment::TcNetlink(link) => link.detach()?,
+            Attachment::TcNetlink(link, marker) => {
+                link.detach()?;
+                let _ = fs::remove_dir(marker);
+            }
         }
         Ok(())
     }
@@ -71,9 +119,13 @@ impl Attachment {
 
 /// The loaded programs and what they are attached to.
 pub struct Programs {
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
+    pub(super) pin_dir: PathBuf,
     links_dir: PathBuf,
-    attachments: BTreeMap<Hook, Attachment>,
+    pub(super) attachments: BTreeMap<Hook, Attachment>,
+    /// Attachments a previous agent left, still running its programs until
+    /// [`Programs::swap_adopted`].
+    pub(super) adopted: BTreeSet<Hook>,
 }
 
 impl Programs {
@@ -83,18 +135,12 @@ impl Programs {
     pub fn load(mut ebpf: Ebpf, pin_dir: &Path) -> Result<Programs> {
         kernel::check_features()?;
         kernel::tc_attach();
-        for name in [
-            program_names::ENDPOINT_INGRESS,
-            program_names::UNDERLAY_INGRESS_TC,
-        ] {
+        for name in TC_PROGRAMS {
             classifier(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading program {name}"))?;
         }
-        for name in [
-            program_names::UNDERLAY_XDP,
-            program_names::ENDPOINT_PEER_XDP,
-        ] {
+        for name in XDP_PROGRAMS {
             xdp(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading program {name}"))?;
@@ -102,40 +148,80 @@ impl Programs {
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .with_context(|| format!("creating {}", links_dir.display()))?;
-        Ok(Programs {
+        let mut programs = Programs {
             ebpf,
+            pin_dir: pin_dir.to_owned(),
             links_dir,
             attachments: BTreeMap::new(),
-        })
+            adopted: BTreeSet::new(),
+        };
+        // A previous agent's pinned programs are its way back until the swap;
+        // on a fresh dataplane ours go there now.
+        let fresh = fs::read_dir(&programs.links_dir).map_or(true, |mut d| d.next().is_none());
+        if fresh {
+            programs.pin_programs()?;
+        }
+        Ok(programs)
     }
 
-    /// Takes over a link a previous agent pinned for `hook`; false if there is none.
-    fn adopt(&mut self, hook: &Hook) -> Result<bool> {
-        if self.attachments.contains_key(hook) {
-            return Ok(true);
-        }
-        let path = self.links_dir.join(hook.pin_name());
-        if !path.exists() {
-            return Ok(false);
-        }
-        let link = PinnedLink::from_pin(&path)
-            .with_context(|| format!("opening pinned link {}", path.display()))?;
-        self.attachments
-            .insert(hook.clone(), Attachment::Pinned(link));
-        Ok(true)
-    }
-
-    fn pin(&mut self, hook: Hook, link: Result<FdLink, Attachment>) -> Result<()> {
-        let attachment = match link {
-            Ok(fd_link) => {
-                let path = self.links_dir.join(hook.pin_name());
-                Attachment::Pinned(
-                    fd_link
-                        .pin(&path)
-                        .with_context(|| format!("pinning link {}", path.display()))?,
-                )
+    /// Pins this agent's programs under `programs/`, replacing a previous
+    /// agent's.
+    pub(super) fn pin_programs(&mut self) -> Result<()> {
+        let dir = self.pin_dir.join(PROGRAMS_DIR);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for name in TC_PROGRAMS.into_iter().chain(XDP_PROGRAMS) {
+            let path = dir.join(name);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", path.display()));
+                }
+                _ => {}
             }
-            Err(netlink) => netlink,
+            let program = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("the eBPF object has no program {name}"))?;
+            program
+                .pin(&path)
+                .with_context(|| format!("pinning {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a previous agent left an attachment at `hook`: a pinned link, or
+    /// the directory of a netlink filter. Such a hook is taken over as it is and
+    /// swapped later, with all others at once ([`Programs::swap_adopted`]).
+    fn adopt(&mut self, hook: &Hook) -> bool {
+        if self.attachments.contains_key(hook) || self.adopted.contains(hook) {
+            return true;
+        }
+        if !self.links_dir.join(hook.pin_name()).exists() {
+            return false;
+        }
+        self.adopted.insert(hook.clone());
+        true
+    }
+
+    pub(super) fn link_path(&self, hook: &Hook) -> PathBuf {
+        self.links_dir.join(hook.pin_name())
+    }
+
+    fn pin(&mut self, hook: Hook, link: Result<FdLink, SchedClassifierLink>) -> Result<()> {
+        let path = self.link_path(&hook);
+        let attachment = match link {
+            Ok(fd_link) => Attachment::Pinned(
+                fd_link
+                    .pin(&path)
+                    .with_context(|| format!("pinning link {}", path.display()))?,
+            ),
+            Err(netlink) => {
+                if let Err(e) = fs::create_dir(&path)
+                    && e.kind() != ErrorKind::AlreadyExists
+                {
+                    return Err(e).with_context(|| format!("creating {}", path.display()));
+                }
+                Attachment::TcNetlink(netlink, path)
+            }
         };
         self.attachments.insert(hook, attachment);
         Ok(())
@@ -143,7 +229,7 @@ impl Programs {
 
     pub fn attach_endpoint(&mut self, host_ifname: &str) -> Result<()> {
         let hook = Hook::Endpoint(host_ifname.to_owned());
-        if self.adopt(&hook)? {
+        if self.adopt(&hook) {
             return Ok(());
         }
         let program = classifier(&mut self.ebpf, program_names::ENDPOINT_INGRESS)?;
@@ -162,7 +248,7 @@ impl Programs {
     /// container's namespace, so XDP-redirected frames are accepted there.
     pub fn attach_peer_xdp(&mut self, host_ifname: &str, netns: &Path, ifname: &str) -> Result<()> {
         let hook = Hook::PeerXdp(host_ifname.to_owned());
-        if self.adopt(&hook)? {
+        if self.adopt(&hook) {
             return Ok(());
         }
         let link = {
@@ -185,7 +271,7 @@ impl Programs {
             DecapMode::Tc => Hook::UnderlayTc(underlay.to_owned()),
             DecapMode::Xdp => Hook::UnderlayXdp(underlay.to_owned()),
         };
-        if self.adopt(&hook)? {
+        if self.adopt(&hook) {
             return Ok(());
         }
         let link = match mode {
@@ -208,23 +294,42 @@ impl Programs {
 
     /// Detaches what is attached at `hook`, if anything.
     pub fn detach(&mut self, hook: &Hook) -> Result<()> {
+        if self.adopted.remove(hook) {
+            return detach_left(&self.link_path(hook), hook);
+        }
         match self.attachments.remove(hook) {
             Some(a) => a.detach(),
             None => Ok(()),
         }
     }
 
-    /// Links pinned by a previous agent that nothing adopted: what it attached
+    /// Attachments a previous agent left that nothing adopted: what it attached
     /// for endpoints or modes that are gone. Detaches them.
     pub fn detach_unadopted(&mut self) -> Vec<String> {
-        let adopted: Vec<String> = self.attachments.keys().map(Hook::pin_name).collect();
+        let wanted: Vec<String> = self
+            .attachments
+            .keys()
+            .chain(&self.adopted)
+            .map(Hook::pin_name)
+            .collect();
         let mut removed = Vec::new();
-        if let Ok(dir) = fs::read_dir(&self.links_dir) {
-            for entry in dir.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !adopted.contains(&name) && fs::remove_file(entry.path()).is_ok() {
-                    removed.push(name);
-                }
+        for entry in fs::read_dir(&self.links_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if wanted.contains(&name) {
+                continue;
+            }
+            let gone = if entry.path().is_dir() {
+                // A netlink filter's directory.
+                Hook::from_pin_name(&name).is_some_and(|h| detach_left(&entry.path(), &h).is_ok())
+            } else {
+                fs::remove_file(entry.path()).is_ok()
+            };
+            if gone {
+                removed.push(name);
             }
         }
         removed
@@ -239,17 +344,23 @@ impl Programs {
                 first_err.get_or_insert(e);
             }
         }
+        for hook in std::mem::take(&mut self.adopted) {
+            if let Err(e) = detach_left(&self.link_path(&hook), &hook) {
+                first_err.get_or_insert(e);
+            }
+        }
         first_err.map_or(Ok(()), Err)
     }
 
     /// Leaves every attachment in place for a later agent: pinned links stay
     /// pinned, netlink attachments stay attached.
     pub fn keep_all(&mut self) {
+        self.adopted.clear();
         for (_, attachment) in std::mem::take(&mut self.attachments) {
             match attachment {
                 Attachment::Pinned(_) => {}
                 // Dropping these would detach them.
-                Attachment::TcNetlink(l) => std::mem::forget(l),
+                Attachment::TcNetlink(l, _) => std::mem::forget(l),
             }
         }
     }
@@ -261,12 +372,17 @@ impl Programs {
     }
 }
 
+/// The priority and handle of every netlink filter of ours: fixed, so the next
+/// agent can replace the filter in place (`tc filter replace`), which is atomic.
+pub(super) const NL_PRIORITY: u16 = 0x4f56;
+pub(super) const NL_HANDLE: TcHandle = TcHandle::new(0, 0x4f56);
+
 /// Attaches classifier `name` at `ifname`'s ingress the way
 /// [`kernel::tc_attach`] chose. A netlink filter needs the clsact qdisc first;
 /// one already there (another TC user's, or ours for an earlier hook) is shared,
-/// and stays when the agent leaves, as `tc` leaves it. Netlink filters have no
-/// link to pin and adopt, so a filter of ours that a kept or killed agent left
-/// on the interface is replaced rather than doubled.
+/// and stays when the agent leaves, as `tc` leaves it. A filter of ours that an
+/// agent left on the interface without saying so (before filters had a fixed
+/// priority) is replaced rather than doubled.
 fn attach_tc_ingress(
     program: &mut SchedClassifier,
     name: &str,
@@ -275,13 +391,7 @@ fn attach_tc_ingress(
     let options = match kernel::tc_attach() {
         TcAttach::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
         TcAttach::NetlinkClsact => {
-            match tc::qdisc_add_clsact(ifname) {
-                Ok(()) => {}
-                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("adding a clsact qdisc to {ifname}"));
-                }
-            }
+            ensure_clsact(ifname)?;
             match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, name) {
                 Ok(()) => {
                     log::info!("replaced the {name} filter a previous agent left on {ifname}");
@@ -292,18 +402,52 @@ fn attach_tc_ingress(
                         .with_context(|| format!("removing a stale {name} filter from {ifname}"));
                 }
             }
-            TcAttachOptions::Netlink(NlOptions::default())
+            TcAttachOptions::Netlink(NlOptions {
+                priority: NL_PRIORITY,
+                handle: NL_HANDLE,
+                ..NlOptions::default()
+            })
         }
     };
     Ok(program.attach_with_options(ifname, TcAttachType::Ingress, options)?)
 }
 
-fn tc_fd_link(link: SchedClassifierLink) -> Result<FdLink, Attachment> {
+pub(super) fn ensure_clsact(ifname: &str) -> Result<()> {
+    match tc::qdisc_add_clsact(ifname) {
+        Ok(()) => Ok(()),
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("adding a clsact qdisc to {ifname}")),
+    }
+}
+
+/// Detaches an attachment a previous agent left at `hook`: unpinning its link,
+/// or removing its netlink filter and the directory that marks it.
+fn detach_left(path: &Path, hook: &Hook) -> Result<()> {
+    if path.is_dir() {
+        if let Some(ifname) = hook.tc_ifname() {
+            match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, hook.program()) {
+                Ok(()) => {}
+                Err(TcError::IoError(e)) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("detaching from {ifname}")),
+            }
+        }
+        let _ = fs::remove_dir(path);
+        return Ok(());
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("unpinning {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn tc_fd_link(link: SchedClassifierLink) -> Result<FdLink, SchedClassifierLink> {
     // Only a TCX attachment is a bpf_link; try_from consumes the link, so check first.
     if <&FdLink>::try_from(&link).is_ok() {
         Ok(FdLink::try_from(link).expect("checked above"))
     } else {
-        Err(Attachment::TcNetlink(link))
+        Err(link)
     }
 }
 

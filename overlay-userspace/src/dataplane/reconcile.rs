@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 use anyhow::{Context as _, Result};
 use aya::{
     Pod,
-    maps::{HashMap, MapData},
+    maps::{HashMap, IterableMap as _, MapData},
 };
 use overlay_common::{
     Config, Endpoint, FDB_KIND_GATEWAY, FDB_KIND_LOCAL, FDB_KIND_REMOTE, FdbEntry, FdbKey,
@@ -96,24 +96,33 @@ impl Tables {
     }
 }
 
-/// How many entries one reconcile pass added, changed and removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How many entries one reconcile pass added, changed and removed, and how
+/// many it could not add because their map was full, per map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub added: usize,
     pub updated: usize,
     pub removed: usize,
+    pub refused: BTreeMap<&'static str, usize>,
 }
 
 impl Changes {
+    /// Whether the pass changed nothing (refusals are reported on their own).
     pub fn is_empty(&self) -> bool {
-        *self == Changes::default()
+        self.added + self.updated + self.removed == 0
     }
-    fn merge(&mut self, other: Changes) {
+    fn merge(&mut self, map: &'static str, other: &Changes) {
         self.added += other.added;
         self.updated += other.updated;
         self.removed += other.removed;
+        if let Some(&n) = other.refused.get(SELF) {
+            self.refused.insert(map, n);
+        }
     }
 }
+
+/// The key a single map's pass uses for its own refusals, renamed on merge.
+const SELF: &str = "";
 
 impl fmt::Display for Changes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -142,14 +151,21 @@ pub enum Prune {
 }
 
 pub fn reconcile_with(maps: &mut Maps, want: &Tables, prune: Prune) -> Result<Changes> {
+    use overlay_common::map_names::{ENDPOINT_DEVS, ENDPOINTS, FDB, NEIGH, NETWORKS, VTEPS};
     let prune_remote = prune == Prune::All;
     let mut changes = Changes::default();
-    changes.merge(sync_hash(&mut maps.networks, &want.networks, true).context("NETWORKS")?);
-    changes.merge(sync_hash(&mut maps.vteps, &want.vteps, prune_remote).context("VTEPS")?);
-    changes.merge(sync_hash(&mut maps.endpoints, &want.endpoints, true).context("ENDPOINTS")?);
-    changes.merge(sync_fdb(&mut maps.fdb, &want.fdb, prune_remote).context("FDB")?);
-    changes.merge(sync_hash(&mut maps.neigh, &want.neigh, prune_remote).context("NEIGH")?);
-    changes.merge(sync_devmap(maps, &want.endpoint_devs).context("ENDPOINT_DEVS")?);
+    let pass = sync_hash(&mut maps.networks, &want.networks, true, in_key_order);
+    changes.merge(NETWORKS, &pass.context(NETWORKS)?);
+    let pass = sync_hash(&mut maps.vteps, &want.vteps, prune_remote, in_key_order);
+    changes.merge(VTEPS, &pass.context(VTEPS)?);
+    let pass = sync_hash(&mut maps.endpoints, &want.endpoints, true, in_key_order);
+    changes.merge(ENDPOINTS, &pass.context(ENDPOINTS)?);
+    let pass = sync_fdb(&mut maps.fdb, &want.fdb, prune_remote);
+    changes.merge(FDB, &pass.context(FDB)?);
+    let pass = sync_hash(&mut maps.neigh, &want.neigh, prune_remote, in_key_order);
+    changes.merge(NEIGH, &pass.context(NEIGH)?);
+    let pass = sync_devmap(maps, &want.endpoint_devs);
+    changes.merge(ENDPOINT_DEVS, &pass.context(ENDPOINT_DEVS)?);
     let current = maps.config.get(&0, 0).context("reading CONFIG")?;
     if current != want.config {
         maps.config
@@ -174,13 +190,20 @@ fn sync_fdb(
             }
         }
     }
-    sync_hash(map, want, prune_remote)
+    // This node's own endpoints and gateways go in first: a full FDB refuses
+    // remote ones.
+    sync_hash(map, want, prune_remote, |e| e.kind != FDB_KIND_REMOTE)
 }
 
+/// Brings one hash map to `want`. When `want` does not fit, the map holds the
+/// entries `first` picks, then the others in key order, up to its capacity,
+/// whatever it held before; the rest are counted as refused, and the pass goes
+/// on: a full map must not stop the rest of the tables.
 fn sync_hash<K, V>(
     map: &mut HashMap<MapData, K, V>,
     want: &BTreeMap<K, V>,
     prune: bool,
+    first: impl Fn(&V) -> bool,
 ) -> Result<Changes>
 where
     K: Pod + Ord,
@@ -191,19 +214,63 @@ where
         Some(current) => current,
         None => map.iter().collect::<Result<_, _>>()?,
     };
-    for key in current.keys().filter(|k| prune && !want.contains_key(k)) {
+    let stale_kept = if prune {
+        0
+    } else {
+        current.keys().filter(|k| !want.contains_key(k)).count()
+    };
+    let capacity = map.map().info()?.max_entries() as usize;
+    let room = capacity.saturating_sub(stale_kept);
+    let ordered: Vec<(&K, &V)> = want
+        .iter()
+        .filter(|(_, v)| first(v))
+        .chain(want.iter().filter(|(_, v)| !first(v)))
+        .collect();
+    let (fits, left_out) = ordered.split_at(ordered.len().min(room));
+    // Wanted entries that do not fit give up their slots to those that do.
+    let gone = current
+        .keys()
+        .filter(|k| prune && !want.contains_key(k))
+        .chain(
+            left_out
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| current.contains_key(k)),
+        );
+    for key in gone {
         map.remove(key)?;
         changes.removed += 1;
     }
-    for (key, value) in want {
-        match current.get(key) {
+    let mut refused = left_out.len();
+    for &(key, value) in fits {
+        let fresh = match current.get(key) {
             Some(v) if v == value => continue,
-            Some(_) => changes.updated += 1,
-            None => changes.added += 1,
+            Some(_) => false,
+            None => true,
+        };
+        match map.insert(key, value, 0) {
+            Ok(()) if fresh => changes.added += 1,
+            Ok(()) => changes.updated += 1,
+            Err(e) if fresh && is_full(&e) => refused += 1,
+            Err(e) => return Err(e.into()),
         }
-        map.insert(key, value, 0)?;
+    }
+    if refused > 0 {
+        changes.refused.insert(SELF, refused);
     }
     Ok(changes)
+}
+
+/// For [`sync_hash`]: no entry goes before the others.
+fn in_key_order<V>(_: &V) -> bool {
+    false
+}
+
+/// A hash map at max_entries refuses new keys with E2BIG (preallocated maps
+/// with ENOMEM).
+fn is_full(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s)
+        if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOMEM)))
 }
 
 fn sync_devmap(maps: &mut Maps, want: &BTreeMap<u32, u32>) -> Result<Changes> {

@@ -52,6 +52,22 @@ impl Maps {
             }))
     }
 
+    /// The occupancy of the tables the agent fills (the hash maps), whose
+    /// capacity refuses what it would add once they are full.
+    pub fn fill(&self) -> Result<Vec<Occupancy>> {
+        const ARRAYS: [&str; 4] = [
+            map_names::CONFIG,
+            map_names::STATS,
+            map_names::MONITOR,
+            map_names::TRACE,
+        ];
+        Ok(self
+            .occupancy()?
+            .into_iter()
+            .filter(|o| !ARRAYS.contains(&o.map))
+            .collect())
+    }
+
     /// Entries against max entries for every table. Arrays are always full;
     /// the ring buffers are not tables and are left out (their losses are in
     /// [`Maps::monitor_totals`]).

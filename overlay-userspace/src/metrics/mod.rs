@@ -105,7 +105,7 @@ impl AgentMetrics {
     }
 
     /// One reconcile pass, and what it did (`None`: it failed).
-    pub fn reconciled(&self, took: Duration, changes: Option<Changes>) {
+    pub fn reconciled(&self, took: Duration, changes: Option<&Changes>) {
         self.passes.inc();
         self.duration.observe(took.as_secs_f64());
         match changes {
