@@ -82,13 +82,25 @@ fn json_logs_carry_one_line_per_cluster_event() -> Result<()> {
             "300",
             "--subnet",
             "10.30.0.0/24",
+            "--internal",
+            "--mtu",
+            "1400",
         ],
     )?;
     let created = wait_for_event(n1, "network_created", |e| e["network"] == "blue")?;
     ensure!(
         created["vni"] == 300
             && created["subnet"] == "10.30.0.0/24"
-            && created["origin"] == c.node_name(2),
+            && created["origin"] == c.node_name(2)
+            && created["gateway"] == "10.30.0.1"
+            && created["internal"] == true
+            && created["mtu"] == 1400,
+        "{created}"
+    );
+    ensure!(
+        created["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("internal") && m.contains("MTU 1400")),
         "{created}"
     );
     c.cli(2, &["network", "rm", "blue"])?;

@@ -180,10 +180,25 @@ fn log_event(event: &ClusterEvent) {
             vni,
             subnet,
             origin,
-        } => info!(
-            event = name, network = network.as_str(), vni = *vni, subnet = subnet.as_str(), origin = origin.as_str();
-            "network {network} created (VNI {vni}, {subnet}, by {origin})"
-        ),
+            gateway,
+            internal,
+            mtu,
+        } => {
+            let gateway = gateway.to_string();
+            // 0: each node's underlay MTU minus the VXLAN overhead.
+            let mtu = mtu.unwrap_or(0);
+            let shape = match (*internal, mtu) {
+                (true, 0) => format!("internal, gateway address {gateway} reserved"),
+                (false, 0) => format!("gateway {gateway}"),
+                (true, mtu) => format!("internal, gateway address {gateway} reserved, MTU {mtu}"),
+                (false, mtu) => format!("gateway {gateway}, MTU {mtu}"),
+            };
+            info!(
+                event = name, network = network.as_str(), vni = *vni, subnet = subnet.as_str(),
+                origin = origin.as_str(), gateway = gateway.as_str(), internal = *internal, mtu = mtu;
+                "network {network} created (VNI {vni}, {subnet}, {shape}, by {origin})"
+            );
+        }
         ClusterEvent::NetworkRemoved { network, vni } => info!(
             event = name, network = network.as_str(), vni = *vni;
             "network {network} removed (VNI {vni})"

@@ -25,6 +25,11 @@ pub enum ClusterEvent {
         vni: u32,
         subnet: String,
         origin: String,
+        /// The options that shape what containers get, so a log line alone
+        /// tells why a container has no way out or a smaller MTU.
+        gateway: Ipv4Addr,
+        internal: bool,
+        mtu: Option<u32>,
     },
     NetworkRemoved {
         network: String,
@@ -102,6 +107,9 @@ pub fn changes(before: &Resolved, after: &Resolved, first: bool) -> Vec<ClusterE
                     vni: n.vni,
                     subnet: n.subnet.to_string(),
                     origin: n.origin.clone(),
+                    gateway: n.gateway(),
+                    internal: n.internal,
+                    mtu: n.mtu,
                 });
             }
         }
