@@ -48,7 +48,7 @@ pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, netns_path};
 pub use nft::NftTable;
 pub use pinger::{PingLog, Pinger};
-pub use podman::{Podman, PodmanContainer};
+pub use podman::{Podman, PodmanContainer, remove_podman_leftovers};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use seed_overlay::Overlay;
 pub use topology::{NODE1_VTEP, NODE2_VTEP, OUTSIDE_IP, SeedTopology, TopologyOptions};

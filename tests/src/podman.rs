@@ -148,21 +148,7 @@ impl Podman {
 
     /// `podman ARGS` in the namespace; stdout, or an error with stderr.
     pub fn podman(&self, args: &[&str]) -> Result<String> {
-        let d = self.dir.path();
-        output_ok(
-            Command::new("nsenter")
-                .arg(format!("--net={}", netns_path(&self.ns).display()))
-                .arg("podman")
-                .arg("--root")
-                .arg(d.join("r"))
-                .arg("--runroot")
-                .arg(d.join("rr"))
-                .arg("--tmpdir")
-                .arg(d.join("t"))
-                .args(["--storage-driver", "vfs"])
-                .args(args)
-                .env("CONTAINERS_CONF", d.join("containers.conf")),
-        )
+        podman_in(self.dir.path(), &self.ns, args)
     }
 
     /// `podman run -d --name NAME --network NETWORK` busybox `sleep 1d`, with
@@ -249,6 +235,37 @@ impl Drop for Podman {
         self.clean_up();
         // TempDir removes the storage.
     }
+}
+
+/// `podman ARGS` in namespace `ns` on the storage under scratch directory `d`
+/// (as [`Podman::start`] lays it out).
+fn podman_in(d: &Path, ns: &str, args: &[&str]) -> Result<String> {
+    output_ok(
+        Command::new("nsenter")
+            .arg(format!("--net={}", netns_path(ns).display()))
+            .arg("podman")
+            .arg("--root")
+            .arg(d.join("r"))
+            .arg("--runroot")
+            .arg(d.join("rr"))
+            .arg("--tmpdir")
+            .arg(d.join("t"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", d.join("containers.conf")),
+    )
+}
+
+/// What a Podman whose owner was killed outright (no drop ran) left in its
+/// scratch directory `dir`, run in namespace `ns`: its containers, removed by
+/// Podman itself while `ns` still exists, so that their conmon and processes
+/// stop and the CNI DEL frees their namespaces; then the mounts under `dir`.
+/// The caller removes `dir` itself.
+pub fn remove_podman_leftovers(dir: &Path, ns: &str) {
+    if dir.join("containers.conf").exists() && netns_path(ns).exists() {
+        let _ = podman_in(dir, ns, &["rm", "-a", "-f", "-t", "0"]);
+    }
+    unmount_under(dir);
 }
 
 /// Lazily unmounts every mount at or below `dir`, deepest first.

@@ -133,7 +133,7 @@ fn leftovers() -> Vec<String> {
 /// What a demo that was killed outright left behind.
 fn remove_leftovers() {
     // Its scratch directory, named by TempDir as overlay-<tag><unique suffix>.
-    let scratch = std::fs::read_dir(std::env::temp_dir())
+    let scratch: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
         .into_iter()
         .flatten()
         .flatten()
@@ -143,7 +143,13 @@ fn remove_leftovers() {
                 n.to_string_lossy()
                     .starts_with(&format!("overlay-{PREFIX}"))
             })
-        });
+        })
+        .collect();
+    // Podman has no daemon whose namespace would hold its containers: they
+    // run in namespaces of their own, which only Podman knows.
+    for path in &scratch {
+        containers::remove_podman_leftovers(path);
+    }
     for path in demo_objects()
         .into_iter()
         .filter(|p| p.exists())

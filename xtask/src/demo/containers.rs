@@ -33,6 +33,15 @@ pub fn namespaces() -> Vec<String> {
     names
 }
 
+/// A killed demo's Podman containers, removed by Podman in its node's
+/// namespace, which must still exist: called before the namespaces go.
+pub fn remove_podman_leftovers(scratch: &Path) {
+    overlay_tests::remove_podman_leftovers(
+        scratch,
+        &Names::new(PREFIX).node_ns(PODMAN_NODE.into()),
+    );
+}
+
 /// The replies busybox's ping counted ("3 packets transmitted, 3 packets
 /// received, 0% packet loss").
 fn replies(out: &str) -> u32 {
