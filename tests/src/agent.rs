@@ -283,6 +283,19 @@ impl Agent {
         Ok(left)
     }
 
+    /// Sends `signal` (SIGHUP: re-read the cluster key file) and returns.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.pid())?;
+        // SAFETY: plain syscall; the pid is our own running child's.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!(
+                "signal {signal} to the agent: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits for the agent to finish its teardown.
     pub fn stop(self) -> Result<ExitStatus> {
         self.stop_with(libc::SIGTERM)

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeSet,
     ffi::{CStr, CString},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
         Arc,
@@ -185,6 +185,40 @@ pub fn ipv4_sources_to(frames: &[Vec<u8>], dst: Ipv4Addr) -> BTreeSet<Ipv4Addr> 
         .collect()
 }
 
+/// An IPv4 frame's UDP datagram: source, destination and payload. `None` for
+/// anything else, and for a fragment (only a whole datagram has its header).
+pub fn ipv4_udp(frame: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4, &[u8])> {
+    if frame.len() < 34
+        || frame[12..14] != [0x08, 0x00]
+        || frame[23] != 17
+        || is_ipv4_fragment(frame)
+    {
+        return None;
+    }
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let udp = frame.get(14 + ihl..)?;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let udp = udp.get(..total.checked_sub(ihl)?)?;
+    let port = |at: usize| u16::from_be_bytes([udp[at], udp[at + 1]]);
+    let ip = |at: usize| Ipv4Addr::new(frame[at], frame[at + 1], frame[at + 2], frame[at + 3]);
+    (udp.len() >= 8).then(|| {
+        (
+            SocketAddrV4::new(ip(26), port(0)),
+            SocketAddrV4::new(ip(30), port(2)),
+            &udp[8..],
+        )
+    })
+}
+
+/// An IPv4 frame that is a fragment of a larger datagram: more fragments
+/// follow, or it is not the first.
+pub fn is_ipv4_fragment(frame: &[u8]) -> bool {
+    frame.len() >= 34 && frame[12..14] == [0x08, 0x00] && {
+        let flags_offset = u16::from_be_bytes([frame[20], frame[21]]);
+        flags_offset & 0x3fff != 0
+    }
+}
+
 /// IPv4 without options, carrying UDP to destination `port`.
 pub fn is_vxlan(frame: &[u8], port: u16) -> bool {
     frame.len() >= 50
@@ -203,6 +237,34 @@ pub fn vxlan_inner(frame: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_datagrams_and_fragments_are_told_apart() {
+        let mut f = vec![0u8; 14 + 20 + 8 + 3];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&31u16.to_be_bytes());
+        f[23] = 17;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&7946u16.to_be_bytes());
+        f[36..38].copy_from_slice(&7947u16.to_be_bytes());
+        f[42..45].copy_from_slice(b"abc");
+        let (src, dst, payload) = ipv4_udp(&f).unwrap();
+        assert_eq!(src, "10.0.0.1:7946".parse().unwrap());
+        assert_eq!(dst, "10.0.0.2:7947".parse().unwrap());
+        assert_eq!(payload, b"abc");
+        assert!(!is_ipv4_fragment(&f));
+        // More fragments follow: the first fragment.
+        f[20] = 0x20;
+        assert!(is_ipv4_fragment(&f) && ipv4_udp(&f).is_none());
+        // A later fragment: an offset, no more to come.
+        f[20..22].copy_from_slice(&[0x00, 0xb9]);
+        assert!(is_ipv4_fragment(&f));
+        // Don't Fragment alone is no fragment.
+        f[20..22].copy_from_slice(&[0x40, 0x00]);
+        assert!(!is_ipv4_fragment(&f));
+    }
 
     #[test]
     fn vxlan_frames_are_recognised() {

@@ -126,6 +126,9 @@ pub struct ClusterSection {
     pub gossip_interval_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
+    /// The underlay MTU gossip datagrams fit in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 /// `[docker]`: the Docker network and IPAM drivers.
@@ -189,6 +192,7 @@ impl ClusterFile {
                 advertise: Some(addr("203.0.113.5:7947")),
                 gossip_interval_ms: Some(100),
                 cluster_id: Some("blue".into()),
+                mtu: Some(9000),
                 ..ClusterSection::new(
                     addr("172.31.1.5:7947"),
                     vec![addr("192.168.1.5:7947")],
@@ -287,6 +291,7 @@ impl ClusterSection {
             key_file: key_file.to_owned(),
             gossip_interval_ms: None,
             cluster_id: None,
+            mtu: None,
         }
     }
 }

@@ -34,7 +34,9 @@ mod traffic;
 mod selftest;
 
 pub use agent::{Agent, LeftDataplane, keygen, overlay_binary, upgrade_variant_binary};
-pub use capture::{Capture, inject, ipv4_sources_to, is_arp, is_vxlan, vxlan_inner};
+pub use capture::{
+    Capture, inject, ipv4_sources_to, ipv4_udp, is_arp, is_ipv4_fragment, is_vxlan, vxlan_inner,
+};
 pub use cluster::{Cluster, ClusterHost, cli_at, node_ip, rss_kib, wait_until};
 pub use cluster_file::{
     ClusterFile, ClusterSection, Decap, DockerSection, EndpointSection, NetworkSection,
@@ -45,7 +47,7 @@ pub use docker_overlay::{DockerContainer, DockerOverlay, netns_handle};
 pub use dockerd::{BUSYBOX_IMAGE, DOCKER_CLIENT, Dockerd, DockerdOptions};
 pub use image::busybox_rootfs_tar;
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
-pub use netns::{Netns, in_netns, netns_path};
+pub use netns::{Netns, in_netns, join, netns_path};
 pub use nft::NftTable;
 pub use pinger::{PingLog, Pinger};
 pub use podman::{Podman, PodmanContainer, remove_podman_leftovers};

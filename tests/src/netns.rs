@@ -86,7 +86,7 @@ pub fn in_netns<T: Send + 'static>(
 }
 
 /// The result of a worker thread, a panic included as an error.
-pub(crate) fn join<T>(handle: JoinHandle<Result<T>>) -> Result<T> {
+pub fn join<T>(handle: JoinHandle<Result<T>>) -> Result<T> {
     handle
         .join()
         .map_err(|_| anyhow!("worker thread panicked"))?

@@ -39,7 +39,7 @@ enum Task {
     },
     /// Build (and the upgrade suite's second build), then run every test: the
     /// test bed's self-tests, unit, program and properties (BPF_PROG_TEST_RUN),
-    /// drop events, topology, interop, lifecycle, config, gossip cluster,
+    /// drop events, topology, interop, lifecycle, config, gossip cluster and security,
     /// monitor, metrics (installs Debian's prometheus), logs, upgrade and faults.
     /// Needs root; nothing is skipped.
     Test {

@@ -15,7 +15,7 @@ use crate::{
         resolve::{Resolved, resolve},
     },
     config::ClusterSection,
-    gossip::{Gossip, key::ClusterKey, now_ms, transport::TransportStats},
+    gossip::{Gossip, key::Keyring, now_ms, transport::TransportStats},
 };
 
 /// A restarted agent keeps remote entries it has not heard about yet for at most
@@ -53,10 +53,10 @@ impl Membership {
         &mut self,
         node: &str,
         section: &ClusterSection,
-        key: &ClusterKey,
+        keys: Keyring,
         record: &NodeRecord,
     ) -> Result<()> {
-        let gossip = Gossip::start(node, section, key, record).await?;
+        let gossip = Gossip::start(node, section, keys, record).await?;
         self.generation = gossip.generation();
         self.settle = 4 * section.gossip_interval + Duration::from_millis(500);
         self.gossip = Some(gossip);
@@ -127,6 +127,11 @@ impl Membership {
         if let Some(g) = self.gossip.as_mut() {
             g.publish(record).await;
         }
+    }
+
+    /// Seals and opens gossip with `keys` from now on; false without gossip.
+    pub fn replace_keys(&self, keys: Keyring) -> bool {
+        self.gossip.as_ref().map(|g| g.replace_keys(keys)).is_some()
     }
 
     /// The gossip transport's counters, once gossip runs.

@@ -39,7 +39,7 @@ use crate::{
     config::ClusterConfig,
     dataplane::pins,
     docker::DockerPlugin,
-    gossip::key::ClusterKey,
+    gossip::key::Keyring,
     host::{netlink::Netlink, plan},
     metrics,
     monitor::{self, Monitor},
@@ -67,10 +67,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 
     // Nothing is changed until every check has passed.
     let config = ClusterConfig::load(&opts.config)?;
-    let key = config
+    // SIGHUP re-reads the cluster key file: a key rotation's step.
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let keys = config
         .cluster
         .as_ref()
-        .map(|c| ClusterKey::load(&c.key_file))
+        .map(|c| Keyring::load(&c.key_file))
         .transpose()?;
     let socket = opts
         .socket
@@ -97,7 +99,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut listeners = monitor.listeners();
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let started = async {
-        node.start(&nl, key.as_ref()).await?;
+        node.start(&nl, keys).await?;
         let docker = docker_section
             .as_ref()
             .map(|d| DockerPlugin::start(d, &state_dir, calls_tx.clone()))
@@ -160,6 +162,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         let (call, attempt) = tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                node.reload_keys();
+                continue;
+            }
             Some(call) = calls.recv() => (call, 0),
             Some(retry) = retries.recv() => retry,
             () = node.membership.changed() => {

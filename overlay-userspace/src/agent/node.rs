@@ -18,7 +18,7 @@ use crate::{
     config::DecapMode,
     dataplane::{Dataplane, Observe, events::DropEvents, pins, reconcile::Prune},
     desired::desired_state,
-    gossip::{key::ClusterKey, now_ms},
+    gossip::{key::Keyring, now_ms},
     host::{
         egress::WayOut,
         netlink::Netlink,
@@ -105,7 +105,7 @@ impl Node {
     /// Loads (or adopts) the dataplane, makes (or adopts) the endpoints, fills
     /// the tables, attaches the programs, then joins the cluster. On error the
     /// caller tears down with [`Node::teardown_after_failed_setup`].
-    pub async fn start(&mut self, nl: &Netlink, key: Option<&ClusterKey>) -> Result<()> {
+    pub async fn start(&mut self, nl: &Netlink, keys: Option<Keyring>) -> Result<()> {
         let vtep = self.plan.underlay.vtep;
         if self.runtime.vtep.map(|(ip, _)| ip) != Some(vtep) {
             self.save(&Change::Vtep(vtep, now_ms()))?;
@@ -162,16 +162,37 @@ impl Node {
         for stale in dataplane.detach_unadopted() {
             info!("detached {stale}, left by the previous agent and no longer wanted");
         }
-        if let (Some(section), Some(key)) = (self.plan.config.cluster.clone(), key) {
+        if let (Some(section), Some(keys)) = (self.plan.config.cluster.clone(), keys) {
             let record = self.own_record();
             self.membership
-                .join(&self.plan.config.node, &section, key, &record)
+                .join(&self.plan.config.node, &section, keys, &record)
                 .await?;
             if let Some(stats) = self.membership.transport_stats() {
                 self.metrics.set_transport(stats);
             }
         }
         Ok(())
+    }
+
+    /// Re-reads the cluster key file (on SIGHUP). A file that does not read
+    /// changes nothing: the keys in use stay.
+    pub fn reload_keys(&self) {
+        let Some(section) = &self.plan.config.cluster else {
+            info!("SIGHUP: no [cluster] section, no key to reload");
+            return;
+        };
+        match Keyring::load(&section.key_file) {
+            Ok(keys) => {
+                let n = keys.len();
+                if self.membership.replace_keys(keys) {
+                    info!(
+                        "reloaded the cluster key file {}: {n} key(s), sealing with the first",
+                        section.key_file.display()
+                    );
+                }
+            }
+            Err(e) => log::error!("{e:#}; the keys in use stay"),
+        }
     }
 
     fn plan_saved_endpoint(&self, saved: &SavedEndpoint) -> Result<PlannedEndpoint> {

@@ -240,8 +240,12 @@ pub async fn members(api: &ApiArgs) -> Result<String> {
         match m.transport {
             Some(t) => {
                 out += &format!(
-                    "gossip datagrams: {} sent, {} accepted, {} rejected (failed authentication), {} too large\n",
-                    t.sent, t.accepted, t.rejected, t.oversized
+                    "gossip datagrams: {} sent (largest {} B), {} accepted, {} rejected (failed authentication or misaddressed), {} replayed, {} stale (outside the replay window)\n",
+                    t.sent, t.largest_sent, t.accepted, t.rejected, t.replayed, t.stale
+                );
+                out += &format!(
+                    "gossip messages: {} incomplete (a chunk never came), {} too large\n",
+                    t.incomplete, t.oversized
                 );
             }
             None => out += "gossip: off (no [cluster] section); members are this node only\n",

@@ -112,6 +112,9 @@ pub struct ClusterSection {
     pub gossip_interval: Duration,
     /// Nodes only gossip with nodes of the same cluster id.
     pub cluster_id: String,
+    /// The underlay's MTU: every gossip datagram, with its IP and UDP headers,
+    /// fits in it.
+    pub mtu: u32,
 }
 
 /// The Docker network and IPAM drivers: the `[docker]` section.
@@ -132,6 +135,8 @@ pub const DEFAULT_PLUGIN_SOCKET: &str = "/run/docker/plugins/overlay-ebpf.sock";
 pub const DEFAULT_DOCKER_ENGINE: &str = "unix:///var/run/docker.sock";
 
 pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 200;
+/// Ethernet's.
+pub const DEFAULT_GOSSIP_MTU: u32 = 1500;
 pub const DEFAULT_CLUSTER_ID: &str = "overlay";
 
 /// A cluster file that passed every check that needs only the file.
@@ -251,6 +256,7 @@ vtep = "192.168.1.5"
             .unwrap();
         assert_eq!(c.advertise, c.listen);
         assert_eq!(c.key_file, Path::new("/etc/overlay/cluster.key"));
+        assert_eq!(c.mtu, DEFAULT_GOSSIP_MTU);
         assert_eq!(
             c.gossip_interval,
             Duration::from_millis(DEFAULT_GOSSIP_INTERVAL_MS)
@@ -339,6 +345,12 @@ vtep = "192.168.1.5"
                     "{GOOD}\n[cluster]\nlisten = \"1.2.3.4:7946\"\nseeds = [\"x\"]\nkey_file = \"k\"\n"
                 ),
                 "cluster.seeds[0]: \"x\"",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[cluster]\nlisten = \"1.2.3.4:7946\"\nkey_file = \"k\"\nmtu = 500\n"
+                ),
+                "cluster.mtu: 500 is outside 576..=65535",
             ),
             (
                 GOOD.replace("name = \"uber-net\"", "name = \"uber:net\""),

@@ -42,6 +42,7 @@ pub struct RawCluster {
     pub key_file: String,
     pub gossip_interval_ms: Option<u64>,
     pub cluster_id: Option<String>,
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

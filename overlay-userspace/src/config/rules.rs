@@ -188,6 +188,18 @@ pub fn mtu(mtu: u32) -> Result<(), String> {
     }
 }
 
+/// The underlay MTU gossip datagrams are cut to: at least IPv4's minimum
+/// datagram size (576), so that a chunk still carries more than the seal.
+pub fn gossip_mtu(mtu: u32) -> Result<(), String> {
+    if (576..=65535).contains(&mtu) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{mtu} is outside 576..=65535 (the underlay's IP MTU, 1500 on Ethernet)"
+        ))
+    }
+}
+
 /// An address packets can be sent to and come from: a VTEP.
 pub fn unicast(ip: Ipv4Addr) -> Result<(), String> {
     if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {

@@ -12,8 +12,8 @@ use overlay_common::DEFAULT_VXLAN_PORT;
 
 use super::{
     ClusterConfig, ClusterSection, ConfigError, DEFAULT_CLUSTER_ID, DEFAULT_DOCKER_ENGINE,
-    DEFAULT_GOSSIP_INTERVAL_MS, DEFAULT_PLUGIN_SOCKET, DEFAULT_SOURCE_PORTS, DockerSection,
-    EndpointConfig, NetworkConfig, RemoteConfig,
+    DEFAULT_GOSSIP_INTERVAL_MS, DEFAULT_GOSSIP_MTU, DEFAULT_PLUGIN_SOCKET, DEFAULT_SOURCE_PORTS,
+    DockerSection, EndpointConfig, NetworkConfig, RemoteConfig,
     raw::{RawCluster, RawConfig, RawDocker, RawEndpoint, RawNetwork, RawRemote},
     rules,
 };
@@ -339,6 +339,8 @@ impl Validator<'_> {
         if cluster_id.is_empty() || cluster_id.len() > 64 {
             return Err(self.err("cluster.cluster_id", "must be 1-64 characters"));
         }
+        let mtu = raw.mtu.unwrap_or(DEFAULT_GOSSIP_MTU);
+        rules::gossip_mtu(mtu).map_err(|p| self.err("cluster.mtu", p))?;
         Ok(ClusterSection {
             listen,
             advertise,
@@ -346,6 +348,7 @@ impl Validator<'_> {
             key_file,
             gossip_interval: Duration::from_millis(interval),
             cluster_id,
+            mtu,
         })
     }
 

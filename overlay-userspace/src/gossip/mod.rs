@@ -2,13 +2,16 @@
 //! key-value state ([`kv`]); chitchat spreads it by anti-entropy, and its phi-accrual
 //! failure detector says which nodes are live.
 
+pub mod chunk;
 pub mod key;
 pub mod kv;
+pub mod replay;
 pub mod transport;
+pub mod wire;
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -20,8 +23,8 @@ use chitchat::{
 use tokio::sync::Notify;
 
 use self::{
-    key::ClusterKey,
-    transport::{SealedTransport, TransportCounts, TransportStats},
+    key::Keyring,
+    transport::{SealedTransport, SharedKeyring, TransportCounts, TransportStats, max_datagram},
 };
 use crate::{cluster::record::NodeRecord, config::ClusterSection};
 
@@ -37,6 +40,7 @@ const PUSH_FANOUT: usize = 8;
 pub struct Gossip {
     handle: ChitchatHandle,
     stats: Arc<TransportStats>,
+    keys: SharedKeyring,
     changed: Arc<Notify>,
     _listener: ListenerHandle,
     live_nodes: tokio::sync::watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
@@ -54,7 +58,7 @@ impl Gossip {
     pub async fn start(
         node: &str,
         section: &ClusterSection,
-        key: &ClusterKey,
+        keys: Keyring,
         record: &NodeRecord,
     ) -> Result<Gossip> {
         // The generation orders a restarted agent after its previous life.
@@ -76,7 +80,13 @@ impl Gossip {
             extra_liveness_predicate: None,
         };
         let stats = Arc::new(TransportStats::default());
-        let transport = SealedTransport::new(key, stats.clone());
+        let keys = Arc::new(RwLock::new(keys));
+        let transport = SealedTransport::new(
+            keys.clone(),
+            stats.clone(),
+            section.advertise,
+            max_datagram(section.mtu, section.listen),
+        );
         let published = kv::encode(record);
         let handle = spawn_chitchat(config, published.clone().into_iter().collect(), &transport)
             .await
@@ -94,6 +104,7 @@ impl Gossip {
         Ok(Gossip {
             handle,
             stats,
+            keys,
             changed,
             _listener: listener,
             live_nodes,
@@ -185,7 +196,116 @@ impl Gossip {
         self.stats.clone()
     }
 
+    /// Seals with, and opens with, `keys` from now on: a key rotation's step,
+    /// without a restart.
+    pub fn replace_keys(&self, keys: Keyring) {
+        *self.keys.write().expect("keyring lock") = keys;
+    }
+
     pub async fn shutdown(self) {
         let _ = self.handle.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{Ipv4Addr, SocketAddr},
+        path::PathBuf,
+        time::Instant,
+    };
+
+    use super::*;
+    use crate::{cluster::record::EndpointRecord, gossip::key::ClusterKey, model::Mac};
+
+    const NODES: u8 = 40;
+    const ENDPOINTS: u8 = 60;
+
+    fn record(i: u8) -> NodeRecord {
+        let mut r = NodeRecord {
+            name: format!("n{i}"),
+            vtep: Some(Ipv4Addr::new(172, 30, 0, i)),
+            ..NodeRecord::default()
+        };
+        for e in 0..ENDPOINTS {
+            let ip = Ipv4Addr::new(10, i, e, 7);
+            r.endpoints.push(EndpointRecord {
+                network: "a-network-with-a-long-name".into(),
+                ip,
+                mac: Mac::from_ipv4(ip),
+            });
+        }
+        r
+    }
+
+    /// Starts `NODES` nodes on loopback addresses of their own, each announcing
+    /// `ENDPOINTS` endpoints, all seeded by the first; how long until every node
+    /// knows every other's every endpoint, and the largest datagram sent.
+    async fn converge(mtu: u32, net: u8) -> (Duration, u64) {
+        let keys = Keyring::new(&[ClusterKey::generate()]);
+        let addr = |i: u8| SocketAddr::from(([127, net, 0, i], 7946));
+        let started = Instant::now();
+        let mut nodes = Vec::new();
+        for i in 1..=NODES {
+            let section = ClusterSection {
+                listen: addr(i),
+                advertise: addr(i),
+                seeds: vec![addr(1)],
+                key_file: PathBuf::new(),
+                gossip_interval: Duration::from_millis(200),
+                cluster_id: "test".into(),
+                mtu,
+            };
+            let g = Gossip::start(&format!("n{i}"), &section, keys.clone(), &record(i))
+                .await
+                .unwrap();
+            nodes.push(g);
+        }
+        let want = usize::from(NODES - 1) * usize::from(ENDPOINTS);
+        loop {
+            let mut done = true;
+            for g in &nodes {
+                let records = g.records().await;
+                let known: usize = records
+                    .iter()
+                    .filter(|r| r.live)
+                    .map(|r| r.endpoints.len())
+                    .sum();
+                done &= known == want;
+            }
+            if done {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no convergence within 120 s at MTU {mtu}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let took = started.elapsed();
+        let counts: Vec<_> = nodes.iter().map(Gossip::transport_counts).collect();
+        for g in nodes {
+            g.shutdown().await;
+        }
+        for c in &counts {
+            assert_eq!((c.rejected, c.replayed, c.stale), (0, 0, 0), "{c:?}");
+        }
+        (took, counts.iter().map(|c| c.largest_sent).max().unwrap())
+    }
+
+    #[tokio::test]
+    async fn many_nodes_with_much_state_converge_in_datagrams_under_the_mtu() {
+        // An MTU of 65535 sends each message whole, as before chunks existed.
+        let (whole, whole_largest) = converge(65_535, 91).await;
+        let (cut, cut_largest) = converge(1_500, 92).await;
+        eprintln!(
+            "{NODES} nodes x {ENDPOINTS} endpoints: converged in {whole:?} with messages whole \
+             (largest datagram {whole_largest} B), in {cut:?} cut to MTU 1500 (largest {cut_largest} B)"
+        );
+        assert!(cut_largest <= 1_472, "a datagram of {cut_largest} B");
+        assert!(
+            whole_largest > 1_472,
+            "the state was too small to need chunks"
+        );
     }
 }

@@ -1,15 +1,16 @@
-//! chitchat's UDP transport with every datagram sealed by the cluster key.
+//! chitchat's UDP transport, sealed (see `wire`), cut to the underlay's MTU
+//! (see `chunk`) and guarded against replay (see `replay`).
 //!
-//! chitchat has no authentication of its own. Each datagram here is
-//! `MAGIC | nonce (24) | XChaCha20-Poly1305(serialized message) | tag (16)`, with
-//! MAGIC as associated data. A random 192-bit nonce per datagram needs no
-//! coordination between nodes. A datagram that fails to open is dropped and
-//! counted, before chitchat sees a byte of it.
+//! chitchat has no authentication of its own. Whatever fails here (does not
+//! open with any key of the ring, is addressed to another node, is a copy, or
+//! was sealed outside the window) is dropped and counted before chitchat sees a
+//! byte of it, so it is never answered: a forged or replayed datagram from a
+//! spoofed source makes this node send nothing at all.
 
 use std::{
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -17,33 +18,46 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use async_trait::async_trait;
-use chacha20poly1305::{
-    AeadCore, KeyInit, XChaCha20Poly1305, XNonce,
-    aead::{Aead, OsRng, Payload},
-};
+use chacha20poly1305::aead::{OsRng, rand_core::RngCore as _};
 use chitchat::{
     ChitchatMessage, Deserializable as _, Serializable as _,
     transport::{Socket, Transport},
 };
 use serde::Serialize;
 
-use super::key::ClusterKey;
+use super::{
+    chunk::{self, Reassembly},
+    key::Keyring,
+    now_ms,
+    replay::{Freshness, ReplayGuard},
+    wire::{self, Header},
+};
 
-const MAGIC: &[u8; 4] = b"OVG1";
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
-/// The largest UDP payload IPv4 carries.
+/// The largest UDP payload IPv4 carries: what is read at once.
 const MAX_DATAGRAM: usize = 65_507;
+const UDP_HEADER: usize = 8;
 
 /// What the transport has seen; shared with the agent, which reports it.
 #[derive(Debug, Default)]
 pub struct TransportStats {
+    /// Datagrams sent.
     pub sent: AtomicU64,
+    /// Datagrams that opened, were addressed here, and were new.
     pub accepted: AtomicU64,
-    /// Datagrams that failed authentication, or authenticated but did not parse.
+    /// Datagrams that failed authentication, were addressed to another node,
+    /// or authenticated but did not parse.
     pub rejected: AtomicU64,
-    /// Messages too large for one sealed datagram, not sent.
+    /// Authenticated datagrams seen before (inside the window).
+    pub replayed: AtomicU64,
+    /// Authenticated datagrams sealed outside the window (old copies, or a
+    /// sender whose clock is off by more than the window).
+    pub stale: AtomicU64,
+    /// Messages given up on because a chunk never came.
+    pub incomplete: AtomicU64,
+    /// Messages too large for 255 chunks, not sent.
     pub oversized: AtomicU64,
+    /// The largest datagram sent, in bytes (UDP payload).
+    pub largest_sent: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -51,30 +65,69 @@ pub struct TransportCounts {
     pub sent: u64,
     pub accepted: u64,
     pub rejected: u64,
+    #[serde(default)]
+    pub replayed: u64,
+    #[serde(default)]
+    pub stale: u64,
+    #[serde(default)]
+    pub incomplete: u64,
     pub oversized: u64,
+    #[serde(default)]
+    pub largest_sent: u64,
 }
 
 impl TransportStats {
     pub fn counts(&self) -> TransportCounts {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TransportCounts {
-            sent: self.sent.load(Ordering::Relaxed),
-            accepted: self.accepted.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            oversized: self.oversized.load(Ordering::Relaxed),
+            sent: load(&self.sent),
+            accepted: load(&self.accepted),
+            rejected: load(&self.rejected),
+            replayed: load(&self.replayed),
+            stale: load(&self.stale),
+            incomplete: load(&self.incomplete),
+            oversized: load(&self.oversized),
+            largest_sent: load(&self.largest_sent),
         }
     }
 }
 
+/// The UDP payload a datagram may have so that, with its IP and UDP headers,
+/// it fits an underlay of `mtu` bytes reached from `listen`.
+pub fn max_datagram(mtu: u32, listen: SocketAddr) -> usize {
+    let ip_header = if listen.is_ipv4() { 20 } else { 40 };
+    (mtu as usize).saturating_sub(ip_header + UDP_HEADER)
+}
+
+/// The keys every socket of this transport seals and opens with, replaced
+/// whole on a reload.
+pub type SharedKeyring = Arc<RwLock<Keyring>>;
+
 pub struct SealedTransport {
-    cipher: XChaCha20Poly1305,
+    keys: SharedKeyring,
     stats: Arc<TransportStats>,
+    advertise: SocketAddr,
+    max_datagram: usize,
 }
 
 impl SealedTransport {
-    pub fn new(key: &ClusterKey, stats: Arc<TransportStats>) -> SealedTransport {
+    /// Datagrams of at most `max_datagram` bytes; this node is reached at its
+    /// listen address or at `advertise`.
+    pub fn new(
+        keys: SharedKeyring,
+        stats: Arc<TransportStats>,
+        advertise: SocketAddr,
+        max_datagram: usize,
+    ) -> SealedTransport {
+        assert!(
+            max_datagram > wire::OVERHEAD,
+            "the configuration keeps the MTU above the seal's overhead"
+        );
         SealedTransport {
-            cipher: XChaCha20Poly1305::new((&key.0).into()),
+            keys,
             stats,
+            advertise,
+            max_datagram,
         }
     }
 }
@@ -87,8 +140,14 @@ impl Transport for SealedTransport {
             .with_context(|| format!("binding the gossip socket {listen}/udp"))?;
         Ok(Box::new(SealedSocket {
             socket,
-            cipher: self.cipher.clone(),
+            listen,
+            advertise: self.advertise,
+            keys: self.keys.clone(),
             stats: self.stats.clone(),
+            chunk_len: self.max_datagram - wire::OVERHEAD,
+            next_message_id: OsRng.next_u64(),
+            replay: ReplayGuard::new(now_ms()),
+            reassembly: Reassembly::default(),
             recv_buf: vec![0; MAX_DATAGRAM],
             plain: Vec::new(),
             last_reject_log: None,
@@ -98,61 +157,109 @@ impl Transport for SealedTransport {
 
 struct SealedSocket {
     socket: tokio::net::UdpSocket,
-    cipher: XChaCha20Poly1305,
+    listen: SocketAddr,
+    advertise: SocketAddr,
+    keys: SharedKeyring,
     stats: Arc<TransportStats>,
+    chunk_len: usize,
+    next_message_id: u64,
+    replay: ReplayGuard,
+    reassembly: Reassembly,
     recv_buf: Vec<u8>,
     plain: Vec<u8>,
     last_reject_log: Option<Instant>,
 }
 
-/// Seals one serialized message.
-pub fn seal(cipher: &XChaCha20Poly1305, plain: &[u8]) -> Result<Vec<u8>> {
-    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-    let sealed = cipher
-        .encrypt(
-            &nonce,
-            Payload {
-                msg: plain,
-                aad: MAGIC,
-            },
-        )
-        .map_err(|_| anyhow::anyhow!("sealing a gossip message failed"))?;
-    let mut datagram = Vec::with_capacity(MAGIC.len() + NONCE_LEN + sealed.len());
-    datagram.extend_from_slice(MAGIC);
-    datagram.extend_from_slice(&nonce);
-    datagram.extend_from_slice(&sealed);
-    Ok(datagram)
-}
-
-/// Opens one datagram; `None` if it is not sealed with this key.
-pub fn open(cipher: &XChaCha20Poly1305, datagram: &[u8]) -> Option<Vec<u8>> {
-    if datagram.len() < MAGIC.len() + NONCE_LEN + TAG_LEN || &datagram[..MAGIC.len()] != MAGIC {
-        return None;
-    }
-    let (nonce, sealed) = datagram[MAGIC.len()..].split_at(NONCE_LEN);
-    cipher
-        .decrypt(
-            XNonce::from_slice(nonce),
-            Payload {
-                msg: sealed,
-                aad: MAGIC,
-            },
-        )
-        .ok()
-}
-
 impl SealedSocket {
     fn reject(&mut self, from: SocketAddr, why: &str) {
         let n = self.stats.rejected.fetch_add(1, Ordering::Relaxed) + 1;
-        // A flood of forged datagrams must not become a flood of log lines.
+        self.log_drop(from, why, n, "rejected");
+    }
+
+    // A flood of forged datagrams must not become a flood of log lines.
+    fn log_drop(&mut self, from: SocketAddr, why: &str, n: u64, counter: &str) {
         if self
             .last_reject_log
             .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
         {
             self.last_reject_log = Some(Instant::now());
-            log::warn!(
-                "gossip: dropped a datagram from {from}: {why} (wrong cluster key?); {n} rejected so far"
-            );
+            log::warn!("gossip: dropped a datagram from {from}: {why}; {n} {counter} so far");
+        }
+    }
+
+    /// Whether a datagram sent to `to` was meant for this socket.
+    fn is_for_me(&self, to: SocketAddr) -> bool {
+        to == self.advertise
+            || to == self.listen
+            || (self.listen.ip().is_unspecified() && to.port() == self.listen.port())
+    }
+
+    /// One received datagram: the message it completes, if any.
+    fn receive(&mut self, from: SocketAddr, len: usize) -> Option<ChitchatMessage> {
+        let opened = {
+            let keys = self.keys.read().expect("keyring lock");
+            wire::open(keys.opening(), &self.recv_buf[..len])
+        };
+        let Some(opened) = opened else {
+            self.reject(from, "authentication failed (wrong cluster key?)");
+            return None;
+        };
+        let header = opened.header;
+        if !self.is_for_me(header.to) {
+            self.reject(from, &format!("addressed to {}, not this node", header.to));
+            return None;
+        }
+        match self
+            .replay
+            .check(header.sealed_at_ms, opened.nonce, now_ms())
+        {
+            Freshness::Fresh => {}
+            Freshness::Replayed => {
+                let n = self.stats.replayed.fetch_add(1, Ordering::Relaxed) + 1;
+                self.log_drop(from, "a copy of one seen before", n, "replayed");
+                return None;
+            }
+            Freshness::Stale => {
+                let n = self.stats.stale.fetch_add(1, Ordering::Relaxed) + 1;
+                let age = i128::from(now_ms()) - i128::from(header.sealed_at_ms);
+                self.log_drop(
+                    from,
+                    &format!(
+                        "sealed {age} ms ago, outside the replay window (an old copy, or clocks apart?)"
+                    ),
+                    n,
+                    "stale",
+                );
+                return None;
+            }
+        }
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let mut incomplete = 0;
+        let whole = self.reassembly.add(
+            from,
+            header.message_id,
+            header.index,
+            header.count,
+            opened.chunk,
+            Instant::now(),
+            &mut incomplete,
+        );
+        self.stats
+            .incomplete
+            .fetch_add(incomplete, Ordering::Relaxed);
+        let message = match whole {
+            Ok(Some(message)) => message,
+            Ok(None) => return None,
+            Err(chunk::Refused::Malformed) => {
+                self.reject(from, "authenticated but its chunk does not fit its message");
+                return None;
+            }
+        };
+        if let Ok(msg) = ChitchatMessage::deserialize(&mut message.as_slice()) {
+            Some(msg)
+        } else {
+            self.reject(from, "authenticated but malformed");
+            None
         }
     }
 }
@@ -162,19 +269,45 @@ impl Socket for SealedSocket {
     async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> Result<()> {
         self.plain.clear();
         msg.serialize(&mut self.plain);
-        let datagram = seal(&self.cipher, &self.plain)?;
-        if datagram.len() > MAX_DATAGRAM {
+        let Some(chunks) = chunk::split(&self.plain, self.chunk_len) else {
             self.stats.oversized.fetch_add(1, Ordering::Relaxed);
             bail!(
-                "gossip message of {} bytes does not fit one UDP datagram once sealed",
-                datagram.len()
+                "gossip message of {} bytes takes more than 255 datagrams of {} bytes",
+                self.plain.len(),
+                self.chunk_len + wire::OVERHEAD
             );
+        };
+        let message_id = self.next_message_id;
+        self.next_message_id = self.next_message_id.wrapping_add(1);
+        let count = u8::try_from(chunks.len()).expect("split makes at most 255");
+        let datagrams: Vec<Vec<u8>> = {
+            let keys = self.keys.read().expect("keyring lock");
+            let sealed_at_ms = now_ms();
+            chunks
+                .iter()
+                .enumerate()
+                .map(|(index, chunk)| {
+                    let header = Header {
+                        sealed_at_ms,
+                        to,
+                        message_id,
+                        index: u8::try_from(index).expect("at most 255 chunks"),
+                        count,
+                    };
+                    wire::seal(keys.sealing(), &header, chunk)
+                })
+                .collect()
+        };
+        for datagram in datagrams {
+            self.socket
+                .send_to(&datagram, to)
+                .await
+                .with_context(|| format!("sending gossip to {to}"))?;
+            self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .largest_sent
+                .fetch_max(datagram.len() as u64, Ordering::Relaxed);
         }
-        self.socket
-            .send_to(&datagram, to)
-            .await
-            .with_context(|| format!("sending gossip to {to}"))?;
-        self.stats.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -196,38 +329,9 @@ impl Socket for SealedSocket {
                 }
                 Err(e) => return Err(e).context("receiving gossip"),
             };
-            let Some(plain) = open(&self.cipher, &self.recv_buf[..len]) else {
-                self.reject(from, "authentication failed");
-                continue;
-            };
-            match ChitchatMessage::deserialize(&mut plain.as_slice()) {
-                Ok(msg) => {
-                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    return Ok((from, msg));
-                }
-                Err(_) => self.reject(from, "authenticated but malformed"),
+            if let Some(msg) = self.receive(from, len) {
+                return Ok((from, msg));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_same_key_opens_a_datagram() {
-        let key = ClusterKey::generate();
-        let cipher = XChaCha20Poly1305::new((&key.0).into());
-        let other = XChaCha20Poly1305::new((&ClusterKey::generate().0).into());
-        let sealed = seal(&cipher, b"hello").unwrap();
-        assert_eq!(open(&cipher, &sealed).as_deref(), Some(&b"hello"[..]));
-        assert_eq!(open(&other, &sealed), None);
-        let mut tampered = sealed.clone();
-        *tampered.last_mut().unwrap() ^= 1;
-        assert_eq!(open(&cipher, &tampered), None);
-        assert_eq!(open(&cipher, b"hello"), None);
-        // Two seals of the same message differ: fresh nonces.
-        assert_ne!(seal(&cipher, b"hello").unwrap(), sealed);
     }
 }

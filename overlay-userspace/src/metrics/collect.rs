@@ -231,21 +231,31 @@ impl Collector for Collect {
             family(
                 e,
                 "gossip_datagrams_received",
-                "Gossip datagrams received: accepted, or rejected (failed authentication, or authenticated but malformed)",
+                "Gossip datagrams received: accepted; rejected (failed authentication, addressed to another node, or malformed); replayed (a copy seen before); stale (sealed outside the replay window)",
                 None,
                 MetricType::Counter,
                 [
                     (vec![("result", "accepted".to_owned())], load(&t.accepted)),
                     (vec![("result", "rejected".to_owned())], load(&t.rejected)),
+                    (vec![("result", "replayed".to_owned())], load(&t.replayed)),
+                    (vec![("result", "stale".to_owned())], load(&t.stale)),
                 ],
             )?;
             family(
                 e,
                 "gossip_messages_oversized",
-                "Gossip messages not sent: too large for one sealed datagram",
+                "Gossip messages not sent: too large for 255 datagrams",
                 None,
                 MetricType::Counter,
                 [(Labels::new(), load(&t.oversized))],
+            )?;
+            family(
+                e,
+                "gossip_messages_incomplete",
+                "Gossip messages dropped because a chunk never came",
+                None,
+                MetricType::Counter,
+                [(Labels::new(), load(&t.incomplete))],
             )?;
         }
 
