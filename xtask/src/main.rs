@@ -102,6 +102,12 @@ enum Task {
         /// of each, default 20, quick 5). Installs docker.io if missing.
         #[arg(long, conflicts_with_all = ["cni", "baseline"])]
         docker_run: bool,
+        /// Only Docker containers on the overlay, beside the hand-built
+        /// ebpf-tc and kernel-vxlan cases: overlay-ebpf, Docker's swarm
+        /// overlay, and the way out against a plain bridge network (writes
+        /// docker.md). Installs docker.io if missing.
+        #[arg(long, conflicts_with_all = ["cni", "baseline", "docker_run", "nets"])]
+        docker: bool,
     },
 }
 
@@ -189,8 +195,13 @@ fn try_main() -> Result<()> {
             nets,
             cni,
             docker_run,
+            docker,
         } => {
             let binary = build()?;
+            if docker {
+                prereqs::ensure_container_engines("bench --docker")?;
+                return bench::docker::run(&binary, quick, rounds, out);
+            }
             if docker_run {
                 prereqs::ensure_container_engines("bench --docker-run")?;
                 return bench::docker_run::run(&binary, quick, rounds, out);

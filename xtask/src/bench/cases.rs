@@ -116,7 +116,7 @@ impl Net {
         }
     }
 
-    fn topology(self) -> TopologyOptions {
+    pub fn topology(self) -> TopologyOptions {
         TopologyOptions {
             wire_checksums: self.wire != Wire::Veth,
             receive_gro: self.wire == Wire::Nic,

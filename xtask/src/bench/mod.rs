@@ -9,6 +9,7 @@
 mod cases;
 mod chart;
 pub mod cni;
+pub mod docker;
 pub mod docker_run;
 mod metrics;
 mod progcost;
