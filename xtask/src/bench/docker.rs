@@ -1,6 +1,6 @@
 //! `cargo xtask bench --docker`: Docker containers on the overlay, beside the
 //! hand-built cases, in one run, interleaved (its own command, so that the
-//! default bench keeps its time: four dockerds take a minute to start here).
+//! default bench keeps its time: eight dockerds, twelve minutes here).
 //!
 //! On each wire and topology of [`NETS`], four beds:
 //! - `ebpf-tc` and `kernel-vxlan`, hand-built as in the main bench;
