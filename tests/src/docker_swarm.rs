@@ -17,28 +17,30 @@ use crate::{
     dockerd::{Dockerd, DockerdOptions},
     netns::Netns,
     scale::scaled,
-    topology::{NODE1_VTEP, NODE2_VTEP, SeedTopology, TopologyOptions},
+    topology::{NODE1_VTEP, NODE2_VTEP, SeedTopology},
 };
 
-/// See the module doc.
+/// See the module doc. It runs on a topology its owner keeps (and drops
+/// after it).
 pub struct DockerSwarm {
-    // Field order is drop order: handles, then the dockerds, then the namespaces.
+    // Field order is drop order: handles, then the dockerds.
     handles: Vec<Netns>,
     dockerds: Vec<Dockerd>,
-    pub topology: SeedTopology,
+    /// The topology's names' prefix: containers are `<prefix><name>`.
+    prefix: String,
 }
 
 impl DockerSwarm {
-    /// The topology (`wire`), a dockerd per node with the busybox and iperf3
-    /// images, and the swarm formed: node1 manager, node2 worker.
-    pub fn start(prefix: &str, wire: TopologyOptions) -> Result<DockerSwarm> {
+    /// A dockerd per node of `topology` with the busybox and iperf3 images,
+    /// and the swarm formed: node1 manager, node2 worker.
+    pub fn start(topology: &SeedTopology) -> Result<DockerSwarm> {
         let mut swarm = DockerSwarm {
             handles: Vec::new(),
             dockerds: Vec::new(),
-            topology: SeedTopology::create(prefix, wire)?,
+            prefix: topology.names.prefix().to_owned(),
         };
         for node in [1, 2] {
-            let dockerd = Dockerd::start_with(swarm.topology.node(node), DockerdOptions::default())
+            let dockerd = Dockerd::start_with(topology.node(node), DockerdOptions::default())
                 .with_context(|| format!("dockerd of node{node}"))?;
             dockerd.import_busybox()?;
             dockerd.import_iperf3()?;
@@ -121,7 +123,7 @@ impl DockerSwarm {
     ) -> Result<DockerContainer> {
         let run = ContainerRun {
             node,
-            prefix: self.topology.names.prefix(),
+            prefix: &self.prefix,
             name,
             network,
         };

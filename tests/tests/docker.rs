@@ -19,8 +19,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use overlay_tests::{
     Capture, DockerContainer, DockerOverlay, DockerSwarm, DockerdOptions, IPERF3_IMAGE, NODE1_VTEP,
-    OUTSIDE_IP, Podman, TopologyOptions, VXLAN_PORT, cli_at, is_vxlan, ping, sh, tcp_transfer,
-    tcp_transfer_via, unique_prefix, wait_until,
+    OUTSIDE_IP, Podman, SeedTopology, TopologyOptions, VXLAN_PORT, cli_at, is_vxlan, ping, sh,
+    tcp_transfer, tcp_transfer_via, unique_prefix, wait_until,
 };
 
 const NET: &str = "uber-net";
@@ -509,7 +509,8 @@ fn refused_options_are_named_and_leave_nothing_half_made() -> Result<()> {
 /// underlay the traffic as VXLAN between the two hosts' addresses.
 #[test]
 fn docker_s_own_swarm_overlay_carries_the_benchmark_image_across_nodes() -> Result<()> {
-    let mut swarm = DockerSwarm::start(&unique_prefix("sw"), TopologyOptions::default())?;
+    let topology = SeedTopology::create(&unique_prefix("sw"), TopologyOptions::default())?;
+    let mut swarm = DockerSwarm::start(&topology)?;
     swarm.create_network("swarm-net", SUBNET)?;
     let c2 = swarm.run(2, "c2", "swarm-net", &[IPERF3_IMAGE, "iperf3", "-s"])?;
     let c1 = swarm.run(1, "c1", "swarm-net", &[IPERF3_IMAGE, "sleep", "1d"])?;
@@ -524,8 +525,7 @@ fn docker_s_own_swarm_overlay_carries_the_benchmark_image_across_nodes() -> Resu
         "c1 reaching c2 over swarm-net",
         || Ok(ping(&c1.netns, &c2.ip.to_string(), 1, &[])?.received == 1),
     )?;
-    let node2 = swarm.topology.node(2).to_owned();
-    let capture = Capture::start(&node2, "eth0")?;
+    let capture = Capture::start(topology.node(2), "eth0")?;
     let report = tcp_transfer(&c2.netns, &c2.ip.to_string(), &c1.netns, 2 << 20)
         .context("TCP from c1 to c2 over Docker's overlay")?;
     eprintln!("c1 -> c2 (swarm): {report:?}");

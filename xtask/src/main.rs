@@ -68,7 +68,8 @@ enum Task {
         #[arg(long)]
         containers: bool,
     },
-    /// Build, then benchmark routed, kernel VXLAN and this dataplane side by side.
+    /// Build, then benchmark routed, kernel VXLAN, Docker's swarm overlay and
+    /// this dataplane side by side. Installs docker.io if missing.
     Bench {
         /// A small run (about two minutes) that checks every case delivers.
         #[arg(long)]
@@ -209,6 +210,8 @@ fn try_main() -> Result<()> {
             if cni {
                 return bench::cni::run(quick, rounds, out, baseline);
             }
+            // The docker-swarm case runs dockerds.
+            prereqs::ensure_container_engines("bench")?;
             bench::run(
                 &binary,
                 &bench::Options {

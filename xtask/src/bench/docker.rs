@@ -24,7 +24,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, path::Path, tim
 use anyhow::{Context as _, Result, bail, ensure};
 use overlay_tests::{
     DOCKER_CLIENT, DockerContainer, DockerOverlay, DockerSwarm, Dockerd, DockerdOptions,
-    IPERF3_IMAGE, OUTSIDE_IP, ping, unique_prefix,
+    IPERF3_IMAGE, OUTSIDE_IP, SeedTopology, ping, unique_prefix,
 };
 
 use super::{
@@ -226,7 +226,13 @@ struct Beds {
     servers: Vec<ServerGuard>,
     hand_built: Vec<Case>,
     docker_ebpf: Vec<DockerOverlay>,
-    swarms: Vec<DockerSwarm>,
+    swarms: Vec<SwarmBed>,
+}
+
+struct SwarmBed {
+    // Field order is drop order: the swarm before its namespaces.
+    _swarm: DockerSwarm,
+    _topology: SeedTopology,
 }
 
 pub fn run(
@@ -397,8 +403,9 @@ fn docker_ebpf(
 
 /// The `docker-swarm` bed on `net` and its points (the iperf3 server for the
 /// one in namespaces goes into `servers`).
-fn docker_swarm(net: Net, servers: &mut Vec<ServerGuard>) -> Result<(DockerSwarm, [Point; 2])> {
-    let mut swarm = DockerSwarm::start(&unique_prefix("bs"), net.topology())?;
+fn docker_swarm(net: Net, servers: &mut Vec<ServerGuard>) -> Result<(SwarmBed, [Point; 2])> {
+    let topology = SeedTopology::create(&unique_prefix("bs"), net.topology())?;
+    let mut swarm = DockerSwarm::start(&topology)?;
     swarm.create_network(SWARM_NET, SUBNET)?;
     let server = swarm.run(2, "c2", SWARM_NET, &iperf3_server())?;
     let client = swarm.run(1, "c1", SWARM_NET, &[IPERF3_IMAGE, "sleep", "1d"])?;
@@ -414,7 +421,13 @@ fn docker_swarm(net: Net, servers: &mut Vec<ServerGuard>) -> Result<(DockerSwarm
         Point::in_namespaces("docker-swarm (ns)", net, &client, &server),
     ];
     servers.push(host_iperf3_server(&server)?);
-    Ok((swarm, points))
+    Ok((
+        SwarmBed {
+            _swarm: swarm,
+            _topology: topology,
+        },
+        points,
+    ))
 }
 
 /// The machine's iperf3 serving on [`HOST_IPERF_PORT`] in `server`'s namespace.

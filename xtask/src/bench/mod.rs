@@ -108,7 +108,12 @@ fn specs(quick: bool, baseline: bool, nets: &[String]) -> Vec<Spec> {
         vec![
             (
                 Net::VETH,
-                vec![Kind::Routed, Kind::KernelVxlan, Kind::EbpfTc],
+                vec![
+                    Kind::Routed,
+                    Kind::KernelVxlan,
+                    Kind::EbpfTc,
+                    Kind::DockerSwarm,
+                ],
             ),
             (Net::NIC, vec![Kind::EbpfTc, Kind::EbpfXdp]),
             (Net::SWITCHED, vec![Kind::EbpfTc]),
