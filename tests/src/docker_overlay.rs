@@ -21,6 +21,7 @@ use crate::{
     netns::Netns,
     scenario::Scenario,
     seed_overlay::Overlay,
+    topology::TopologyOptions,
 };
 
 /// The name both drivers go by.
@@ -42,6 +43,69 @@ pub struct DockerContainer {
     pub mac: String,
     /// The named handle on its network namespace.
     pub netns: String,
+}
+
+impl DockerContainer {
+    /// `docker exec` in the container, through `dockerd` (its node's).
+    pub fn exec(&self, dockerd: &Dockerd, args: &[&str]) -> Result<String> {
+        let mut all = vec!["exec", self.id.as_str()];
+        all.extend(args);
+        dockerd.docker(&all)
+    }
+}
+
+/// One `docker run -d` of a named container on a node's dockerd, and the
+/// handle on its namespace that makes it reachable to the test bed's tools.
+pub(crate) struct ContainerRun<'a> {
+    pub node: u8,
+    /// The bed's names' prefix: the container is `<prefix><name>`.
+    pub prefix: &'a str,
+    pub name: &'a str,
+    pub network: &'a str,
+}
+
+impl ContainerRun<'_> {
+    /// `docker run -d --name <prefix><name> --network NETWORK EXTRA…
+    /// IMAGE_AND_COMMAND…`; its address on the network and the handle (in
+    /// `handles`, which drops it).
+    pub fn start(
+        &self,
+        dockerd: &Dockerd,
+        extra: &[&str],
+        image_and_command: &[&str],
+        handles: &mut Vec<Netns>,
+    ) -> Result<DockerContainer> {
+        let full = format!("{}{}", self.prefix, self.name);
+        let mut args = vec!["run", "-d", "--name", &full, "--network", self.network];
+        args.extend(extra);
+        args.extend(image_and_command);
+        let id = dockerd.docker(&args)?.trim().to_owned();
+        let network = self.network;
+        let format = format!(
+            "{{{{.State.Pid}}}} {{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}} \
+             {{{{(index .NetworkSettings.Networks \"{network}\").MacAddress}}}}"
+        );
+        let out = dockerd.docker(&["inspect", "--format", &format, &id])?;
+        let fields: Vec<&str> = out.split_whitespace().collect();
+        let [pid, address, mac] = fields[..] else {
+            bail!("docker inspect {id}: {out:?}");
+        };
+        let handle = netns_handle(self.prefix, self.name);
+        ip(&format!("netns attach {handle} {pid}"))?;
+        handles.push(Netns {
+            name: handle.clone(),
+        });
+        Ok(DockerContainer {
+            name: self.name.to_owned(),
+            node: self.node,
+            id,
+            ip: address
+                .parse()
+                .with_context(|| format!("{}'s address {address:?}", self.name))?,
+            mac: mac.to_owned(),
+            netns: handle,
+        })
+    }
 }
 
 /// See the module doc.
@@ -68,6 +132,17 @@ impl DockerOverlay {
         opts: &DockerdOptions,
         agent_args: &[&str],
     ) -> Result<DockerOverlay> {
+        DockerOverlay::start_on(prefix, binary, opts, agent_args, TopologyOptions::default())
+    }
+
+    /// [`DockerOverlay::start_as`] on the wire and topology `wire`.
+    pub fn start_on(
+        prefix: &str,
+        binary: &Path,
+        opts: &DockerdOptions,
+        agent_args: &[&str],
+        wire: TopologyOptions,
+    ) -> Result<DockerOverlay> {
         let dir = TempDir::new(prefix)?;
         let key = dir.path().join("cluster.key");
         keygen(&key)?;
@@ -77,7 +152,7 @@ impl DockerOverlay {
         let mut d = DockerOverlay {
             handles: Vec::new(),
             dockerds: Vec::new(),
-            overlay: Overlay::create(scenario, dir)?,
+            overlay: Overlay::create_on(scenario, dir, wire)?,
         };
         d.overlay.binary = binary.to_owned();
         for node in [1, 2] {
@@ -179,47 +254,27 @@ impl DockerOverlay {
         network: &str,
         extra: &[&str],
     ) -> Result<DockerContainer> {
-        let full = format!("{}{name}", self.overlay.prefix());
-        let mut args = vec!["run", "-d", "--name", &full, "--network", network];
-        args.extend(extra);
-        args.extend([BUSYBOX_IMAGE, "sleep", "1d"]);
-        let id = self.docker(node, &args)?.trim().to_owned();
-        self.attach_handle(node, name, network, id)
+        self.run_image(node, name, network, extra, &[BUSYBOX_IMAGE, "sleep", "1d"])
     }
 
-    /// The container `id`'s addresses on `network`, and a handle on its
-    /// namespace.
-    fn attach_handle(
+    /// `docker run -d --name NAME --network NETWORK EXTRA… IMAGE_AND_COMMAND…`
+    /// on `node`, with a handle on its namespace.
+    pub fn run_image(
         &mut self,
         node: u8,
         name: &str,
         network: &str,
-        id: String,
+        extra: &[&str],
+        image_and_command: &[&str],
     ) -> Result<DockerContainer> {
-        let format = format!(
-            "{{{{.State.Pid}}}} {{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}} \
-             {{{{(index .NetworkSettings.Networks \"{network}\").MacAddress}}}}"
-        );
-        let out = self.docker(node, &["inspect", "--format", &format, &id])?;
-        let fields: Vec<&str> = out.split_whitespace().collect();
-        let [pid, address, mac] = fields[..] else {
-            bail!("docker inspect {id}: {out:?}");
-        };
-        let handle = netns_handle(self.overlay.prefix(), name);
-        ip(&format!("netns attach {handle} {pid}"))?;
-        self.handles.push(Netns {
-            name: handle.clone(),
-        });
-        Ok(DockerContainer {
-            name: name.to_owned(),
+        let run = ContainerRun {
             node,
-            id,
-            ip: address
-                .parse()
-                .with_context(|| format!("{name}'s address {address:?}"))?,
-            mac: mac.to_owned(),
-            netns: handle,
-        })
+            prefix: self.overlay.prefix(),
+            name,
+            network,
+        };
+        let dockerd = &self.dockerds[usize::from(node) - 1];
+        run.start(dockerd, extra, image_and_command, &mut self.handles)
     }
 
     /// `docker rm -f` of the container, and its handle dropped.
@@ -233,9 +288,7 @@ impl DockerOverlay {
 
     /// `docker exec` in the container.
     pub fn exec(&self, c: &DockerContainer, args: &[&str]) -> Result<String> {
-        let mut all = vec!["exec", c.id.as_str()];
-        all.extend(args);
-        self.docker(c.node, &all)
+        c.exec(self.dockerd(c.node), args)
     }
 
     /// The agents' stderr and the dockerds' logs, for a failure's report.

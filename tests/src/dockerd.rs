@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     cmd::{TempDir, output_ok},
-    image::busybox_rootfs_tar,
+    image::{busybox_rootfs_tar, iperf3_rootfs_tar},
     netns::netns_path,
     scale::scaled,
 };
@@ -29,6 +29,8 @@ pub const DOCKER_CLIENT: &str = "/usr/bin/docker";
 const DOCKERD: &str = "/usr/sbin/dockerd";
 /// The busybox image every test container runs, imported offline.
 pub const BUSYBOX_IMAGE: &str = "overlay-busybox:1";
+/// busybox with Debian's iperf3, imported offline: the benchmark's image.
+pub const IPERF3_IMAGE: &str = "overlay-iperf3:1";
 
 /// How a dockerd runs, beside Docker's defaults (and `--bridge=none`).
 #[derive(Clone, Debug, Default)]
@@ -188,6 +190,14 @@ impl Dockerd {
         let tar = busybox_rootfs_tar(self.dir.path())?;
         self.docker(&["import", &tar.display().to_string(), BUSYBOX_IMAGE])
             .context("importing the busybox image (is busybox-static installed?)")?;
+        Ok(())
+    }
+
+    /// Imports [`IPERF3_IMAGE`]: the busybox rootfs with iperf3 and its libraries.
+    pub fn import_iperf3(&self) -> Result<()> {
+        let tar = iperf3_rootfs_tar(self.dir.path())?;
+        self.docker(&["import", &tar.display().to_string(), IPERF3_IMAGE])
+            .context("importing the iperf3 image")?;
         Ok(())
     }
 

@@ -74,7 +74,8 @@ impl Overlay {
         Overlay::create_on(scenario, dir, wire)
     }
 
-    fn create_on(scenario: Scenario, dir: TempDir, wire: TopologyOptions) -> Result<Overlay> {
+    /// As [`Overlay::create`], on the wire and topology `wire`.
+    pub fn create_on(scenario: Scenario, dir: TempDir, wire: TopologyOptions) -> Result<Overlay> {
         let mut topology = SeedTopology::create(scenario.names.prefix(), wire)?;
         for c in &scenario.containers {
             topology.container(c.name)?;

@@ -7,7 +7,9 @@
 //! restarts of the agent and of dockerd keep containers connected, and
 //! refused options are named and leave nothing behind. Each node runs a real
 //! dockerd in its namespace (the test bed's `Dockerd`, default iptables), and
-//! its agent serves the drivers.
+//! its agent serves the drivers. Last, the benchmark's swarm bed: Docker's own
+//! overlay, which users would pick instead, carries containers of the
+//! benchmark's iperf3 image.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -16,8 +18,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use overlay_tests::{
-    Capture, DockerContainer, DockerOverlay, DockerdOptions, NODE1_VTEP, OUTSIDE_IP, Podman,
-    cli_at, ping, sh, tcp_transfer, tcp_transfer_via, wait_until,
+    Capture, DockerContainer, DockerOverlay, DockerSwarm, DockerdOptions, IPERF3_IMAGE, NODE1_VTEP,
+    OUTSIDE_IP, Podman, SeedTopology, TopologyOptions, VXLAN_PORT, cli_at, is_vxlan, ping, sh,
+    tcp_transfer, tcp_transfer_via, unique_prefix, wait_until,
 };
 
 const NET: &str = "uber-net";
@@ -498,4 +501,49 @@ fn refused_options_are_named_and_leave_nothing_half_made() -> Result<()> {
         ensure!(mtu.trim() == "1400", "o2's MTU: {mtu}");
         Ok(())
     })
+}
+
+/// The benchmark's other Docker bed: Docker's own overlay between the two
+/// dockerds in a swarm (no agent), containers of the offline iperf3 image on
+/// both nodes, a checked TCP transfer and iperf3 between them, and on node2's
+/// underlay the traffic as VXLAN between the two hosts' addresses.
+#[test]
+fn docker_s_own_swarm_overlay_carries_the_benchmark_image_across_nodes() -> Result<()> {
+    let topology = SeedTopology::create(&unique_prefix("sw"), TopologyOptions::default())?;
+    let mut swarm = DockerSwarm::start(&topology)?;
+    swarm.create_network("swarm-net", SUBNET)?;
+    let c2 = swarm.run(2, "c2", "swarm-net", &[IPERF3_IMAGE, "iperf3", "-s"])?;
+    let c1 = swarm.run(1, "c1", "swarm-net", &[IPERF3_IMAGE, "sleep", "1d"])?;
+    ensure!(
+        c1.ip.octets()[..3] == [10, 0, 9] && c2.ip.octets()[..3] == [10, 0, 9],
+        "addresses outside {SUBNET}: {} and {}",
+        c1.ip,
+        c2.ip
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "c1 reaching c2 over swarm-net",
+        || Ok(ping(&c1.netns, &c2.ip.to_string(), 1, &[])?.received == 1),
+    )?;
+    let capture = Capture::start(topology.node(2), "eth0")?;
+    let report = tcp_transfer(&c2.netns, &c2.ip.to_string(), &c1.netns, 2 << 20)
+        .context("TCP from c1 to c2 over Docker's overlay")?;
+    eprintln!("c1 -> c2 (swarm): {report:?}");
+    let frames = capture.stop()?;
+    let vxlan = frames.iter().filter(|f| is_vxlan(f, VXLAN_PORT)).count();
+    ensure!(
+        vxlan > 0,
+        "no VXLAN frame on node2's underlay among {}",
+        frames.len()
+    );
+    let out = c1.exec(
+        swarm.dockerd(1),
+        &["iperf3", "-c", &c2.ip.to_string(), "-t", "1", "-J"],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&out).context("iperf3's JSON")?;
+    let bits = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    ensure!(bits > 0.0, "iperf3 in the image moved nothing: {out}");
+    Ok(())
 }

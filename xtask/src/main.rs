@@ -68,7 +68,8 @@ enum Task {
         #[arg(long)]
         containers: bool,
     },
-    /// Build, then benchmark routed, kernel VXLAN and this dataplane side by side.
+    /// Build, then benchmark routed, kernel VXLAN, Docker's swarm overlay and
+    /// this dataplane side by side. Installs docker.io if missing.
     Bench {
         /// A small run (about two minutes) that checks every case delivers.
         #[arg(long)]
@@ -102,6 +103,12 @@ enum Task {
         /// of each, default 20, quick 5). Installs docker.io if missing.
         #[arg(long, conflicts_with_all = ["cni", "baseline"])]
         docker_run: bool,
+        /// Only Docker containers on the overlay, beside the hand-built
+        /// ebpf-tc and kernel-vxlan cases: overlay-ebpf, Docker's swarm
+        /// overlay, and the way out against a plain bridge network (writes
+        /// docker.md). Installs docker.io if missing.
+        #[arg(long, conflicts_with_all = ["cni", "baseline", "docker_run", "nets"])]
+        docker: bool,
     },
 }
 
@@ -189,8 +196,13 @@ fn try_main() -> Result<()> {
             nets,
             cni,
             docker_run,
+            docker,
         } => {
             let binary = build()?;
+            if docker {
+                prereqs::ensure_container_engines("bench --docker")?;
+                return bench::docker::run(&binary, quick, rounds, out);
+            }
             if docker_run {
                 prereqs::ensure_container_engines("bench --docker-run")?;
                 return bench::docker_run::run(&binary, quick, rounds, out);
@@ -198,6 +210,8 @@ fn try_main() -> Result<()> {
             if cni {
                 return bench::cni::run(quick, rounds, out, baseline);
             }
+            // The docker-swarm case runs dockerds.
+            prereqs::ensure_container_engines("bench")?;
             bench::run(
                 &binary,
                 &bench::Options {

@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use overlay_tests::{
-    Agent, ClusterFile, Decap, KernelVxlanNode, NODE1_VTEP, NODE2_VTEP, RemoteSection,
-    SeedTopology, TempDir, TopologyOptions, ip,
+    Agent, BUSYBOX_IMAGE, ClusterFile, Decap, DockerSwarm, KernelVxlanNode, NODE1_VTEP, NODE2_VTEP,
+    RemoteSection, SeedTopology, TempDir, TopologyOptions, ip,
     scenario::{C1, C2, C3, Container, Names, Scenario, UBER_NET, docker_mac, node_vtep},
     unique_prefix,
 };
@@ -26,12 +26,23 @@ pub enum Kind {
     KernelVxlan,
     EbpfTc,
     EbpfXdp,
+    /// What users would pick instead: Docker's own overlay, two dockerds in a
+    /// swarm formed on the underlay addresses, `docker network create -d
+    /// overlay --attachable`, a container on each node (the machine's iperf3
+    /// in their namespaces, as in the other cases).
+    DockerSwarm,
 }
 
 impl Kind {
     /// Every case, in table order. A new case is a variant here, its name, its
     /// colour in the chart, and its arm in [`Case::build`].
-    pub const ALL: [Kind; 4] = [Kind::Routed, Kind::KernelVxlan, Kind::EbpfTc, Kind::EbpfXdp];
+    pub const ALL: [Kind; 5] = [
+        Kind::Routed,
+        Kind::KernelVxlan,
+        Kind::EbpfTc,
+        Kind::EbpfXdp,
+        Kind::DockerSwarm,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -39,6 +50,7 @@ impl Kind {
             Kind::KernelVxlan => "kernel-vxlan",
             Kind::EbpfTc => "ebpf-tc",
             Kind::EbpfXdp => "ebpf-xdp",
+            Kind::DockerSwarm => "docker-swarm",
         }
     }
 
@@ -116,7 +128,7 @@ impl Net {
         }
     }
 
-    fn topology(self) -> TopologyOptions {
+    pub fn topology(self) -> TopologyOptions {
         TopologyOptions {
             wire_checksums: self.wire != Wire::Veth,
             receive_gro: self.wire == Wire::Nic,
@@ -153,19 +165,23 @@ impl Spec {
 pub const IPERF_PORT: u16 = 5201;
 pub const RR_PORT: u16 = 7101;
 pub const UDP_PORT: u16 = 7102;
+const SWARM_NET: &str = "swarm-net";
+const SWARM_SUBNET: &str = "10.0.9.0/24";
 
 /// One case, built and ready to measure; everything goes on drop.
 pub struct Case {
     pub spec: Spec,
-    pub prefix: String,
-    // Field order is drop order: the iperf3 server and the agents go before the
-    // namespaces they run in.
+    // Field order is drop order: the iperf3 server, the dockerds and the
+    // agents go before the namespaces they run in.
     iperf: ServerGuard,
+    _swarm: Option<DockerSwarm>,
     _agents: Vec<Agent>,
     pub topology: SeedTopology,
     _dir: TempDir,
     pub server_ip: Ipv4Addr,
     pub pin_dirs: Vec<PathBuf>,
+    client_ns: String,
+    server_ns: String,
 }
 
 impl Case {
@@ -173,10 +189,13 @@ impl Case {
         let prefix = unique_prefix("b");
         let mut topology = SeedTopology::create(&prefix, spec.net.topology())?;
         let dir = TempDir::new(&prefix)?;
-        for c in ["c1", "c2"] {
-            topology.container(c)?;
+        if spec.kind != Kind::DockerSwarm {
+            for c in ["c1", "c2"] {
+                topology.container(c)?;
+            }
         }
-        let (c1, c2) = (format!("{prefix}c1"), format!("{prefix}c2"));
+        let (mut c1, mut c2) = (format!("{prefix}c1"), format!("{prefix}c2"));
+        let mut swarm = None;
         let mut agents = Vec::new();
         let mut pin_dirs = Vec::new();
         let server_ip = match spec.kind {
@@ -217,33 +236,46 @@ impl Case {
                 }
                 C2.ip
             }
+            Kind::DockerSwarm => {
+                let mut s = DockerSwarm::start(&topology)?;
+                s.create_network(SWARM_NET, SWARM_SUBNET)?;
+                let sleeper = [BUSYBOX_IMAGE, "sleep", "1d"];
+                let server = s.run(2, "c2", SWARM_NET, &sleeper)?;
+                let client = s.run(1, "c1", SWARM_NET, &sleeper)?;
+                (c1, c2) = (client.netns, server.netns);
+                swarm = Some(s);
+                server.ip
+            }
         };
         let iperf = ServerGuard::spawn(&c2, &["iperf3", "-s", "-p", &IPERF_PORT.to_string()])?;
         let case = Case {
             spec,
-            prefix,
             iperf,
+            _swarm: swarm,
             _agents: agents,
             topology,
             _dir: dir,
             server_ip,
             pin_dirs,
+            client_ns: c1,
+            server_ns: c2,
         };
         case.wait_reachable()?;
         Ok(case)
     }
 
     pub fn client_ns(&self) -> String {
-        format!("{}c1", self.prefix)
+        self.client_ns.clone()
     }
 
     pub fn server_ns(&self) -> String {
-        format!("{}c2", self.prefix)
+        self.server_ns.clone()
     }
 
-    /// Until c1 reaches c2 (ARP, first packets through the tunnel), up to 10 s.
+    /// Until c1 reaches c2 (ARP, first packets through the tunnel, the
+    /// swarm's gossip), up to 20 s.
     fn wait_reachable(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let stats =
                 overlay_tests::ping(&self.client_ns(), &self.server_ip.to_string(), 1, &[])?;

@@ -25,6 +25,7 @@ fn color(kind: Kind) -> RGBColor {
         Kind::KernelVxlan => RGBColor(214, 96, 77),
         Kind::EbpfTc => RGBColor(67, 147, 195),
         Kind::EbpfXdp => RGBColor(33, 102, 172),
+        Kind::DockerSwarm => RGBColor(244, 165, 130),
     }
 }
 

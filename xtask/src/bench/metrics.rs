@@ -48,9 +48,27 @@ pub fn iperf_tcp(
     secs: u32,
     streams: u32,
 ) -> Result<Tcp> {
+    iperf_tcp_by(&in_namespace(client_ns), server, port, secs, streams)
+}
+
+/// How a client in the namespace `ns` runs: the machine's iperf3 inside it.
+fn in_namespace(ns: &str) -> Vec<String> {
+    ["ip", "netns", "exec", ns].map(str::to_owned).to_vec()
+}
+
+/// As [`iperf_tcp`], the client started by `launcher` followed by iperf3's
+/// arguments (`ip netns exec NS`, or `docker exec CONTAINER` for the
+/// iperf3 of a container's image).
+pub fn iperf_tcp_by(
+    launcher: &[String],
+    server: Ipv4Addr,
+    port: u16,
+    secs: u32,
+    streams: u32,
+) -> Result<Tcp> {
     let cpu0 = busy_cpu_secs()?;
     let json = iperf_client(
-        client_ns,
+        launcher,
         server,
         port,
         &["-t", &secs.to_string(), "-P", &streams.to_string()],
@@ -206,16 +224,18 @@ pub fn udp64(
 }
 
 fn iperf_client(
-    client_ns: &str,
+    launcher: &[String],
     server: Ipv4Addr,
     port: u16,
     args: &[&str],
 ) -> Result<serde_json::Value> {
+    let (program, launcher_args) = launcher.split_first().context("no launcher")?;
     // The server may still be finishing the previous test: retried briefly.
     let mut last = String::new();
     for _ in 0..5 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", client_ns, "iperf3", "-J", "-c"])
+        let out = Command::new(program)
+            .args(launcher_args)
+            .args(["iperf3", "-J", "-c"])
             .arg(server.to_string())
             .args(["-p", &port.to_string()])
             .args(args)

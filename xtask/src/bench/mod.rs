@@ -9,6 +9,7 @@
 mod cases;
 mod chart;
 pub mod cni;
+pub mod docker;
 pub mod docker_run;
 mod metrics;
 mod progcost;
@@ -107,7 +108,12 @@ fn specs(quick: bool, baseline: bool, nets: &[String]) -> Vec<Spec> {
         vec![
             (
                 Net::VETH,
-                vec![Kind::Routed, Kind::KernelVxlan, Kind::EbpfTc],
+                vec![
+                    Kind::Routed,
+                    Kind::KernelVxlan,
+                    Kind::EbpfTc,
+                    Kind::DockerSwarm,
+                ],
             ),
             (Net::NIC, vec![Kind::EbpfTc, Kind::EbpfXdp]),
             (Net::SWITCHED, vec![Kind::EbpfTc]),

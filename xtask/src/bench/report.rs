@@ -117,7 +117,7 @@ impl Summary {
         Summary {
             quick,
             rounds,
-            date: sh("date -u '+%Y-%m-%d %H:%M UTC'"),
+            date: date(),
             machine: machine(),
             cases,
             scale,
@@ -498,7 +498,7 @@ fn case_name(spec: &Spec) -> String {
     s
 }
 
-fn fmt(v: f64) -> String {
+pub(super) fn fmt(v: f64) -> String {
     if !v.is_finite() {
         "—".to_owned()
     } else if v >= 100.0 {
@@ -518,7 +518,12 @@ fn sh(cmd: &str) -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> String {
+/// Now, to the minute, for a run's line.
+pub(super) fn date() -> String {
+    sh("date -u '+%Y-%m-%d %H:%M UTC'")
+}
+
+pub(super) fn machine() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
