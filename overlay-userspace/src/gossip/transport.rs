@@ -335,3 +335,82 @@ impl Socket for SealedSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::key::ClusterKey;
+
+    /// A Syn with an empty digest and a cluster id long enough to take several
+    /// chunks, written as chitchat writes one (its digest type is private).
+    fn syn() -> ChitchatMessage {
+        let mut bytes = 45_139u16.to_le_bytes().to_vec();
+        bytes.extend([0, 0]);
+        chitchat::Serializable::serialize(&0u16, &mut bytes);
+        chitchat::Serializable::serialize(&"c".repeat(3_000), &mut bytes);
+        let msg = ChitchatMessage::deserialize(&mut bytes.as_slice()).unwrap();
+        assert!(matches!(msg, ChitchatMessage::Syn { .. }));
+        msg
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_dropped_and_counted_and_a_message_crosses_in_chunks() {
+        let keys = Arc::new(RwLock::new(Keyring::new(&[ClusterKey::generate()])));
+        let addr = |i: u8| SocketAddr::from(([127, 93, 0, i], 7946));
+        // The receiver listens on 1 and is advertised at 3, where a plain socket
+        // sees what is sent to it: the datagrams an eavesdropper captures.
+        let (sender_stats, receiver_stats) = (Arc::default(), Arc::<TransportStats>::default());
+        let mut sender = SealedTransport::new(keys.clone(), sender_stats, addr(2), 600)
+            .open(addr(2))
+            .await
+            .unwrap();
+        let mut receiver = SealedTransport::new(keys.clone(), receiver_stats.clone(), addr(3), 600)
+            .open(addr(1))
+            .await
+            .unwrap();
+        let wire = tokio::net::UdpSocket::bind(addr(3)).await.unwrap();
+        sender.send(addr(3), syn()).await.unwrap();
+        let mut captured = Vec::new();
+        let mut buf = vec![0; MAX_DATAGRAM];
+        while let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(200), wire.recv_from(&mut buf)).await
+        {
+            assert!(n <= 600, "a datagram of {n} B");
+            captured.push(buf[..n].to_vec());
+        }
+        assert!(captured.len() > 1, "{} chunks", captured.len());
+        // Delivered once, in any order, the message comes whole.
+        for d in captured.iter().rev() {
+            wire.send_to(d, addr(1)).await.unwrap();
+        }
+        let (_, msg) = tokio::time::timeout(Duration::from_secs(2), receiver.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg, syn());
+        // Again: every copy is dropped and counted, nothing reaches chitchat.
+        for d in &captured {
+            wire.send_to(d, addr(1)).await.unwrap();
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), receiver.recv())
+                .await
+                .is_err()
+        );
+        let counts = receiver_stats.counts();
+        let n = captured.len() as u64;
+        assert_eq!(
+            (counts.accepted, counts.replayed, counts.rejected),
+            (n, n, 0)
+        );
+        // Under a key no longer in the ring, nothing opens.
+        *keys.write().unwrap() = Keyring::new(&[ClusterKey::generate()]);
+        wire.send_to(&captured[0], addr(1)).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), receiver.recv())
+                .await
+                .is_err()
+        );
+        assert_eq!(receiver_stats.counts().rejected, 1);
+    }
+}
