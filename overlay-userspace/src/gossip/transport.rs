@@ -194,8 +194,10 @@ impl SealedSocket {
             || (self.listen.ip().is_unspecified() && to.port() == self.listen.port())
     }
 
-    /// One received datagram: the message it completes, if any.
-    fn receive(&mut self, from: SocketAddr, len: usize) -> Option<ChitchatMessage> {
+    /// One received datagram: the message it completes, if any, with the
+    /// sender's sealed address to answer, never the datagram's source, which
+    /// anyone on the path can forge.
+    fn receive(&mut self, from: SocketAddr, len: usize) -> Option<(SocketAddr, ChitchatMessage)> {
         let opened = {
             let keys = self.keys.read().expect("keyring lock");
             wire::open(keys.opening(), &self.recv_buf[..len])
@@ -236,7 +238,7 @@ impl SealedSocket {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let mut incomplete = 0;
         let whole = self.reassembly.add(
-            from,
+            header.from,
             header.message_id,
             header.index,
             header.count,
@@ -256,7 +258,7 @@ impl SealedSocket {
             }
         };
         if let Ok(msg) = ChitchatMessage::deserialize(&mut message.as_slice()) {
-            Some(msg)
+            Some((header.from, msg))
         } else {
             self.reject(from, "authenticated but malformed");
             None
@@ -290,6 +292,7 @@ impl Socket for SealedSocket {
                     let header = Header {
                         sealed_at_ms,
                         to,
+                        from: self.advertise,
                         message_id,
                         index: u8::try_from(index).expect("at most 255 chunks"),
                         count,
@@ -329,8 +332,8 @@ impl Socket for SealedSocket {
                 }
                 Err(e) => return Err(e).context("receiving gossip"),
             };
-            if let Some(msg) = self.receive(from, len) {
-                return Ok((from, msg));
+            if let Some(received) = self.receive(from, len) {
+                return Ok(received);
             }
         }
     }
@@ -383,11 +386,13 @@ mod tests {
         for d in captured.iter().rev() {
             wire.send_to(d, addr(1)).await.unwrap();
         }
-        let (_, msg) = tokio::time::timeout(Duration::from_secs(2), receiver.recv())
+        let (answer_to, msg) = tokio::time::timeout(Duration::from_secs(2), receiver.recv())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(msg, syn());
+        // Relayed from 3, it is answered at the sender's own address.
+        assert_eq!(answer_to, addr(2));
         // Again: every copy is dropped and counted, nothing reaches chitchat.
         for d in &captured {
             wire.send_to(d, addr(1)).await.unwrap();
