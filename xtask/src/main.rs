@@ -30,7 +30,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install prerequisites, then build target/release/overlay (eBPF object
-    /// included) and the CNI plugin target/release/overlay-cni.
+    /// included), the CNI plugin target/release/overlay-cni and the scale
+    /// tests' target/release/overlay-peer.
     Build,
     /// Build, then run `overlay` with the given arguments, e.g. `-- agent --config node1.toml`.
     Run {
@@ -215,7 +216,7 @@ fn try_main() -> Result<()> {
 }
 
 /// Prerequisites, then the release build of the `overlay` and `overlay-cni`
-/// binaries; the path of `overlay`.
+/// binaries, and of the scale tests' `overlay-peer`; the path of `overlay`.
 fn build() -> Result<PathBuf> {
     prereqs::ensure_all()?;
     run(Command::new("cargo").current_dir(workspace_root()).args([
@@ -223,9 +224,15 @@ fn build() -> Result<PathBuf> {
         "--release",
         "-p",
         "overlay-userspace",
+        "-p",
+        "overlay-peer",
     ]))?;
     let binary = workspace_root().join("target/release/overlay");
-    for built in [&binary, &binary.with_file_name("overlay-cni")] {
+    for built in [
+        &binary,
+        &binary.with_file_name("overlay-cni"),
+        &binary.with_file_name("overlay-peer"),
+    ] {
         if !built.exists() {
             bail!("the build succeeded but left no {}", built.display());
         }
