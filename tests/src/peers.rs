@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
 use crate::{
-    agent::{Agent, StderrLog, terminate, wait_for},
+    agent::{Agent, StderrLog, overlay_binary, terminate, wait_for},
     cluster::{Cluster, node_ip},
     cluster_file::NetworkSection,
     cmd::ip,
@@ -131,9 +131,10 @@ impl Peers {
         }
     }
 
-    /// Every peer reports when an endpoint at `ip` shows in another's record.
-    pub fn watch(&mut self, ip: Ipv4Addr) -> Result<()> {
-        self.send(&format!("watch {ip}"))?;
+    /// The first `watchers` peers report when an endpoint at `ip` shows in
+    /// another's record.
+    pub fn watch(&mut self, ip: Ipv4Addr, watchers: usize) -> Result<()> {
+        self.send(&format!("watch {ip} {watchers}"))?;
         self.next("watching", scaled(Duration::from_secs(5)))?;
         Ok(())
     }
@@ -141,7 +142,7 @@ impl Peers {
     /// Peer `peer` announces one more endpoint; when it did, in Unix ms.
     pub fn add(&mut self, peer: usize, ip: Ipv4Addr) -> Result<u64> {
         self.send(&format!("add {peer} {ip}"))?;
-        let event = self.next("published", scaled(Duration::from_secs(5)))?;
+        let event = self.next("published", scaled(Duration::from_secs(15)))?;
         event["at_ms"].as_u64().context("published without at_ms")
     }
 
@@ -257,13 +258,23 @@ impl ScaleBed {
     /// Starts the agent of host `i`, with the scale network, metrics, and
     /// `extra` arguments.
     pub fn start_agent(&mut self, i: usize, extra: &[&str]) -> Result<&Agent> {
+        self.start_agent_binary(i, &overlay_binary()?, extra)
+    }
+
+    /// [`ScaleBed::start_agent`] with another build of the agent.
+    pub fn start_agent_binary(
+        &mut self,
+        i: usize,
+        binary: &Path,
+        extra: &[&str],
+    ) -> Result<&Agent> {
         let mut file = self.cluster.node_file(i);
         if let Some(section) = file.cluster.as_mut() {
             section.seeds = vec![gossip_addr(Self::first_peer_addr())];
         }
         file.metrics_listen = Some(SocketAddr::from((node_ip(i), METRICS_PORT)));
         file.networks = vec![NetworkSection::new(SCALE_NETWORK, SCALE_VNI, SCALE_SUBNET)];
-        self.cluster.start_agent(i, &file, extra)
+        self.cluster.start_agent_binary(i, &file, binary, extra)
     }
 
     /// Host `i`'s agent's metrics, as scraped now.

@@ -63,14 +63,17 @@ fn peers_endpoints_reach_the_agents_maps_and_a_change_reaches_everyone() -> Resu
 
     let change = Ipv4Addr::new(10, 200, 100, 1);
     let peers = bed.peers()?;
-    peers.watch(change)?;
-    peers.add(0, change)?;
+    peers.watch(change, PEERS - 1)?;
+    peers.add(PEERS - 1, change)?;
     let seen = peers.seen(change, PEERS - 1, scaled(Duration::from_secs(10)))?;
     ensure!(seen.len() == PEERS - 1, "{seen:?}");
     wait_until(
         scaled(Duration::from_secs(10)),
         "the peer's new endpoint in the agent's FDB",
-        || Ok(remote_fdb(&bed)?.get(&mac_of(change)) == Some(&ScaleBed::first_peer_addr())),
+        || {
+            let last_peer = Ipv4Addr::from(first_peer + u32::try_from(PEERS - 1)?);
+            Ok(remote_fdb(&bed)?.get(&mac_of(change)) == Some(&last_peer))
+        },
     )?;
     let (low, high) = bed.peers()?.view()?;
     ensure!(

@@ -103,6 +103,12 @@ enum Task {
         /// of each, default 20, quick 5). Installs docker.io if missing.
         #[arg(long, conflicts_with_all = ["cni", "baseline"])]
         docker_run: bool,
+        /// Only the cluster at scale (real agents and overlay-peer members:
+        /// 50 nodes, 20,000 endpoints; quick: 9 and 2,000) and endpoint adds
+        /// on one node up to 2,000 (--baseline: another agent build beside
+        /// it); writes scale.md.
+        #[arg(long, conflicts_with_all = ["cni", "docker_run", "nets"])]
+        scale: bool,
     },
 }
 
@@ -190,8 +196,12 @@ fn try_main() -> Result<()> {
             nets,
             cni,
             docker_run,
+            scale,
         } => {
             let binary = build()?;
+            if scale {
+                return bench::scale::run(&binary, quick, out, baseline.as_deref());
+            }
             if docker_run {
                 prereqs::ensure_container_engines("bench --docker-run")?;
                 return bench::docker_run::run(&binary, quick, rounds, out);

@@ -13,6 +13,7 @@ pub mod docker_run;
 mod metrics;
 mod progcost;
 mod report;
+pub mod scale;
 
 use std::{
     collections::BTreeMap,
