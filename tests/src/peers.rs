@@ -135,14 +135,14 @@ impl Peers {
     /// another's record.
     pub fn watch(&mut self, ip: Ipv4Addr, watchers: usize) -> Result<()> {
         self.send(&format!("watch {ip} {watchers}"))?;
-        self.next("watching", scaled(Duration::from_secs(5)))?;
+        self.next("watching", scaled(Duration::from_secs(60)))?;
         Ok(())
     }
 
     /// Peer `peer` announces one more endpoint; when it did, in Unix ms.
     pub fn add(&mut self, peer: usize, ip: Ipv4Addr) -> Result<u64> {
         self.send(&format!("add {peer} {ip}"))?;
-        let event = self.next("published", scaled(Duration::from_secs(15)))?;
+        let event = self.next("published", scaled(Duration::from_secs(60)))?;
         event["at_ms"].as_u64().context("published without at_ms")
     }
 
