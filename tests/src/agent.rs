@@ -34,6 +34,17 @@ pub fn overlay_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A binary that `cargo xtask build` leaves next to `overlay`.
+pub(crate) fn built_beside_overlay(name: &str) -> Result<PathBuf> {
+    let path = overlay_binary()?.with_file_name(name);
+    ensure!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build`",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// The upgrade suite's second version of the agent (its eBPF object differs:
 /// other program code, another FDB size), which `cargo xtask test` builds next
 /// to the first; `OVERLAY_UPGRADE_VARIANT` overrides the path.

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
 use crate::{
-    agent::{Agent, StderrLog, overlay_binary, terminate, wait_for},
+    agent::{Agent, StderrLog, built_beside_overlay, overlay_binary, terminate, wait_for},
     cluster::{Cluster, node_ip},
     cluster_file::NetworkSection,
     cmd::ip,
@@ -26,18 +26,9 @@ use crate::{
     scenario::{UNDERLAY, gossip_addr},
 };
 
-/// `target/release/overlay-peer`, or `OVERLAY_PEER`.
+/// `overlay-peer`, built next to `overlay`.
 pub fn peer_binary() -> Result<PathBuf> {
-    let path = std::env::var_os("OVERLAY_PEER").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/overlay-peer"),
-        PathBuf::from,
-    );
-    ensure!(
-        path.exists(),
-        "{} is missing: run `cargo xtask build`",
-        path.display()
-    );
-    Ok(path)
+    built_beside_overlay("overlay-peer")
 }
 
 /// What one `overlay-peer` process runs.
