@@ -34,6 +34,17 @@ pub fn overlay_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A binary that `cargo xtask build` leaves next to `overlay`.
+pub(crate) fn built_beside_overlay(name: &str) -> Result<PathBuf> {
+    let path = overlay_binary()?.with_file_name(name);
+    ensure!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build`",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// The upgrade suite's second version of the agent (its eBPF object differs:
 /// other program code, another FDB size), which `cargo xtask test` builds next
 /// to the first; `OVERLAY_UPGRADE_VARIANT` overrides the path.
@@ -371,7 +382,7 @@ fn spawn(
 }
 
 /// The child's exit status, or `None` if it is still running after `timeout`.
-fn wait_for(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+pub(crate) fn wait_for(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().context("waiting for the agent")? {
@@ -386,7 +397,7 @@ fn wait_for(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> 
 
 /// Sends `signal` and waits up to 10 s; then SIGKILL. The exit status if the
 /// child exited by itself, `None` if it had to be killed.
-fn terminate(child: &mut Child, signal: i32) -> Result<Option<ExitStatus>> {
+pub(crate) fn terminate(child: &mut Child, signal: i32) -> Result<Option<ExitStatus>> {
     // Once reaped, its pid may belong to another process by now.
     if let Some(status) = child.try_wait().context("waiting for the agent")? {
         return Ok(Some(status));
@@ -404,13 +415,13 @@ fn terminate(child: &mut Child, signal: i32) -> Result<Option<ExitStatus>> {
 }
 
 /// A child's stderr, collected by a thread so the child never blocks on the pipe.
-struct StderrLog {
+pub(crate) struct StderrLog {
     bytes: Arc<Mutex<Vec<u8>>>,
     reader: JoinHandle<()>,
 }
 
 impl StderrLog {
-    fn collect(child: &mut Child) -> StderrLog {
+    pub(crate) fn collect(child: &mut Child) -> StderrLog {
         let mut pipe = child.stderr.take().expect("stderr is piped");
         let bytes = Arc::new(Mutex::new(Vec::new()));
         let sink = bytes.clone();
@@ -425,7 +436,7 @@ impl StderrLog {
         StderrLog { bytes, reader }
     }
 
-    fn so_far(&self) -> String {
+    pub(crate) fn so_far(&self) -> String {
         String::from_utf8_lossy(&self.bytes.lock().expect("stderr buffer")).into_owned()
     }
 

@@ -121,10 +121,21 @@ impl Cluster {
 
     /// Writes `file` as host `i`'s config and starts its agent.
     pub fn start_agent(&mut self, i: usize, file: &ClusterFile, extra: &[&str]) -> Result<&Agent> {
+        self.start_agent_binary(i, file, &overlay_binary()?, extra)
+    }
+
+    /// [`Cluster::start_agent`] with another build of the agent.
+    pub fn start_agent_binary(
+        &mut self,
+        i: usize,
+        file: &ClusterFile,
+        binary: &Path,
+        extra: &[&str],
+    ) -> Result<&Agent> {
         let config = file.write(self.dir.path(), &format!("node{i}.toml"))?;
         let agent = Agent::start(
             &self.hosts[i - 1].ns.name,
-            &overlay_binary()?,
+            binary,
             &config,
             &self.pin_dir(i),
             extra,

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 
 use crate::{
-    agent::{keygen, overlay_binary},
+    agent::{built_beside_overlay, keygen, overlay_binary},
     cluster::wait_until,
     cluster_file::Decap,
     cmd::{TempDir, ip, unique_prefix},
@@ -29,13 +29,7 @@ pub const DEBIAN_CNI_PLUGINS: &str = "/usr/lib/cni";
 
 /// `overlay-cni`, built next to `overlay`.
 pub fn cni_binary() -> Result<PathBuf> {
-    let path = overlay_binary()?.with_file_name("overlay-cni");
-    ensure!(
-        path.exists(),
-        "{} is missing: run `cargo xtask build`",
-        path.display()
-    );
-    Ok(path)
+    built_beside_overlay("overlay-cni")
 }
 
 /// What a plugin printed, and how it exited.

@@ -21,6 +21,7 @@ mod image;
 mod kernel_vxlan;
 mod netns;
 mod nft;
+mod peers;
 mod pinger;
 mod podman;
 pub mod prog_run;
@@ -51,12 +52,15 @@ pub use image::{busybox_rootfs_tar, iperf3_rootfs_tar};
 pub use kernel_vxlan::{KernelVxlanNode, VXLAN_PORT};
 pub use netns::{Netns, in_netns, join, netns_path};
 pub use nft::NftTable;
+pub use peers::{
+    PeerSpec, Peers, SCALE_NETWORK, SCALE_SUBNET, SCALE_VNI, ScaleBed, peer_binary, sample,
+};
 pub use pinger::{PingLog, Pinger};
 pub use podman::{Podman, PodmanContainer, remove_podman_leftovers};
 pub use scale::{TIMEOUT_SCALE_VAR, scaled, timeout_scale};
 pub use seed_overlay::Overlay;
 pub use topology::{NODE1_VTEP, NODE2_VTEP, OUTSIDE_IP, SeedTopology, TopologyOptions};
 pub use traffic::{
-    IpReceived, PingStats, TransferReport, ip_received, link_stats, ping, tcp_transfer,
+    IpReceived, PingStats, TransferReport, ip_received, link_bytes, link_stats, ping, tcp_transfer,
     tcp_transfer_via,
 };

@@ -60,13 +60,22 @@ fn parse_ping_summary(text: &str) -> Option<PingStats> {
 
 /// Packets received and transmitted by `ifname` in `ns`, as `ip -s link` counts them.
 pub fn link_stats(ns: &str, ifname: &str) -> Result<(u64, u64)> {
+    link_counters(ns, ifname, "packets")
+}
+
+/// A link's received and sent bytes, as `ip -s link` counts them.
+pub fn link_bytes(ns: &str, ifname: &str) -> Result<(u64, u64)> {
+    link_counters(ns, ifname, "bytes")
+}
+
+fn link_counters(ns: &str, ifname: &str, what: &str) -> Result<(u64, u64)> {
     let json = ip(&format!("-n {ns} -s -j link show dev {ifname}"))?;
     let links: serde_json::Value = serde_json::from_str(&json).context("parsing ip -j")?;
     let stats = &links[0]["stats64"];
     let count = |dir: &str| {
-        stats[dir]["packets"]
+        stats[dir][what]
             .as_u64()
-            .with_context(|| format!("no {dir} packets for {ifname} in {ns}: {json}"))
+            .with_context(|| format!("no {dir} {what} for {ifname} in {ns}: {json}"))
     };
     Ok((count("rx")?, count("tx")?))
 }

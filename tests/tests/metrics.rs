@@ -251,6 +251,7 @@ fn the_endpoint_serves_get_metrics_only_and_a_taken_port_fails_the_setup() -> Re
         "# TYPE overlay_dataplane_bytes counter",
         "# TYPE overlay_map_entries gauge",
         "# TYPE overlay_reconcile_duration_seconds histogram",
+        "# TYPE overlay_reconcile_cpu_seconds counter",
         "# TYPE overlay_build info",
         "# TYPE overlay_dataplane info",
         "overlay_dataplane_packets_total{reason=\"drop_spoofed_ip\"} 0",

@@ -30,7 +30,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install prerequisites, then build target/release/overlay (eBPF object
-    /// included) and the CNI plugin target/release/overlay-cni.
+    /// included), the CNI plugin target/release/overlay-cni and the scale
+    /// tests' target/release/overlay-peer.
     Build,
     /// Build, then run `overlay` with the given arguments, e.g. `-- agent --config node1.toml`.
     Run {
@@ -107,8 +108,14 @@ enum Task {
         /// ebpf-tc and kernel-vxlan cases: overlay-ebpf, Docker's swarm
         /// overlay, and the way out against a plain bridge network (writes
         /// docker.md). Installs docker.io if missing.
-        #[arg(long, conflicts_with_all = ["cni", "baseline", "docker_run", "nets"])]
+        #[arg(long, conflicts_with_all = ["cni", "baseline", "docker_run", "nets", "scale"])]
         docker: bool,
+        /// Only the cluster at scale (real agents and overlay-peer members:
+        /// 50 nodes, 20,000 endpoints; quick: 9 and 2,000) and endpoint adds
+        /// on one node up to 2,000 (--baseline: another agent build beside
+        /// it); writes scale.md.
+        #[arg(long, conflicts_with_all = ["cni", "docker_run", "nets"])]
+        scale: bool,
     },
 }
 
@@ -197,8 +204,12 @@ fn try_main() -> Result<()> {
             cni,
             docker_run,
             docker,
+            scale,
         } => {
             let binary = build()?;
+            if scale {
+                return bench::scale::run(&binary, quick, out, baseline.as_deref());
+            }
             if docker {
                 prereqs::ensure_container_engines("bench --docker")?;
                 return bench::docker::run(&binary, quick, rounds, out);
@@ -229,7 +240,7 @@ fn try_main() -> Result<()> {
 }
 
 /// Prerequisites, then the release build of the `overlay` and `overlay-cni`
-/// binaries; the path of `overlay`.
+/// binaries, and of the scale tests' `overlay-peer`; the path of `overlay`.
 fn build() -> Result<PathBuf> {
     prereqs::ensure_all()?;
     run(Command::new("cargo").current_dir(workspace_root()).args([
@@ -237,9 +248,15 @@ fn build() -> Result<PathBuf> {
         "--release",
         "-p",
         "overlay-userspace",
+        "-p",
+        "overlay-peer",
     ]))?;
     let binary = workspace_root().join("target/release/overlay");
-    for built in [&binary, &binary.with_file_name("overlay-cni")] {
+    for built in [
+        &binary,
+        &binary.with_file_name("overlay-cni"),
+        &binary.with_file_name("overlay-peer"),
+    ] {
         if !built.exists() {
             bail!("the build succeeded but left no {}", built.display());
         }

@@ -26,7 +26,7 @@ use crate::{
         plan::{NodePlan, PlannedEndpoint, host_ifname},
         tunnel_gro,
     },
-    metrics::{AgentMetrics, ClusterView},
+    metrics::{AgentMetrics, ClusterView, thread_cpu_time},
     model::Plumbing,
 };
 
@@ -348,6 +348,7 @@ impl Node {
         force_way_out: bool,
     ) -> Result<crate::dataplane::reconcile::Changes> {
         let started = Instant::now();
+        let cpu_before = thread_cpu_time();
         let desired = desired_state(
             &self.plan,
             self.membership.resolved(),
@@ -364,8 +365,11 @@ impl Node {
                 }
                 Ok(changes)
             });
-        self.metrics
-            .reconciled(started.elapsed(), applied.as_ref().ok());
+        self.metrics.reconciled(
+            started.elapsed(),
+            thread_cpu_time().saturating_sub(cpu_before),
+            applied.as_ref().ok(),
+        );
         self.metrics
             .set_view(ClusterView::of(self.membership.resolved(), &desired));
         applied

@@ -21,17 +21,29 @@ pub fn netns_path(netns: &str) -> PathBuf {
     }
 }
 
-/// Whether two namespace references are the same namespace: the same path,
-/// or files of one namespace (nsfs gives each namespace one inode), such as
-/// `/run/netns/x` and `/proc/PID/ns/net` of a process inside it.
-pub fn same_netns(a: &str, b: &str) -> bool {
+/// A namespace's identity: nsfs gives each namespace one inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsId {
+    dev: u64,
+    ino: u64,
+}
+
+/// The identity of the namespace `netns` names; `None` if its file cannot be
+/// read (a caller's namespace in a mount namespace of its own, or gone).
+pub fn netns_id(netns: &str) -> Option<NetnsId> {
     use std::os::unix::fs::MetadataExt as _;
-    let (a, b) = (netns_path(a), netns_path(b));
-    a == b
-        || match (std::fs::metadata(&a), std::fs::metadata(&b)) {
-            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-            _ => false,
-        }
+    let meta = std::fs::metadata(netns_path(netns)).ok()?;
+    Some(NetnsId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// Whether two namespace references are the same namespace: the same path,
+/// or files of one namespace, such as `/run/netns/x` and `/proc/PID/ns/net`
+/// of a process inside it.
+pub fn same_netns(a: &str, b: &str) -> bool {
+    netns_path(a) == netns_path(b) || netns_id(a).is_some_and(|id| netns_id(b) == Some(id))
 }
 
 /// Switches the calling thread into a network namespace until dropped.

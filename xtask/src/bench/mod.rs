@@ -14,6 +14,7 @@ pub mod docker_run;
 mod metrics;
 mod progcost;
 mod report;
+pub mod scale;
 
 use std::{
     collections::BTreeMap,
