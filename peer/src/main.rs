@@ -28,7 +28,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use overlay_userspace::{config::ClusterSection, gossip::key::ClusterKey, model::Subnet};
+use overlay_userspace::{
+    config::{ClusterSection, DEFAULT_GOSSIP_MTU},
+    gossip::key::Keyring,
+    model::Subnet,
+};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
@@ -96,16 +100,16 @@ fn main() -> Result<()> {
         peers: args.peers,
     };
     layout.check()?;
-    let key = ClusterKey::load(&args.key)?;
+    let keys = Keyring::load(&args.key)?;
     // One thread: the peers together take at most one core from the agents
     // they are measured against.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(&args, &layout, &key))
+    runtime.block_on(serve(&args, &layout, &keys))
 }
 
-async fn serve(args: &Args, layout: &Layout, key: &ClusterKey) -> Result<()> {
+async fn serve(args: &Args, layout: &Layout, keys: &Keyring) -> Result<()> {
     let mut peers = Vec::new();
     let mut tasks = Vec::new();
     for index in 0..args.peers {
@@ -117,9 +121,10 @@ async fn serve(args: &Args, layout: &Layout, key: &ClusterKey) -> Result<()> {
             key_file: args.key.clone(),
             gossip_interval: Duration::from_millis(args.gossip_interval_ms),
             cluster_id: args.cluster_id.clone(),
+            mtu: DEFAULT_GOSSIP_MTU,
         };
         let name = format!("{}{index}", args.name_prefix);
-        let peer = Peer::join(index, &name, &section, key, layout)
+        let peer = Peer::join(index, &name, &section, keys.clone(), layout)
             .await
             .with_context(|| format!("peer {name} on {addr}"))?;
         let (tx, rx) = mpsc::unbounded_channel();

@@ -10,7 +10,7 @@ use anyhow::Result;
 use overlay_userspace::{
     cluster::record::{EndpointRecord, NodeRecord},
     config::ClusterSection,
-    gossip::{Gossip, key::ClusterKey, now_ms},
+    gossip::{Gossip, key::Keyring, now_ms},
 };
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -38,11 +38,11 @@ impl Peer {
         index: usize,
         name: &str,
         section: &ClusterSection,
-        key: &ClusterKey,
+        keys: Keyring,
         layout: &Layout,
     ) -> Result<Peer> {
         let mut record = layout.record(index, name, section.advertise);
-        let gossip = Gossip::start(name, section, key, &record).await?;
+        let gossip = Gossip::start(name, section, keys, &record).await?;
         record.generation = gossip.generation();
         Ok(Peer {
             index,
