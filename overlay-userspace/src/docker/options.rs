@@ -117,8 +117,9 @@ fn aux_addresses(v4: &IpamData) -> Result<Vec<Ipv4Addr>, String> {
         .aux_addresses
         .iter()
         .map(|(name, cidr)| {
-            address(cidr, &format!("--aux-address {name}="))
-                .map(|ip| ip.expect("a non-empty address"))
+            // Empty is no address here: an aux address that names none.
+            let option = format!("--aux-address {name}=");
+            address(cidr, &option)?.ok_or_else(|| format!("{option}: no address given"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     aux.sort_unstable();
@@ -214,6 +215,10 @@ mod tests {
                 "add --ipam-driver overlay-ebpf",
             ),
             (r#"{"IPv4Data":[]}"#.into(), "--subnet"),
+            (
+                r#"{"IPv4Data":[{"AddressSpace":"overlay-ebpf","Pool":"10.0.9.0/24","AuxAddresses":{"a":""}}]}"#.into(),
+                "--aux-address a=",
+            ),
         ];
         for (json, expected) in cases {
             let err = network_create(&request(&json)).unwrap_err();
