@@ -14,12 +14,11 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 
 use crate::{
-    agent::{built_beside_overlay, keygen, overlay_binary},
+    agent::{built_beside_overlay, overlay_binary},
     cluster::wait_until,
-    cluster_file::Decap,
-    cmd::{TempDir, ip, unique_prefix},
+    cmd::ip,
     netns::netns_path,
-    scenario::{C2, Scenario, UBER_NET},
+    scenario::{C2, UBER_NET},
     seed_overlay::Overlay,
     traffic::ping,
 };
@@ -178,14 +177,7 @@ impl CniBed {
     /// With `agent` as both nodes' agent binary (a baseline build, say); the
     /// plugin is always this build's.
     pub fn start_with(tag: &str, agent: &Path) -> Result<CniBed> {
-        let prefix = unique_prefix(tag);
-        let dir = TempDir::new(&prefix)?;
-        let key_file = dir.path().join("cluster.key");
-        keygen(&key_file)?;
-        let scenario = Scenario::new(&prefix, Decap::Tc)
-            .with_containers(&[C2])
-            .with_gossip(&key_file);
-        let mut overlay = Overlay::create(scenario, dir)?;
+        let mut overlay = Overlay::gossip_with_c2(tag)?;
         agent.clone_into(&mut overlay.binary);
         for node in [1, 2] {
             overlay.start_agent(node)?;

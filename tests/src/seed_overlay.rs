@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, ensure};
 
 use crate::{
-    agent::{Agent, overlay_binary},
+    agent::{Agent, keygen, overlay_binary},
     cluster::cli_at,
     cluster_file::{ClusterFile, Decap},
     cmd::{TempDir, unique_prefix},
-    scenario::{ALL, Container, Scenario},
+    scenario::{ALL, C2, Container, Scenario},
     topology::{SeedTopology, TopologyOptions},
     traffic::{ping, tcp_transfer},
 };
@@ -65,6 +65,20 @@ impl Overlay {
             dir,
             wire,
         )
+    }
+
+    /// c2 on node2 and nothing on node1, the nodes learning each other by
+    /// gossip (a fresh cluster key), with no agent running yet: what a runtime
+    /// attaches on node1 reaches c2. The runtime API and CNI suites run on it.
+    pub fn gossip_with_c2(tag: &str) -> Result<Overlay> {
+        let prefix = unique_prefix(tag);
+        let dir = TempDir::new(&prefix)?;
+        let key_file = dir.path().join("cluster.key");
+        keygen(&key_file)?;
+        let scenario = Scenario::new(&prefix, Decap::Tc)
+            .with_containers(&[C2])
+            .with_gossip(&key_file);
+        Overlay::create(scenario, dir)
     }
 
     /// The topology, the containers of `scenario` and its cluster files in `dir`,

@@ -14,9 +14,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use overlay_tests::{
-    Decap, Overlay, TempDir, keygen, netns_path, ping,
-    scenario::{C2, Scenario, UBER_NET, docker_mac},
-    sh, unique_prefix, wait_until,
+    Decap, Overlay, netns_path, ping,
+    scenario::{C2, UBER_NET, docker_mac},
+    sh, wait_until,
 };
 use overlay_userspace::{
     api::proto::{AttachRequest, Attachment, AttachmentKey, ErrorCode, Request, Response},
@@ -71,17 +71,9 @@ fn key(container_id: &str, ifname: &str) -> AttachmentKey {
     }
 }
 
-/// c2 on node2 and nothing on node1, the nodes learning each other by gossip,
-/// so that what node1's API attaches reaches c2.
+/// [`Overlay::gossip_with_c2`] with both agents running, with `extra`.
 fn gossip_overlay(extra: &[&str]) -> Result<Overlay> {
-    let prefix = unique_prefix("ra");
-    let dir = TempDir::new(&prefix)?;
-    let key_file = dir.path().join("cluster.key");
-    keygen(&key_file)?;
-    let scenario = Scenario::new(&prefix, Decap::Tc)
-        .with_containers(&[C2])
-        .with_gossip(&key_file);
-    let mut o = Overlay::create(scenario, dir)?;
+    let mut o = Overlay::gossip_with_c2("ra")?;
     for node in [1, 2] {
         o.start_agent_with(node, extra)?;
     }

@@ -14,11 +14,13 @@ use anyhow::{Context as _, Result, bail};
 use crate::{prereqs, workspace_root};
 
 /// Every target, in the order they run.
-pub const TARGETS: [&str; 4] = [
+pub const TARGETS: [&str; 6] = [
     "cluster_file",
     "api_request",
     "gossip_record",
     "transport_open",
+    "docker_request",
+    "cni_invocation",
 ];
 
 #[derive(clap::Args)]

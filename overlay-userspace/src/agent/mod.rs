@@ -117,7 +117,17 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 ),
                 None => None,
             };
-            let server = api::server::serve(&socket, calls_tx, monitor.clone())?;
+            let server = match api::server::serve(&socket, calls_tx, monitor.clone()) {
+                Ok(server) => server,
+                Err(e) => {
+                    // A dropped JoinHandle leaves its task running: the
+                    // metrics server would hold its port after the agent gave up.
+                    if let Some(metrics) = metrics {
+                        metrics.abort();
+                    }
+                    return Err(e);
+                }
+            };
             anyhow::Ok((server, metrics))
         }
         .await;

@@ -9,10 +9,18 @@ pub mod proto;
 pub mod server;
 pub mod stream;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 pub const DEFAULT_RUN_DIR: &str = "/run/overlay";
-const MAX_REQUEST: usize = 64 * 1024;
+/// The longest request line, without its newline: a request names a few
+/// things, so more is a client gone wrong.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a connection may take to send its request line whole: a client
+/// that sends slowly, or never a newline, does not hold its connection open.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 pub fn default_socket(node: &str) -> PathBuf {
     Path::new(DEFAULT_RUN_DIR).join(format!("{node}.sock"))

@@ -5,14 +5,14 @@ use std::{os::unix::fs::PermissionsExt as _, path::Path};
 
 use anyhow::{Context as _, Result};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
 
 use super::{
-    MAX_REQUEST,
-    proto::{Call, Incoming, Response, StreamRequest},
+    MAX_REQUEST, REQUEST_DEADLINE,
+    proto::{Call, ErrorCode, Incoming, Response, StreamRequest, api_error},
     stream,
 };
 use crate::monitor::Monitor;
@@ -56,12 +56,23 @@ async fn answer(
     monitor: &std::sync::Arc<Monitor>,
 ) -> Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
-    reader.read_line(&mut line).await?;
-    let request = match Incoming::decode(&line) {
+    let mut reader = BufReader::new(read);
+    let request = match tokio::time::timeout(REQUEST_DEADLINE, request_line(&mut reader)).await {
+        Ok(line) => line?.and_then(|line| {
+            Incoming::decode(&line)
+                .map_err(|e| api_error(ErrorCode::Invalid, format!("not a valid request: {e}")))
+        }),
+        Err(_) => Err(api_error(
+            ErrorCode::Invalid,
+            format!(
+                "the request did not arrive within {REQUEST_DEADLINE:?}: send it whole, as one \
+                 line"
+            ),
+        )),
+    };
+    let response = match request {
         Ok(Incoming::Stream(request)) => {
-            let read = reader.into_inner().into_inner();
+            let read = reader.into_inner();
             return match request {
                 StreamRequest::Monitor { filter } => {
                     stream::serve_monitor(monitor, &filter, read, write).await
@@ -71,11 +82,7 @@ async fn answer(
                 }
             };
         }
-        Ok(Incoming::Call(request)) => Ok(request),
-        Err(e) => Err(e),
-    };
-    let response = match request {
-        Ok(request) => {
+        Ok(Incoming::Call(request)) => {
             let (tx, rx) = oneshot::channel();
             if calls.send((request, tx)).await.is_err() {
                 Response::err(&anyhow::anyhow!("the agent is shutting down"))
@@ -85,10 +92,70 @@ async fn answer(
                 })
             }
         }
-        Err(e) => Response::err(&anyhow::anyhow!("not a valid request: {e}")),
+        Err(e) => Response::err(&e),
     };
     let mut text = serde_json::to_string(&response)?;
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     Ok(())
+}
+
+/// The request line without its newline (a client may also end it by closing
+/// its end), or why it is refused: longer than [`MAX_REQUEST`], not UTF-8.
+/// The outer error is the connection's.
+async fn request_line(
+    reader: &mut (impl AsyncBufRead + Unpin),
+) -> std::io::Result<Result<String, anyhow::Error>> {
+    let mut line = Vec::new();
+    // One byte past the limit tells a line at the limit from a longer one.
+    (&mut *reader)
+        .take(MAX_REQUEST as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > MAX_REQUEST {
+        return Ok(Err(api_error(
+            ErrorCode::Invalid,
+            format!(
+                "the request is longer than {MAX_REQUEST} bytes, the limit of one request line"
+            ),
+        )));
+    }
+    Ok(String::from_utf8(line).map_err(|_| {
+        api_error(
+            ErrorCode::Invalid,
+            "not a valid request: the line is not UTF-8",
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read(input: &[u8]) -> Result<String, String> {
+        let mut reader = input;
+        request_line(&mut reader)
+            .await
+            .unwrap()
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    #[tokio::test]
+    async fn a_line_is_read_up_to_the_limit() {
+        assert_eq!(
+            read(b"{\"op\":\"members\"}\nrest").await.unwrap(),
+            r#"{"op":"members"}"#
+        );
+        // A client may end its request by closing its end instead.
+        assert_eq!(read(b"{}").await.unwrap(), "{}");
+        let at_limit = [vec![b' '; MAX_REQUEST], b"\n".to_vec()].concat();
+        assert_eq!(read(&at_limit).await.unwrap().len(), MAX_REQUEST);
+        let over = vec![b' '; MAX_REQUEST + 1];
+        let e = read(&over).await.unwrap_err();
+        assert!(e.contains("longer than 65536 bytes"), "{e}");
+        let e = read(b"{\"op\":\"\xff\"}\n").await.unwrap_err();
+        assert!(e.contains("not UTF-8"), "{e}");
+    }
 }

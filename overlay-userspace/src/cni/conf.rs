@@ -299,25 +299,9 @@ mod tests {
     use super::*;
     use crate::cni::{
         error::INVALID_CONFIG,
-        invocation::{Env, Invocation, parse},
+        invocation::{Invocation, parse},
+        test_env::{add_env, code, env},
     };
-
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        Env::from_vars(pairs.iter().copied())
-    }
-
-    fn add_env() -> Vec<(&'static str, &'static str)> {
-        vec![
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "c0ffee"),
-            ("CNI_NETNS", "/run/netns/x"),
-            ("CNI_IFNAME", "eth0"),
-        ]
-    }
-
-    fn code(pairs: &[(&str, &str)], stdin: &str) -> u32 {
-        parse(&env(pairs), stdin.as_bytes()).unwrap_err().code
-    }
 
     #[test]
     fn configurations_are_checked_with_the_spec_codes() {

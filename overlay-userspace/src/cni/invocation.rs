@@ -292,27 +292,10 @@ fn cni_args(text: &str) -> Result<CniArgs, CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cni::test_env::{add_env, code, env};
     use std::path::PathBuf;
 
     const CONF: &str = r#"{"cniVersion":"1.0.0","name":"uber-net","type":"overlay-cni","network":"uber-net","socket":"/run/overlay/node1.sock"}"#;
-
-    fn env(pairs: &[(&str, &str)]) -> Env {
-        Env::from_vars(pairs.iter().copied())
-    }
-
-    fn add_env() -> Vec<(&'static str, &'static str)> {
-        vec![
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "c0ffee"),
-            ("CNI_NETNS", "/run/netns/x"),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/usr/lib/cni"),
-        ]
-    }
-
-    fn code(pairs: &[(&str, &str)], stdin: &str) -> u32 {
-        parse(&env(pairs), stdin.as_bytes()).unwrap_err().code
-    }
 
     #[test]
     fn an_add_reads_its_attachment_and_configuration() {

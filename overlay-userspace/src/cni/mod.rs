@@ -20,6 +20,8 @@ pub mod error;
 pub mod invocation;
 pub mod records;
 pub mod result;
+#[cfg(test)]
+mod test_env;
 pub mod version;
 
 pub use invocation::{Env, Invocation, parse};

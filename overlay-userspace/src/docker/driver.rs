@@ -20,8 +20,7 @@ use super::{
     options::{self, ipv6_refused},
     protocol::{
         CreateEndpoint, CreateEndpointResponse, CreateNetwork, Empty, EndpointInterface,
-        EndpointRef, InterfaceName, Join, JoinResponse, PORT_MAP, PortBinding,
-        ProgramExternalConnectivity,
+        EndpointRef, InterfaceName, Join, JoinResponse, ProgramExternalConnectivity,
     },
     store::{Binding, DockerEndpoint, Store},
 };
@@ -341,13 +340,7 @@ impl Plugin {
         &self,
         r: ProgramExternalConnectivity,
     ) -> Result<Empty> {
-        let bindings: Vec<PortBinding> = match r.options.get(PORT_MAP) {
-            Some(v) if !v.is_null() => {
-                serde_json::from_value(v.clone()).context("-p: Docker's port map is not valid")?
-            }
-            _ => Vec::new(),
-        };
-        let ports = options::port_mappings(&bindings).map_err(|e| anyhow!(e))?;
+        let ports = options::published_ports(&r.options).map_err(|e| anyhow!(e))?;
         if ports.is_empty() {
             return Ok(Empty {});
         }

@@ -22,8 +22,8 @@
 mod driver;
 mod engine;
 mod ipam;
-mod options;
-mod protocol;
+pub mod options;
+pub mod protocol;
 mod server;
 mod store;
 

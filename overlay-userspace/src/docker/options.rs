@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use serde_json::Value;
 
 use super::protocol::{
-    ADDRESS_SPACE, CreateNetwork, ENABLE_IPV6, GENERIC, INTERNAL, IpamData, PortBinding,
+    ADDRESS_SPACE, CreateNetwork, ENABLE_IPV6, GENERIC, INTERNAL, IpamData, PORT_MAP, PortBinding,
 };
 use crate::{
     api::proto::NetworkCreate,
@@ -117,12 +117,24 @@ fn aux_addresses(v4: &IpamData) -> Result<Vec<Ipv4Addr>, String> {
         .aux_addresses
         .iter()
         .map(|(name, cidr)| {
-            address(cidr, &format!("--aux-address {name}="))
-                .map(|ip| ip.expect("a non-empty address"))
+            // Empty is no address here: an aux address that names none.
+            let option = format!("--aux-address {name}=");
+            address(cidr, &option)?.ok_or_else(|| format!("{option}: no address given"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     aux.sort_unstable();
     Ok(aux)
+}
+
+/// The ports a ProgramExternalConnectivity's options publish (Docker's port
+/// map; none when absent or null).
+pub fn published_ports(options: &BTreeMap<String, Value>) -> Result<Vec<PortMapping>, String> {
+    let bindings: Vec<PortBinding> = match options.get(PORT_MAP) {
+        Some(v) if !v.is_null() => serde_json::from_value(v.clone())
+            .map_err(|e| format!("-p: Docker's port map is not valid: {e}"))?,
+        _ => Vec::new(),
+    };
+    port_mappings(&bindings)
 }
 
 /// `-p`'s bindings as the agent publishes them. IPv6 host addresses are left
@@ -203,6 +215,10 @@ mod tests {
                 "add --ipam-driver overlay-ebpf",
             ),
             (r#"{"IPv4Data":[]}"#.into(), "--subnet"),
+            (
+                r#"{"IPv4Data":[{"AddressSpace":"overlay-ebpf","Pool":"10.0.9.0/24","AuxAddresses":{"a":""}}]}"#.into(),
+                "--aux-address a=",
+            ),
         ];
         for (json, expected) in cases {
             let err = network_create(&request(&json)).unwrap_err();
@@ -222,5 +238,12 @@ mod tests {
         assert_eq!(ports.len(), 2, "the IPv6 binding is left out");
         assert_eq!(ports[0].to_string(), "8080->80/tcp");
         assert_eq!(ports[1].to_string(), "172.31.1.5:5353->53/udp");
+        let options =
+            |json: &str| -> BTreeMap<String, Value> { serde_json::from_str(json).unwrap() };
+        let null = options(r#"{"com.docker.network.portmap":null}"#);
+        assert!(published_ports(&null).unwrap().is_empty());
+        let bad = options(r#"{"com.docker.network.portmap":{"Port":80}}"#);
+        let e = published_ports(&bad).unwrap_err();
+        assert!(e.starts_with("-p: Docker's port map is not valid"), "{e}");
     }
 }

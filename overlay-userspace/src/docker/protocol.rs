@@ -211,6 +211,60 @@ pub struct ReleasePool {
     pub pool_id: String,
 }
 
+/// A call dockerd makes with a body, decoded as the server reads it.
+#[derive(Debug)]
+pub enum Request {
+    CreateNetwork(CreateNetwork),
+    DeleteNetwork(EndpointRef),
+    CreateEndpoint(CreateEndpoint),
+    DeleteEndpoint(EndpointRef),
+    Join(Join),
+    Leave(EndpointRef),
+    ProgramExternalConnectivity(ProgramExternalConnectivity),
+    RevokeExternalConnectivity(EndpointRef),
+    RequestPool(RequestPool),
+    ReleasePool(ReleasePool),
+    RequestAddress(RequestAddress),
+    ReleaseAddress(ReleaseAddress),
+}
+
+impl Request {
+    /// `body` as `method` (`/<Interface>.<Method>`) sends it, an empty body
+    /// read as `{}`; `None` for a method that takes no body or is not served.
+    pub fn decode(method: &str, body: &[u8]) -> Option<Result<Request, serde_json::Error>> {
+        fn read<R: serde::de::DeserializeOwned>(
+            body: &[u8],
+            variant: fn(R) -> Request,
+        ) -> Result<Request, serde_json::Error> {
+            let body = if body.iter().all(u8::is_ascii_whitespace) {
+                b"{}".as_slice()
+            } else {
+                body
+            };
+            serde_json::from_slice(body).map(variant)
+        }
+        Some(match method {
+            "NetworkDriver.CreateNetwork" => read(body, Request::CreateNetwork),
+            "NetworkDriver.DeleteNetwork" => read(body, Request::DeleteNetwork),
+            "NetworkDriver.CreateEndpoint" => read(body, Request::CreateEndpoint),
+            "NetworkDriver.DeleteEndpoint" => read(body, Request::DeleteEndpoint),
+            "NetworkDriver.Join" => read(body, Request::Join),
+            "NetworkDriver.Leave" => read(body, Request::Leave),
+            "NetworkDriver.ProgramExternalConnectivity" => {
+                read(body, Request::ProgramExternalConnectivity)
+            }
+            "NetworkDriver.RevokeExternalConnectivity" => {
+                read(body, Request::RevokeExternalConnectivity)
+            }
+            "IpamDriver.RequestPool" => read(body, Request::RequestPool),
+            "IpamDriver.ReleasePool" => read(body, Request::ReleasePool),
+            "IpamDriver.RequestAddress" => read(body, Request::RequestAddress),
+            "IpamDriver.ReleaseAddress" => read(body, Request::ReleaseAddress),
+            _ => return None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +302,29 @@ mod tests {
             (binding.proto, binding.port, binding.host_port),
             (6, 80, 8080)
         );
+    }
+
+    #[test]
+    fn a_body_decodes_as_its_method_says() {
+        let join = Request::decode(
+            "NetworkDriver.Join",
+            br#"{"NetworkID":"n","EndpointID":"e","SandboxKey":"/var/run/docker/netns/x"}"#,
+        );
+        assert!(
+            matches!(join, Some(Ok(Request::Join(j))) if j.sandbox_key == "/var/run/docker/netns/x")
+        );
+        // An empty body is `{}`: every field at its default.
+        assert!(matches!(
+            Request::decode("IpamDriver.ReleasePool", b" \n"),
+            Some(Ok(Request::ReleasePool(r))) if r.pool_id.is_empty()
+        ));
+        assert!(matches!(
+            Request::decode("NetworkDriver.Leave", b"{not json"),
+            Some(Err(_))
+        ));
+        // Methods without a body, and unknown ones, are the server's.
+        assert!(Request::decode("Plugin.Activate", b"").is_none());
+        assert!(Request::decode("NetworkDriver.Jump", b"{}").is_none());
     }
 
     #[test]

@@ -18,13 +18,13 @@ use axum::{
     routing::post,
 };
 use log::{debug, info};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::Serialize;
 use serde_json::json;
 use tokio::{net::UnixListener, task::JoinHandle};
 
 use super::{
     Plugin,
-    protocol::{ADDRESS_SPACE, IMPLEMENTS},
+    protocol::{ADDRESS_SPACE, IMPLEMENTS, Request},
 };
 
 /// Binds the socket (replacing a stale one: the agent's lock is held) and
@@ -66,35 +66,25 @@ async fn dispatch(
     body: Bytes,
 ) -> Response {
     debug!("docker: {method} {}", String::from_utf8_lossy(&body));
-    let p = &plugin;
-    let (driver, answer) = match method.as_str() {
+    match method.as_str() {
         "Plugin.Activate" => return ok(json!({ "Implements": IMPLEMENTS })),
         "NetworkDriver.GetCapabilities" => {
             // `global` would need swarm, and swarm refuses legacy plugins.
             return ok(json!({ "Scope": "local", "ConnectivityScope": "global" }));
         }
-        "NetworkDriver.CreateNetwork" => net(call(&body, |r| p.create_network(r)).await),
-        "NetworkDriver.DeleteNetwork" => net(call(&body, |r| p.delete_network(r)).await),
-        "NetworkDriver.CreateEndpoint" => net(call(&body, |r| p.create_endpoint(r)).await),
-        "NetworkDriver.DeleteEndpoint" => net(call(&body, |r| p.delete_endpoint(r)).await),
         "NetworkDriver.EndpointOperInfo" => return ok(json!({ "Value": {} })),
-        "NetworkDriver.Join" => net(call(&body, |r| p.join(r)).await),
-        "NetworkDriver.Leave" => net(call(&body, |r| p.leave(r)).await),
-        "NetworkDriver.ProgramExternalConnectivity" => {
-            net(call(&body, |r| p.program_external_connectivity(r)).await)
-        }
-        "NetworkDriver.RevokeExternalConnectivity" => {
-            net(call(&body, |r| p.revoke_external_connectivity(r)).await)
-        }
         // Node discovery, for drivers that gossip themselves: this one has
         // the agent's.
         "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => return ok(json!({})),
-        "NetworkDriver.AllocateNetwork" | "NetworkDriver.FreeNetwork" => (
-            Driver::Network,
-            Err(anyhow::anyhow!(
-                "overlay-ebpf is a local-scope driver: swarm does not allocate its networks"
-            )),
-        ),
+        "NetworkDriver.AllocateNetwork" | "NetworkDriver.FreeNetwork" => {
+            return refused(
+                &method,
+                Driver::Network,
+                &anyhow::anyhow!(
+                    "overlay-ebpf is a local-scope driver: swarm does not allocate its networks"
+                ),
+            );
+        }
         "IpamDriver.GetCapabilities" => {
             return ok(json!({ "RequiresMACAddress": false, "RequiresRequestReplay": false }));
         }
@@ -104,55 +94,62 @@ async fn dispatch(
                 "GlobalDefaultAddressSpace": ADDRESS_SPACE,
             }));
         }
-        "IpamDriver.RequestPool" => ipam(call(&body, |r| p.request_pool(r)).await),
-        "IpamDriver.ReleasePool" => ipam(call(&body, |r| p.release_pool(r)).await),
-        "IpamDriver.RequestAddress" => ipam(call(&body, |r| p.request_address(r)).await),
-        "IpamDriver.ReleaseAddress" => ipam(call(&body, |r| p.release_address(r)).await),
-        _ => {
-            debug!("docker: {method} is not served");
-            return StatusCode::NOT_FOUND.into_response();
-        }
+        _ => {}
+    }
+    let Some(request) = Request::decode(&method, &body) else {
+        debug!("docker: {method} is not served");
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let driver = if method.starts_with("IpamDriver.") {
+        Driver::Ipam
+    } else {
+        Driver::Network
+    };
+    let answer = match request.context("the request is not valid JSON") {
+        Ok(request) => handle(&plugin, request).await,
+        Err(e) => Err(e),
     };
     match answer {
         Ok(value) => ok(value),
-        Err(e) => {
-            let message = format!("{e:#}");
-            info!("docker: {method} refused: {message}");
-            let key = match driver {
-                Driver::Network => "Err",
-                Driver::Ipam => "Error",
-            };
-            ok(json!({ key: message }))
-        }
+        Err(e) => refused(&method, driver, &e),
     }
+}
+
+/// Runs the handler of `request` and serializes its answer.
+async fn handle(p: &Arc<Plugin>, request: Request) -> Result<serde_json::Value> {
+    match request {
+        Request::CreateNetwork(r) => to_json(p.create_network(r).await),
+        Request::DeleteNetwork(r) => to_json(p.delete_network(r).await),
+        Request::CreateEndpoint(r) => to_json(p.create_endpoint(r).await),
+        Request::DeleteEndpoint(r) => to_json(p.delete_endpoint(r).await),
+        Request::Join(r) => to_json(p.join(r).await),
+        Request::Leave(r) => to_json(p.leave(r).await),
+        Request::ProgramExternalConnectivity(r) => {
+            to_json(p.program_external_connectivity(r).await)
+        }
+        Request::RevokeExternalConnectivity(r) => to_json(p.revoke_external_connectivity(r).await),
+        Request::RequestPool(r) => to_json(p.request_pool(r).await),
+        Request::ReleasePool(r) => to_json(p.release_pool(r).await),
+        Request::RequestAddress(r) => to_json(p.request_address(r).await),
+        Request::ReleaseAddress(r) => to_json(p.release_address(r).await),
+    }
+}
+
+fn to_json<T: Serialize>(answer: Result<T>) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(answer?)?)
+}
+
+/// A refusal in `driver`'s envelope.
+fn refused(method: &str, driver: Driver, e: &anyhow::Error) -> Response {
+    let message = format!("{e:#}");
+    info!("docker: {method} refused: {message}");
+    let key = match driver {
+        Driver::Network => "Err",
+        Driver::Ipam => "Error",
+    };
+    ok(json!({ key: message }))
 }
 
 fn ok(value: serde_json::Value) -> Response {
     (StatusCode::OK, Json(value)).into_response()
-}
-
-fn net(answer: Result<serde_json::Value>) -> (Driver, Result<serde_json::Value>) {
-    (Driver::Network, answer)
-}
-
-fn ipam(answer: Result<serde_json::Value>) -> (Driver, Result<serde_json::Value>) {
-    (Driver::Ipam, answer)
-}
-
-/// Parses the body (an empty one as `{}`), runs the handler, and serializes
-/// its answer.
-async fn call<R, T, F>(body: &[u8], handler: impl FnOnce(R) -> F) -> Result<serde_json::Value>
-where
-    R: DeserializeOwned,
-    T: Serialize,
-    F: Future<Output = Result<T>>,
-{
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    let request: R = serde_json::from_slice(body).context("the request is not valid JSON")?;
-    let answer = handler(request).await?;
-    Ok(serde_json::to_value(answer)?)
 }
