@@ -373,5 +373,19 @@ impl Plugin {
 
 /// Docker's short form of an ID.
 pub(super) fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    // By characters: dockerd's IDs are hex, but an ID is what the request
+    // says, and a byte slice through a character would panic the handler.
+    id.char_indices().nth(12).map_or(id, |(end, _)| &id[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short;
+
+    #[test]
+    fn short_ids_cut_at_twelve_characters_never_inside_one() {
+        assert_eq!(short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short("01234567890é-rest"), "01234567890é");
+    }
 }
