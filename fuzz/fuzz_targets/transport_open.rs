@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let header = Header {
         sealed_at_ms: u64::from(pick(0)) << 32,
         to: ([127, 0, 0, pick(1)], 7946).into(),
+        from: ([127, 0, 1, pick(5)], 7946).into(),
         message_id: u64::from(pick(2)),
         index: pick(3),
         count: pick(4),
@@ -33,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!((opened.header, &opened.chunk[..]), (header, data));
     let mut lost = 0;
     let whole = Reassembly::default().add(
-        header.to,
+        header.from,
         header.message_id,
         header.index,
         header.count,
