@@ -77,10 +77,16 @@ fn nothing_yet(stream: &UnixStream) -> Result<bool> {
     Ok(quiet)
 }
 
-/// Whether the agent has closed `stream` (after its answer).
+/// Whether the agent has closed `stream` (after its answer). A client still
+/// sending when the agent closed sees a reset rather than the end: the agent
+/// closed with the client's bytes unread, and the kernel says so.
 fn closed(stream: &UnixStream) -> Result<bool> {
     let mut byte = [0u8; 1];
-    Ok((&*stream).read(&mut byte)? == 0)
+    match (&*stream).read(&mut byte) {
+        Ok(n) => Ok(n == 0),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[test]
