@@ -66,11 +66,7 @@ pub fn run(
     for run in &runs {
         md += &run.report(n);
     }
-    println!("{md}");
-    let dir = super::results_dir(quick, out);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("cni.md"), &md)?;
-    println!("bench --cni: written to {}", dir.join("cni.md").display());
+    super::write_report("--cni", "cni.md", &md, quick, out)?;
     Ok(())
 }
 

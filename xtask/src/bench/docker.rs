@@ -312,14 +312,7 @@ pub fn run(
         &format!("{load_before} before, {} after", super::load_average()),
         started.elapsed().as_secs_f64(),
     );
-    println!("{md}");
-    let dir = super::results_dir(quick, out);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("docker.md"), &md)?;
-    println!(
-        "bench --docker: written to {}",
-        dir.join("docker.md").display()
-    );
+    super::write_report("--docker", "docker.md", &md, quick, out)?;
     Ok(())
 }
 

@@ -70,14 +70,7 @@ pub fn run(binary: &Path, quick: bool, rounds: Option<u32>, out: Option<PathBuf>
     }
     let load = format!("{load_before} before, {} after", super::load_average());
     let md = report(n, &overlay, &none, &load);
-    println!("{md}");
-    let dir = super::results_dir(quick, out);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("docker-run.md"), &md)?;
-    println!(
-        "bench --docker-run: written to {}",
-        dir.join("docker-run.md").display()
-    );
+    super::write_report("--docker-run", "docker-run.md", &md, quick, out)?;
     Ok(())
 }
 

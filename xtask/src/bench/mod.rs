@@ -352,6 +352,23 @@ fn results_dir(quick: bool, out: Option<PathBuf>) -> PathBuf {
     })
 }
 
+/// Prints a side bench's report `md` and writes it as `file` in the run's
+/// results folder (see [`results_dir`]).
+fn write_report(
+    bench: &str,
+    file: &str,
+    md: &str,
+    quick: bool,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    println!("{md}");
+    let dir = results_dir(quick, out);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(file), md)?;
+    println!("bench {bench}: written to {}", dir.join(file).display());
+    Ok(())
+}
+
 fn measure_case(
     case: &mut Case,
     plan: &Plan,

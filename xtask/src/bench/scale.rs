@@ -134,14 +134,7 @@ pub fn run(
         super::load_average(),
         started.elapsed().as_secs_f64()
     );
-    println!("{md}");
-    let dir = super::results_dir(quick, out);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("scale.md"), &md)?;
-    println!(
-        "bench --scale: written to {}",
-        dir.join("scale.md").display()
-    );
+    super::write_report("--scale", "scale.md", &md, quick, out)?;
     ensure!(failed.is_empty(), "{} failed", failed.join(" and "));
     Ok(())
 }
