@@ -224,6 +224,8 @@ fn try_main() -> Result<()> {
             }
             // The docker-swarm case runs dockerds.
             prereqs::ensure_container_engines("bench")?;
+            // Where the time goes: perf record of each case.
+            prereqs::ensure_debian_packages("bench's profiles", &["linux-perf"])?;
             bench::run(
                 &binary,
                 &bench::Options {

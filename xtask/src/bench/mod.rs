@@ -12,6 +12,7 @@ pub mod cni;
 pub mod docker;
 pub mod docker_run;
 mod metrics;
+mod profile;
 mod progcost;
 mod report;
 pub mod scale;
@@ -242,6 +243,19 @@ pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
         v
     };
 
+    // The recordings stay for `perf report -i` (with call graphs); the
+    // results keep only their summary.
+    let perf_dir = crate::workspace_root().join("target/bench-perf");
+    std::fs::create_dir_all(&perf_dir)?;
+    println!(
+        "bench: where the time goes (perf record, TCP 1 stream; recordings in {})",
+        perf_dir.display()
+    );
+    let profiles = cases
+        .iter()
+        .map(|case| profile::record(case, plan.tcp_secs.min(3), &perf_dir))
+        .collect::<Result<Vec<_>>>()?;
+
     let mut samples: Vec<BTreeMap<&'static str, Vec<f64>>> = vec![BTreeMap::new(); cases.len()];
     let mut scale_samples: Vec<Vec<f64>> = vec![Vec::new(); scale_cases.len()];
     for round in 0..plan.rounds {
@@ -325,6 +339,7 @@ pub fn run(binary: &Path, opts: &Options) -> Result<Summary> {
         costs,
         insns,
         live,
+        profiles,
         counters,
         load_before,
         load_average(),

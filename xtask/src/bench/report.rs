@@ -10,6 +10,7 @@ use super::{
     METRICS, MapMemory,
     cases::{Kind, Net, Spec},
     chart,
+    profile::{self, Profile},
     progcost::{Cost, Insns, Live},
 };
 
@@ -77,6 +78,7 @@ pub struct Summary {
     pub costs: Vec<Cost>,
     pub insns: Vec<Insns>,
     pub live: Vec<Live>,
+    pub profiles: Vec<Profile>,
     pub counters: BTreeMap<String, (u64, u64, u64)>,
     pub load: (String, String),
     pub secs: f64,
@@ -95,6 +97,7 @@ impl Summary {
         costs: Vec<Cost>,
         insns: Vec<Insns>,
         live: Vec<Live>,
+        profiles: Vec<Profile>,
         counters: BTreeMap<String, (u64, u64, u64)>,
         load_before: String,
         load_after: String,
@@ -125,6 +128,7 @@ impl Summary {
             costs,
             insns,
             live,
+            profiles,
             counters,
             load: (load_before, load_after),
             secs,
@@ -380,6 +384,7 @@ impl Summary {
                 l.case, l.traffic, l.node, l.program, l.runs, l.ns_per_run
             );
         }
+        s += &profile::markdown(&self.profiles);
         s += "\nTargets (medians of this run):\n\n| target | value | |\n|---|---|---|\n";
         for t in self.targets() {
             let value = if t.in_ns {
@@ -437,6 +442,12 @@ impl Summary {
             "live_program_costs": self.live.iter().map(|l| json!({
                 "case": l.case, "traffic": l.traffic, "node": l.node, "program": l.program,
                 "runs": l.runs, "ns_per_run": l.ns_per_run,
+            })).collect::<Vec<_>>(),
+            "profiles": self.profiles.iter().map(|p| json!({
+                "case": p.case, "kernel_samples": p.samples,
+                "groups": profile::group_names().zip(&p.groups)
+                    .map(|(g, v)| (g.to_owned(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "top": p.top.iter().map(|(s, v)| json!({"symbol": s, "share": v})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "counters": self.counters.iter().map(|(k, (e, d, x))| (k.clone(), json!({
                 "encap": e, "decap": d, "drops": x,
