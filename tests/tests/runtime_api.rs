@@ -158,6 +158,11 @@ fn runtimes_attach_and_detach_by_container_id_and_ifname() -> Result<()> {
     ] {
         ensure!(inside.contains(&wanted), "{wanted} inside: {inside}");
     }
+    // IPv6 was turned off before the end got its name, and stays off.
+    let ipv6 = sh(&format!(
+        "nsenter --net=/run/netns/{a1} cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6"
+    ))?;
+    ensure!(ipv6.trim() == "1", "disable_ipv6 of eth0 inside: {ipv6}");
     ensure!(
         sh(&format!(
             "ip -n {} link show {}",

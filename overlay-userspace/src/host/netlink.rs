@@ -162,6 +162,19 @@ impl Netlink {
         self.set_up(index).await
     }
 
+    /// Renames a down interface and brings it up, in one request (the kernel
+    /// renames before it changes the flags).
+    pub async fn rename_up(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .name(name.to_owned())
+            .up()
+            .execute()
+            .await
+            .with_context(|| format!("renaming to {name} and setting link up"))
+    }
+
     pub async fn set_up(&self, index: u32) -> Result<()> {
         self.handle
             .link()
