@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     netlink::Netlink,
-    netns::{NetnsGuard, disable_ipv6, enable_forwarding, netns_path, open_netns},
+    netns::{NetnsGuard, disable_ipv6, netns_path, open_netns},
     plan::PlannedEndpoint,
 };
 use crate::model::{Mac, Plumbing, gateway_mac};
@@ -36,11 +36,9 @@ pub async fn create_endpoint(
     let host_ifindex = match plan.plumbing {
         Plumbing::Agent => {
             let netns = open_netns(&plan.netns)?;
-            // Born under a name of its own, renamed once its IPv6 is off: see
-            // `configure_container_end`.
             nl.add_veth_into(
                 &plan.host_ifname,
-                &plan.peer_ifname(),
+                &plan.container_ifname,
                 &netns,
                 plan.mac.0,
                 plan.mtu,
@@ -98,13 +96,13 @@ async fn configure(
 /// address, forwarding, and the route to the container. Idempotent, so that
 /// an adopted endpoint is brought to what this agent plans.
 async fn configure_host_end(nl: &Netlink, plan: &PlannedEndpoint, index: u32) -> Result<()> {
-    disable_ipv6(&plan.host_ifname)?;
+    nl.disable_ipv6(&plan.host_ifname)?;
     let Some(gateway) = plan.gateway else {
         return nl.set_mtu_up(index, plan.mtu).await;
     };
     nl.set_mac_mtu(index, gateway_mac(gateway).0, plan.mtu)
         .await?;
-    enable_forwarding(&plan.host_ifname)?;
+    nl.enable_forwarding(&plan.host_ifname)?;
     // The gateway's address on every host end of the network: the container
     // reaches the host's services at it, and the host answers from it.
     nl.ensure_ipv4(index, gateway, 32).await?;
@@ -112,31 +110,28 @@ async fn configure_host_end(nl: &Netlink, plan: &PlannedEndpoint, index: u32) ->
     nl.replace_host_route(plan.ip, index, gateway).await
 }
 
-/// The container end, born inside under the endpoint's own peer name with its
-/// MAC and MTU: IPv6 off before it comes up, then renamed to its
-/// `container_ifname` and up, its address, and the default route.
-///
-/// IPv6 is turned off under the unique name because /proc/sys keeps one
-/// dentry per namespace for each interface name, and the lookup compares them
-/// all: with every container's end called eth0, writing
-/// `conf/eth0/disable_ipv6` cost 14 % of the agent's CPU at 1,500 endpoints
-/// and grew with them. The setting stays through the rename.
+/// The container end, born inside with its name, MAC and MTU: IPv6 off
+/// before it comes up, then up, its address, and the default route.
 async fn configure_container_end(inside: &Netlink, plan: &PlannedEndpoint) -> Result<()> {
-    let (born, ifname) = (plan.peer_ifname(), &plan.container_ifname);
+    let ifname = &plan.container_ifname;
     let index = inside
-        .link_by_name(&born)
+        .link_by_name(ifname)
         .await?
-        .with_context(|| format!("{born} not found in namespace {}", plan.netns))?
+        .with_context(|| format!("{ifname} not found in namespace {}", plan.netns))?
         .index;
     {
-        // The namespace's own IPv6 settings apply to it.
+        // The namespace's own IPv6 settings apply to it. This path still
+        // crosses the shared `ipv6` dentries (see `netns::ConfDirs`), once
+        // per endpoint: a new namespace's directory is reached only through
+        // it, and netlink cannot set disable_ipv6 (the kernel takes only the
+        // token and the address generation mode for IPv6).
         let _inside = NetnsGuard::enter(&netns_path(&plan.netns))?;
-        disable_ipv6(&born)?;
+        disable_ipv6(ifname)?;
     }
     inside
-        .rename_up(index, ifname)
+        .set_up(index)
         .await
-        .with_context(|| format!("bringing {ifname} up in namespace {}", plan.netns))?;
+        .with_context(|| format!("bringing {ifname} up"))?;
     inside
         .add_ipv4(index, plan.ip, plan.prefix_len)
         .await
