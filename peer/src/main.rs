@@ -29,7 +29,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use overlay_userspace::{
-    config::{ClusterSection, DEFAULT_GOSSIP_MTU},
+    config::{ClusterSection, DEFAULT_GOSSIP_INTERVAL_MS, DEFAULT_GOSSIP_MTU},
     gossip::key::Keyring,
     model::Subnet,
 };
@@ -73,7 +73,8 @@ struct Args {
     /// The first endpoint's host number in the subnet.
     #[arg(long, default_value_t = 10)]
     first_endpoint: u32,
-    #[arg(long, default_value_t = 200)]
+    /// The agent's default.
+    #[arg(long, default_value_t = DEFAULT_GOSSIP_INTERVAL_MS)]
     gossip_interval_ms: u64,
     #[arg(long, default_value = "overlay")]
     cluster_id: String,

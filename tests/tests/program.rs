@@ -8,14 +8,17 @@ mod fixture;
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result, ensure};
-use overlay_common::program_names;
+use overlay_common::{FDB_KIND_LOCAL, FDB_KIND_REMOTE, program_names};
 use overlay_tests::{
     prog_run::{eth, ipv4_checksum, ipv4_udp, skb_ctx, test_run},
     scenario::UBER_NET,
     sh,
 };
 use overlay_userspace::{
-    dataplane::programs,
+    dataplane::{
+        programs,
+        reconcile::{Prune, reconcile_with},
+    },
     host::netns::{NetnsGuard, netns_path},
     model::gateway_mac,
 };
@@ -530,3 +533,67 @@ fn a_remembered_next_hop_serves_frames_of_every_length() -> Result<()> {
     }
     Ok(())
 }
+
+/// A pass that diffs against what the previous one wrote reads no map: an
+/// entry removed behind the agent's back stays missing until a pass that reads
+/// them (the agent's periodic one) puts it back, and removing an entry that is
+/// already gone is no error.
+#[test]
+fn a_pass_from_what_was_written_reads_no_map_and_a_read_repairs() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let written = fx.tables.clone();
+    let kind_of = |kind| {
+        written
+            .fdb
+            .iter()
+            .find(|(_, e)| e.kind == kind)
+            .map(|(k, _)| *k)
+            .with_context(|| format!("no FDB entry of kind {kind}"))
+    };
+    let (remote, local) = (kind_of(FDB_KIND_REMOTE)?, kind_of(FDB_KIND_LOCAL)?);
+
+    // The remote entry is withdrawn, but someone removed it already; and a
+    // network is new.
+    fx.maps.fdb.remove(&remote)?;
+    let mut want = written.clone();
+    want.fdb.remove(&remote);
+    want.networks.insert(
+        NEW_VNI,
+        overlay_common::Network {
+            mtu: 1400,
+            flags: 0,
+        },
+    );
+    let pass = reconcile_with(&mut fx.maps, &want, Prune::All, Some(&written))?;
+    ensure!(
+        (pass.added, pass.updated, pass.removed) == (1, 0, 0),
+        "from what was written: {pass}"
+    );
+    ensure!(
+        fx.maps.networks.get(&NEW_VNI, 0).is_ok(),
+        "the new network is missing"
+    );
+
+    // Removed behind the agent's back: unseen by a pass from what was written...
+    fx.maps.fdb.remove(&local)?;
+    let pass = reconcile_with(&mut fx.maps, &want, Prune::All, Some(&want))?;
+    ensure!(pass.is_empty(), "a pass from what was written did {pass}");
+    ensure!(
+        fx.maps.fdb.get(&local, 0).is_err(),
+        "the entry came back unread"
+    );
+    // ...and repaired by one that reads the maps.
+    let pass = reconcile_with(&mut fx.maps, &want, Prune::All, None)?;
+    ensure!(
+        (pass.added, pass.updated, pass.removed) == (1, 0, 0),
+        "the reading pass: {pass}"
+    );
+    ensure!(
+        fx.maps.fdb.get(&local, 0)? == want.fdb[&local],
+        "the local entry is not repaired"
+    );
+    Ok(())
+}
+
+/// A network the fixture does not define.
+const NEW_VNI: u32 = 7777;

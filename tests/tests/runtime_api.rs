@@ -158,6 +158,21 @@ fn runtimes_attach_and_detach_by_container_id_and_ifname() -> Result<()> {
     ] {
         ensure!(inside.contains(&wanted), "{wanted} inside: {inside}");
     }
+    // IPv6 off on both ends, and the host end forwards (the way out).
+    let ipv6 = sh(&format!(
+        "nsenter --net=/run/netns/{a1} cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6"
+    ))?;
+    ensure!(ipv6.trim() == "1", "disable_ipv6 of eth0 inside: {ipv6}");
+    let host_end = sh(&format!(
+        "nsenter --net=/run/netns/{ns} cat /proc/sys/net/ipv6/conf/{ifname}/disable_ipv6 \
+         /proc/sys/net/ipv4/conf/{ifname}/forwarding",
+        ns = o.node_ns(1),
+        ifname = added.host_ifname
+    ))?;
+    ensure!(
+        host_end.split_whitespace().eq(["1", "1"]),
+        "disable_ipv6 and forwarding of the host end: {host_end}"
+    );
     ensure!(
         sh(&format!(
             "ip -n {} link show {}",

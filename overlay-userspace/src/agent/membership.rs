@@ -58,7 +58,8 @@ impl Membership {
     ) -> Result<()> {
         let gossip = Gossip::start(node, section, keys, record).await?;
         self.generation = gossip.generation();
-        self.settle = 4 * section.gossip_interval + Duration::from_millis(500);
+        // A claim is pushed and relayed at once; two rounds cover a lost push.
+        self.settle = 2 * section.gossip_interval + Duration::from_millis(500);
         self.gossip = Some(gossip);
         Ok(())
     }

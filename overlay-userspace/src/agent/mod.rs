@@ -91,7 +91,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let state_file = StateFile::new(&state_dir);
     let docker_section = config.docker.clone();
     let runtime = drop_queued_detaches(&state_file, state_file.load()?, &socket)?;
-    let nl = Netlink::current()?;
+    let nl = Netlink::current_with_conf_dirs()?;
     let plan = plan::plan(config, pin_dir, &nl).await?;
 
     let mut node = Node::new(plan, runtime, state_file);

@@ -300,6 +300,11 @@ impl Node {
     /// result. Called after every change and every gossip event, and
     /// periodically, so a missed event heals itself.
     pub async fn sync(&mut self) {
+        self.sync_and_reconcile(false).await;
+    }
+
+    /// [`Node::sync`], its reconcile pass periodic or not (see [`Node::apply`]).
+    async fn sync_and_reconcile(&mut self, periodic: bool) {
         let own = self.own_record();
         let resolved = self.membership.resolve(&own).await;
         let config = &self.plan.config;
@@ -313,15 +318,16 @@ impl Node {
         }
         let record = self.own_record();
         self.membership.publish(&record).await;
-        self.reconcile(self.prune(), false);
+        self.reconcile(self.prune(), periodic);
     }
 
-    /// The periodic pass: withdraws vanished endpoints, syncs, and re-applies
-    /// the way out even if unchanged (which also meets a dockerd started since).
+    /// The periodic pass: withdraws vanished endpoints, syncs, then reads every
+    /// map whole and repairs what differs (the passes after a change only diff
+    /// against what they wrote), and re-applies the way out even if unchanged
+    /// (which also meets a dockerd started since).
     pub async fn reconcile_all(&mut self, nl: &Netlink) {
         self.forget_vanished_endpoints(nl).await;
-        self.sync().await;
-        self.reconcile(self.prune(), true);
+        self.sync_and_reconcile(true).await;
     }
 
     fn prune(&self) -> Prune {
@@ -332,20 +338,21 @@ impl Node {
         }
     }
 
-    fn reconcile(&mut self, prune: Prune, force_way_out: bool) {
-        match self.apply(prune, force_way_out) {
+    fn reconcile(&mut self, prune: Prune, periodic: bool) {
+        match self.apply(prune, periodic) {
             Ok(changes) if !changes.is_empty() => info!("maps: {changes}"),
             Ok(_) => {}
             Err(e) => warn!("reconcile failed: {e:#}"),
         }
     }
 
-    /// Brings the maps and the way out to the desired state; the pass is
-    /// timed and counted for the metrics.
+    /// Brings the maps and the way out to the desired state; `periodic` reads
+    /// the maps whole and re-applies the way out. The pass is timed and
+    /// counted for the metrics.
     fn apply(
         &mut self,
         prune: Prune,
-        force_way_out: bool,
+        periodic: bool,
     ) -> Result<crate::dataplane::reconcile::Changes> {
         let started = Instant::now();
         let cpu_before = thread_cpu_time();
@@ -358,9 +365,9 @@ impl Node {
             .dataplane
             .as_mut()
             .context("the dataplane is not loaded")
-            .and_then(|d| d.apply(&desired, prune))
+            .and_then(|d| d.apply(&desired, prune, periodic))
             .and_then(|changes| {
-                if let Some(what) = self.way_out.apply(&desired.egress, force_way_out)? {
+                if let Some(what) = self.way_out.apply(&desired.egress, periodic)? {
                     info!("{what}");
                 }
                 Ok(changes)

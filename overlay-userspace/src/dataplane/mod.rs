@@ -83,6 +83,9 @@ pub struct Dataplane {
     takeover: Option<Vec<MapChange>>,
     /// Maps found full, each reported once until it has room again.
     full: BTreeSet<&'static str>,
+    /// What the maps held after the last pass, if that pass wrote all of the
+    /// desired state: the next pass diffs against it instead of reading them.
+    written: Option<Tables>,
     observe: Observe,
     /// Until the agent takes them to its monitor.
     events: Option<DropEvents>,
@@ -115,20 +118,29 @@ impl Dataplane {
             pin_dir: pin_dir.to_owned(),
             takeover: adopting.then_some(changes),
             full: BTreeSet::new(),
+            written: None,
             observe: Observe::default(),
             events: Some(events),
             logs,
         })
     }
 
-    /// Brings every map to what `desired` implies. The first time the state is
-    /// complete (`Prune::All`: the cluster view is warm), a previous agent's
-    /// dataplane is taken over: its attachments swapped to this agent's
-    /// programs, and the migrated maps pinned in place of the old ones.
-    pub fn apply(&mut self, desired: &DesiredState, prune: Prune) -> Result<Changes> {
+    /// Brings every map to what `desired` implies. `read` reads what the maps
+    /// hold (the periodic pass, which repairs what others changed); otherwise
+    /// the pass diffs against what the previous one wrote. The first time the
+    /// state is complete (`Prune::All`: the cluster view is warm), a previous
+    /// agent's dataplane is taken over: its attachments swapped to this
+    /// agent's programs, and the migrated maps pinned in place of the old ones.
+    pub fn apply(&mut self, desired: &DesiredState, prune: Prune, read: bool) -> Result<Changes> {
         let mut want = Tables::from_desired(desired);
         want.config.flags |= self.observe.flags();
-        let changes = reconcile::reconcile_with(&mut self.maps, &want, prune)?;
+        let written = self.written.take().filter(|_| !read);
+        let changes = reconcile::reconcile_with(&mut self.maps, &want, prune, written.as_ref())?;
+        // Only a pass that installed all of the desired state knows what the
+        // maps hold; kept stale entries or refused ones need a read.
+        if prune == Prune::All && changes.refused.is_empty() {
+            self.written = Some(want);
+        }
         self.report_full(&changes);
         if prune == Prune::All
             && let Some(migrated) = &self.takeover
@@ -177,6 +189,8 @@ impl Dataplane {
     /// Asks the programs to report what `observe` says, at once: the flow
     /// first, then the flags in CONFIG that make them look at it.
     pub fn set_observe(&mut self, observe: Observe) -> Result<()> {
+        // CONFIG changes here, behind the reconciler.
+        self.written = None;
         if let Some(flow) = observe.trace {
             self.maps.trace.set(0, flow, 0).context("writing TRACE")?;
         }

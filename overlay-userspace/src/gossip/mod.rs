@@ -5,6 +5,7 @@
 pub mod chunk;
 pub mod key;
 pub mod kv;
+pub mod relay;
 pub mod replay;
 pub mod transport;
 pub mod wire;
@@ -28,17 +29,20 @@ use self::{
 };
 use crate::{cluster::record::NodeRecord, config::ClusterSection};
 
-/// A failure detector tuned for a LAN: a node is declared dead after
-/// `PHI_THRESHOLD` mean heartbeat intervals of silence: with the default 200 ms
-/// gossip interval, about 2 s (heartbeats arrive more often than once a round).
-const PHI_THRESHOLD: f64 = 20.0;
+/// A node is declared dead after `PHI_THRESHOLD` mean heartbeat intervals of
+/// silence. Chitchat's default, with which Quickwit runs 1 s rounds: with the
+/// default 1 s gossip interval, about 3 s (heartbeats arrive more often than
+/// once a round).
+const PHI_THRESHOLD: f64 = 8.0;
 /// How long a dead node's state (network definitions, address blocks) is kept.
 const DEAD_NODE_GRACE: Duration = Duration::from_secs(3600);
 /// How many live peers a local change is pushed to at once, before the next round.
 const PUSH_FANOUT: usize = 8;
 
 pub struct Gossip {
-    handle: ChitchatHandle,
+    handle: Arc<ChitchatHandle>,
+    /// Passes news from other nodes on ([`relay`]).
+    relay: tokio::task::JoinHandle<()>,
     stats: Arc<TransportStats>,
     keys: SharedKeyring,
     changed: Arc<Notify>,
@@ -92,16 +96,26 @@ impl Gossip {
             .await
             .with_context(|| format!("starting gossip on {}", section.listen))?;
         let changed = Arc::new(Notify::new());
+        let news = Arc::new(Notify::new());
         let (listener, live_nodes) = handle
             .with_chitchat(|c| {
-                let notify = changed.clone();
+                let (notify, news) = (changed.clone(), news.clone());
+                let me = c.self_chitchat_id().clone();
                 // Fires as a delta is applied, before the next gossip round: new
-                // endpoints reach the maps without waiting a round.
-                let listener = c.subscribe_event("", move |_| notify.notify_one());
+                // endpoints reach the maps without waiting a round, and other
+                // nodes hear of them without waiting for this node's.
+                let listener = c.subscribe_event("", move |event| {
+                    notify.notify_one();
+                    if *event.node != me {
+                        news.notify_one();
+                    }
+                });
                 (listener, c.live_nodes_watcher())
             })
             .await;
+        let handle = Arc::new(handle);
         Ok(Gossip {
+            relay: relay::spawn(handle.clone(), news),
             handle,
             stats,
             keys,
@@ -150,12 +164,7 @@ impl Gossip {
                         own.set(key, value);
                     }
                 }
-                let me = c.self_chitchat_id().clone();
-                c.live_nodes()
-                    .filter(|id| **id != me)
-                    .map(|id| id.gossip_advertise_addr)
-                    .take(PUSH_FANOUT)
-                    .collect::<Vec<_>>()
+                relay::random_live_peers(c, PUSH_FANOUT)
             })
             .await;
         for peer in peers {
@@ -203,7 +212,17 @@ impl Gossip {
     }
 
     pub async fn shutdown(self) {
-        let _ = self.handle.shutdown().await;
+        self.relay.abort();
+        // The relay holds the other handle until it has stopped.
+        let _ = self.relay.await;
+        match Arc::try_unwrap(self.handle) {
+            Ok(handle) => {
+                let _ = handle.shutdown().await;
+            }
+            Err(shared) => {
+                let _ = shared.initiate_shutdown();
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     os::fd::{AsRawFd, OwnedFd},
     path::Path,
+    sync::Arc,
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -21,7 +22,7 @@ use netlink_packet_route::{
 };
 use rtnetlink::Handle;
 
-use super::netns::NetnsGuard;
+use super::netns::{self, ConfDirs, NetnsGuard};
 
 #[derive(Clone, Debug)]
 pub struct LinkInfo {
@@ -33,10 +34,12 @@ pub struct LinkInfo {
     pub is_veth: bool,
 }
 
-/// An rtnetlink connection bound to one network namespace.
+/// An rtnetlink connection bound to one network namespace, and for the
+/// agent's own namespace its per-interface sysctl directories.
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    conf: Option<Arc<ConfDirs>>,
 }
 
 impl Netlink {
@@ -44,7 +47,36 @@ impl Netlink {
     pub fn current() -> Result<Netlink> {
         let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink socket")?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, conf: None })
+    }
+
+    /// [`Netlink::current`], and the caller's namespace's per-interface sysctl
+    /// directories held open (see [`ConfDirs`]): for the namespace where every
+    /// endpoint's host end is set up.
+    pub fn current_with_conf_dirs() -> Result<Netlink> {
+        Ok(Netlink {
+            conf: Some(Arc::new(ConfDirs::open()?)),
+            ..Netlink::current()?
+        })
+    }
+
+    /// Turns IPv6 off on an interface of this connection's namespace, which
+    /// must be the calling thread's (see [`netns::disable_ipv6`]).
+    pub fn disable_ipv6(&self, ifname: &str) -> Result<()> {
+        match &self.conf {
+            Some(conf) => conf.disable_ipv6(ifname),
+            None => netns::disable_ipv6(ifname),
+        }
+    }
+
+    /// Turns IPv4 forwarding on for packets arriving on an interface of this
+    /// connection's namespace, which must be the calling thread's (see
+    /// [`netns::enable_forwarding`]).
+    pub fn enable_forwarding(&self, ifname: &str) -> Result<()> {
+        match &self.conf {
+            Some(conf) => conf.enable_forwarding(ifname),
+            None => netns::enable_forwarding(ifname),
+        }
     }
 
     /// A connection inside the namespace at `path`.

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     netlink::Netlink,
-    netns::{NetnsGuard, disable_ipv6, enable_forwarding, netns_path, open_netns},
+    netns::{NetnsGuard, disable_ipv6, netns_path, open_netns},
     plan::PlannedEndpoint,
 };
 use crate::model::{Mac, Plumbing, gateway_mac};
@@ -96,13 +96,13 @@ async fn configure(
 /// address, forwarding, and the route to the container. Idempotent, so that
 /// an adopted endpoint is brought to what this agent plans.
 async fn configure_host_end(nl: &Netlink, plan: &PlannedEndpoint, index: u32) -> Result<()> {
-    disable_ipv6(&plan.host_ifname)?;
+    nl.disable_ipv6(&plan.host_ifname)?;
     let Some(gateway) = plan.gateway else {
         return nl.set_mtu_up(index, plan.mtu).await;
     };
     nl.set_mac_mtu(index, gateway_mac(gateway).0, plan.mtu)
         .await?;
-    enable_forwarding(&plan.host_ifname)?;
+    nl.enable_forwarding(&plan.host_ifname)?;
     // The gateway's address on every host end of the network: the container
     // reaches the host's services at it, and the host answers from it.
     nl.ensure_ipv4(index, gateway, 32).await?;
@@ -120,7 +120,11 @@ async fn configure_container_end(inside: &Netlink, plan: &PlannedEndpoint) -> Re
         .with_context(|| format!("{ifname} not found in namespace {}", plan.netns))?
         .index;
     {
-        // The namespace's own IPv6 settings apply to it.
+        // The namespace's own IPv6 settings apply to it. This path still
+        // crosses the shared `ipv6` dentries (see `netns::ConfDirs`), once
+        // per endpoint: a new namespace's directory is reached only through
+        // it, and netlink cannot set disable_ipv6 (the kernel takes only the
+        // token and the address generation mode for IPv6).
         let _inside = NetnsGuard::enter(&netns_path(&plan.netns))?;
         disable_ipv6(ifname)?;
     }
