@@ -163,6 +163,12 @@ fn runtimes_attach_and_detach_by_container_id_and_ifname() -> Result<()> {
         "nsenter --net=/run/netns/{a1} cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6"
     ))?;
     ensure!(ipv6.trim() == "1", "disable_ipv6 of eth0 inside: {ipv6}");
+    // GRO on inside: frames redirected into the veth are merged (host/ethtool.rs).
+    let features = sh(&format!("nsenter --net=/run/netns/{a1} ethtool -k eth0"))?;
+    ensure!(
+        features.contains("generic-receive-offload: on"),
+        "GRO of eth0 inside: {features}"
+    );
     let host_end = sh(&format!(
         "nsenter --net=/run/netns/{ns} cat /proc/sys/net/ipv6/conf/{ifname}/disable_ipv6 \
          /proc/sys/net/ipv4/conf/{ifname}/forwarding",

@@ -9,6 +9,7 @@
 use anyhow::{Context as _, Result};
 
 use super::{
+    ethtool,
     netlink::Netlink,
     netns::{NetnsGuard, disable_ipv6, netns_path, open_netns},
     plan::PlannedEndpoint,
@@ -87,6 +88,7 @@ async fn configure(
                 .await?
                 .context("veth peer vanished")?
                 .index;
+            ethtool::enable_gro(&peer)?;
             nl.set_mac_mtu(index, plan.mac.0, plan.mtu).await
         }
     }
@@ -110,8 +112,9 @@ async fn configure_host_end(nl: &Netlink, plan: &PlannedEndpoint, index: u32) ->
     nl.replace_host_route(plan.ip, index, gateway).await
 }
 
-/// The container end, born inside with its name, MAC and MTU: IPv6 off
-/// before it comes up, then up, its address, and the default route.
+/// The container end, born inside with its name, MAC and MTU: IPv6 off and
+/// GRO on (see [`ethtool`]) before it comes up, then up, its address, and the
+/// default route.
 async fn configure_container_end(inside: &Netlink, plan: &PlannedEndpoint) -> Result<()> {
     let ifname = &plan.container_ifname;
     let index = inside
@@ -127,6 +130,7 @@ async fn configure_container_end(inside: &Netlink, plan: &PlannedEndpoint) -> Re
         // token and the address generation mode for IPv6).
         let _inside = NetnsGuard::enter(&netns_path(&plan.netns))?;
         disable_ipv6(ifname)?;
+        ethtool::enable_gro(ifname)?;
     }
     inside
         .set_up(index)

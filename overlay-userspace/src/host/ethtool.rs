@@ -1,0 +1,63 @@
+//! The one offload setting the agent changes: GRO on a container's end of
+//! its veth. Through the ethtool ioctl, as `ethtool -K IF gro on` does it
+//! without netlink: the ethtool crates read features but do not set them.
+//!
+//! Why: XDP decap redirects frames into the host end, whose peer receives
+//! them through the veth's NAPI, and that NAPI's GRO is off unless the
+//! feature is on (Linux 5.13+ leaves it off by default). On, it merges a
+//! flow's segments before the container's stack sees them, as the kernel's
+//! VXLAN device merges what it decapsulates in its GRO cells. TC decap hands
+//! its frames to the container with `bpf_redirect_peer`, past the veth's
+//! NAPI: there it changes nothing, and the underlay's tunnel GRO (see
+//! `tunnel_gro`) does the merging.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+/// `ETHTOOL_SGRO` from `linux/ethtool.h`: set the GRO flag.
+const ETHTOOL_SGRO: u32 = 0x0000_002c;
+
+/// `struct ethtool_value`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// Turns GRO on for `ifname` in the calling thread's network namespace.
+pub fn enable_gro(ifname: &str) -> Result<()> {
+    ensure!(
+        ifname.len() < libc::IFNAMSIZ,
+        "interface name {ifname:?} is longer than {} bytes",
+        libc::IFNAMSIZ - 1
+    );
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("opening a socket for the ethtool ioctl");
+    }
+    // SAFETY: fd is a socket we just opened and own.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: 1,
+    };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: SIOCETHTOOL reads the NUL-terminated name and the ethtool_value
+    // the request points to, both alive for the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("turning GRO on for {ifname}"));
+    }
+    Ok(())
+}
