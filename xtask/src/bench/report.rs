@@ -288,7 +288,7 @@ impl Summary {
             "{} Ratios of medians to kernel-vxlan and to routed on the same wire and \
              topology (higher is better for all four):\n\n{}\n{met} of {} targets met. \
              Every figure (medians with the rounds' min–max, FDB scale, table memory, \
-             per-program costs, verifier counts, programs on real traffic, the targets): \
+             per-program costs, verifier counts, programs on real traffic, where the time goes, the targets): \
              [{full_tables}]({full_tables}).\n",
             self.run_line(),
             self.ratios_markdown(),
