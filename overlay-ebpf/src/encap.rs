@@ -20,7 +20,7 @@ use overlay_common::{Config, Counter, VXLAN_OVERHEAD};
 
 use crate::{
     counters::{count, drop},
-    maps::{NEXT_HOPS, NextHop, OuterHead},
+    maps::{NEXT_HOPS, NextHop},
     parse::{
         ETH_LEN, ETH_P_IP, Eth, IPPROTO_UDP, IPV4_VIHL_NO_OPTIONS, Ipv4, Packet, Udp, VXLAN_FLAG_I,
         Vxlan,
@@ -37,12 +37,12 @@ const IP_FLAG_DF: [u8; 2] = [0x40, 0x00];
 /// outer headers, then the inner Ethernet header moved back into place.
 #[repr(C)]
 struct VxlanFrameHead {
-    outer: OuterHead,
+    outer_eth: Eth,
+    outer_ip: Ipv4,
+    outer_udp: Udp,
     vxlan: Vxlan,
     inner_eth: Eth,
 }
-
-const _: () = assert!(size_of::<VxlanFrameHead>() == VXLAN_OVERHEAD as usize + ETH_LEN);
 
 /// `bpf_skb_adjust_room` flags for growing an skb by the VXLAN overhead.
 ///
@@ -75,13 +75,25 @@ pub fn to_remote(ctx: &TcContext, cfg: &Config, vni: u32, remote_vtep: [u8; 4]) 
         Some(hop) => Via::Hop(hop),
         None => route(ctx, cfg, remote_vtep),
     };
-    let outer = match via {
-        Via::Hop(hop) => hop.outer,
-        // The MACs are filled in by the neighbour subsystem.
-        _ => outer_template([0; 6], [0; 6], cfg, remote_vtep),
+    let (dmac, smac) = match via {
+        Via::Hop(hop) => (hop.dmac, hop.smac),
+        // Filled in by the neighbour subsystem.
+        _ => ([0; 6], [0; 6]),
     };
     let head = VxlanFrameHead {
-        outer: outer.for_frame(frame_len, source_port(flow_hash, cfg)),
+        outer_eth: Eth {
+            dst_addr: dmac,
+            src_addr: smac,
+            ether_type: ETH_P_IP,
+        },
+        outer_ip: outer_ipv4(cfg.vtep_ip, remote_vtep, frame_len),
+        outer_udp: Udp {
+            src: source_port(flow_hash, cfg).to_be_bytes(),
+            dst: cfg.vxlan_port.to_be_bytes(),
+            len: ((frame_len + VXLAN_OVERHEAD - ETH_LEN as u32 - Ipv4::LEN as u32) as u16)
+                .to_be_bytes(),
+            check: [0; 2],
+        },
         vxlan: Vxlan {
             flags: VXLAN_FLAG_I,
             _reserved1: [0; 3],
@@ -172,7 +184,8 @@ fn route(ctx: &TcContext, cfg: &Config, remote_vtep: [u8; 4]) -> Via {
     match fib_rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
             let hop = NextHop {
-                outer: outer_template(fib.dmac, fib.smac, cfg, remote_vtep),
+                dmac: fib.dmac,
+                smac: fib.smac,
                 ifindex: fib.ifindex,
                 // SAFETY: plain helper call.
                 looked_up_ns: unsafe { bpf_ktime_get_coarse_ns() },
@@ -189,57 +202,23 @@ fn route(ctx: &TcContext, cfg: &Config, remote_vtep: [u8; 4]) -> Via {
     }
 }
 
-/// The outer headers towards `remote_vtep` as far as they do not depend on
-/// the packet: lengths and the UDP source port zero, the IPv4 checksum over
-/// the header as it is, so that [`OuterHead::for_frame`] only adds.
 #[inline(always)]
-fn outer_template(dmac: [u8; 6], smac: [u8; 6], cfg: &Config, remote_vtep: [u8; 4]) -> OuterHead {
+fn outer_ipv4(src: [u8; 4], dst: [u8; 4], inner_frame_len: u32) -> Ipv4 {
+    let tot_len = (inner_frame_len + VXLAN_OVERHEAD - ETH_LEN as u32) as u16;
     let mut ip = Ipv4 {
         vihl: IPV4_VIHL_NO_OPTIONS,
         tos: 0,
-        tot_len: [0; 2],
+        tot_len: tot_len.to_be_bytes(),
         id: [0; 2],
         frags: IP_FLAG_DF,
         ttl: OUTER_TTL,
         proto: IPPROTO_UDP,
         check: [0; 2],
-        src_addr: cfg.vtep_ip,
-        dst_addr: remote_vtep,
+        src_addr: src,
+        dst_addr: dst,
     };
     ip.check = ipv4_header_checksum(&ip);
-    OuterHead {
-        eth: Eth {
-            dst_addr: dmac,
-            src_addr: smac,
-            ether_type: ETH_P_IP,
-        },
-        ip,
-        udp: Udp {
-            src: [0; 2],
-            dst: cfg.vxlan_port.to_be_bytes(),
-            len: [0; 2],
-            check: [0; 2],
-        },
-    }
-}
-
-impl OuterHead {
-    /// This template completed for an inner frame of `inner_frame_len` bytes
-    /// sent from `src_port`. The lengths were zero in the template's
-    /// checksum, so the total length is added to it (RFC 1624, eqn. 3).
-    #[inline(always)]
-    fn for_frame(mut self, inner_frame_len: u32, src_port: u16) -> OuterHead {
-        let udp_len = (inner_frame_len + VXLAN_OVERHEAD - ETH_LEN as u32 - Ipv4::LEN as u32) as u16;
-        let tot_len = udp_len + Ipv4::LEN as u16;
-        self.ip.tot_len = tot_len.to_be_bytes();
-        let mut sum = u32::from(!u16::from_be_bytes(self.ip.check)) + u32::from(tot_len);
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        self.ip.check = (!(sum as u16)).to_be_bytes();
-        self.udp.len = udp_len.to_be_bytes();
-        self.udp.src = src_port.to_be_bytes();
-        self
-    }
+    ip
 }
 
 /// RFC 791 header checksum over a 20-byte header whose checksum field is zero.

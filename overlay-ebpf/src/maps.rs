@@ -5,7 +5,6 @@
 //! VTEPS) are not preallocated: memory follows the cluster's size, and a value read
 //! here stays valid under RCU even if userspace replaces the entry meanwhile.
 
-use crate::parse::{Eth, Ipv4, Udp};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
@@ -58,21 +57,11 @@ pub static NEXT_HOPS: HashMap<[u8; 4], NextHop, { MAX_VTEPS as usize }, NO_PREAL
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct NextHop {
-    /// The outer headers towards this VTEP, made once per lookup: encapsulation
-    /// copies them and fills in what depends on the packet (ONCache's idea).
-    pub outer: OuterHead,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
     pub ifindex: u32,
     /// bpf_ktime_get_coarse_ns() of the FIB lookup that produced it.
     pub looked_up_ns: u64,
-}
-
-/// Outer Ethernet, IPv4 and UDP headers of a VXLAN packet (42 bytes).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct OuterHead {
-    pub eth: Eth,
-    pub ip: Ipv4,
-    pub udp: Udp,
 }
 
 #[btf_map]
