@@ -269,6 +269,7 @@ mod tests {
                 mtu: 1500,
                 vtep: Ipv4Addr::new(172, 31, 1, 5),
                 is_veth: true,
+                merges: false,
             },
             endpoints: Vec::new(),
             pin_dir: PathBuf::from("/nonexistent"),

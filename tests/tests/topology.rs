@@ -10,7 +10,10 @@ use overlay_tests::{
     scenario::{C1, C2, C3, C4, C5},
     sh, vxlan_inner,
 };
-use overlay_userspace::{host::tunnel_gro, model::Mac};
+use overlay_userspace::{
+    host::{ethtool, tunnel_gro},
+    model::Mac,
+};
 
 fn ping_both_ways(decap: Decap) -> Result<()> {
     Overlay::start(decap)?.ping_both_ways(C1, C2, 5)
@@ -234,6 +237,20 @@ fn nic_like_wire() -> TopologyOptions {
 #[test]
 fn tunnelled_tcp_is_merged_before_tc_decap_on_a_nic_like_wire() -> Result<()> {
     let mut o = Overlay::start_on(Decap::Tc, nic_like_wire())?;
+    // What the agent reads to warn of an underlay that merges nothing.
+    let gro = |ns: String, dev: &'static str| {
+        in_netns(&ns, move || ethtool::gro_enabled(dev))
+            .join()
+            .expect("the thread ran")
+    };
+    ensure!(
+        gro(o.node_ns(2), "eth0")?,
+        "node2's eth0 merges on this wire"
+    );
+    ensure!(
+        !gro(o.topology.router().to_owned(), "r2")?,
+        "the router's r2 does not"
+    );
     let device = tunnel_gro::device_name(VXLAN_PORT);
     for node in [1, 2] {
         ensure!(

@@ -1,15 +1,18 @@
-//! The one offload setting the agent changes: GRO on a container's end of
-//! its veth. Through the ethtool ioctl, as `ethtool -K IF gro on` does it
-//! without netlink: the ethtool crates read features but do not set them.
+//! The offload settings the agent reads and changes, through the ethtool
+//! ioctl as `ethtool -k`/`-K` do it without netlink (the ethtool crates read
+//! features but do not set them).
 //!
-//! Why: XDP decap redirects frames into the host end, whose peer receives
-//! them through the veth's NAPI, and that NAPI's GRO is off unless the
-//! feature is on (Linux 5.13+ leaves it off by default). On, it merges a
-//! flow's segments before the container's stack sees them, as the kernel's
-//! VXLAN device merges what it decapsulates in its GRO cells. TC decap hands
-//! its frames to the container with `bpf_redirect_peer`, past the veth's
-//! NAPI: there it changes nothing, and the underlay's tunnel GRO (see
-//! `tunnel_gro`) does the merging.
+//! - GRO on a container's end of its veth. XDP decap redirects frames into
+//!   the host end, whose peer receives them through the veth's NAPI, and that
+//!   NAPI's GRO is off unless the feature is on (Linux 5.13+ leaves it off by
+//!   default). On, it merges a flow's segments before the container's stack
+//!   sees them, as the kernel's VXLAN device merges what it decapsulates in
+//!   its GRO cells. TC decap hands its frames to the container with
+//!   `bpf_redirect_peer`, past the veth's NAPI: there it changes nothing.
+//! - The underlay's GRO, read: TC decap relies on it, through tunnel GRO (see
+//!   `tunnel_gro`), to merge the segments a wire carries one by one. Sending
+//!   TC decap's single segments through the container's veth instead, to be
+//!   merged there, was measured and not kept (README, *Where the time goes*).
 
 use std::{
     io,
@@ -20,6 +23,8 @@ use anyhow::{Context as _, Result, ensure};
 
 /// `ETHTOOL_SGRO` from `linux/ethtool.h`: set the GRO flag.
 const ETHTOOL_SGRO: u32 = 0x0000_002c;
+/// `ETHTOOL_GGRO`: get the GRO flag.
+const ETHTOOL_GGRO: u32 = 0x0000_002b;
 
 /// `struct ethtool_value`.
 #[repr(C)]
@@ -30,6 +35,22 @@ struct EthtoolValue {
 
 /// Turns GRO on for `ifname` in the calling thread's network namespace.
 pub fn enable_gro(ifname: &str) -> Result<()> {
+    ioctl(ifname, ETHTOOL_SGRO, 1)
+        .map(drop)
+        .with_context(|| format!("turning GRO on for {ifname}"))
+}
+
+/// Whether `ifname` merges what it receives (GRO on), in the calling thread's
+/// network namespace.
+pub fn gro_enabled(ifname: &str) -> Result<bool> {
+    let value = ioctl(ifname, ETHTOOL_GGRO, 0)
+        .with_context(|| format!("reading the GRO setting of {ifname}"))?;
+    Ok(value != 0)
+}
+
+/// One `SIOCETHTOOL` request carrying a `struct ethtool_value`; returns the
+/// value the kernel leaves in it.
+fn ioctl(ifname: &str, cmd: u32, data: u32) -> Result<u32> {
     ensure!(
         ifname.len() < libc::IFNAMSIZ,
         "interface name {ifname:?} is longer than {} bytes",
@@ -42,10 +63,7 @@ pub fn enable_gro(ifname: &str) -> Result<()> {
     }
     // SAFETY: fd is a socket we just opened and own.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_SGRO,
-        data: 1,
-    };
+    let mut value = EthtoolValue { cmd, data };
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in request.ifr_name.iter_mut().zip(ifname.bytes()) {
@@ -56,8 +74,7 @@ pub fn enable_gro(ifname: &str) -> Result<()> {
     // the request points to, both alive for the call.
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) };
     if rc < 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("turning GRO on for {ifname}"));
+        return Err(io::Error::last_os_error()).context("SIOCETHTOOL");
     }
-    Ok(())
+    Ok(value.data)
 }

@@ -20,6 +20,9 @@ pub struct Underlay {
     pub mtu: u32,
     pub vtep: Ipv4Addr,
     pub is_veth: bool,
+    /// GRO on: where the wire segments, tunnel GRO merges the segments
+    /// before TC decap.
+    pub merges: bool,
 }
 
 /// One local endpoint, with every name and number decided.
@@ -118,6 +121,14 @@ impl NodePlan {
                  `sysctl -w net.ipv4.conf.{underlay}.forwarding=1`"
             ));
         }
+        if self.config.decap == DecapMode::Tc && !self.underlay.merges {
+            warnings.push(format!(
+                "GRO is off on {underlay}: where the wire carries the tunnel's segments one by \
+                 one, as a NIC's does, nothing merges them before TC decap and the containers' \
+                 TCP stacks take every segment on its own (the kernel's VXLAN device merges \
+                 after decap instead); turn it on with `ethtool -K {underlay} gro on`"
+            ));
+        }
         if self.config.decap == DecapMode::Xdp && self.underlay.is_veth {
             warnings.push(
                 "XDP decap on a veth underlay: a veth peer passes checksums it has not computed \
@@ -184,12 +195,15 @@ pub async fn plan(config: ClusterConfig, pin_dir: PathBuf, nl: &Netlink) -> Resu
         )
         .into());
     }
+    // Only a warning depends on it: an unreadable setting is not worth one.
+    let merges = super::ethtool::gro_enabled(&link.name).unwrap_or(true);
     let underlay = Underlay {
         name: link.name,
         index: link.index,
         mtu: link.mtu,
         vtep,
         is_veth: link.is_veth,
+        merges,
     };
 
     let mut plan = NodePlan {
@@ -273,4 +287,42 @@ pub async fn next_container_ifname(netns: &Netlink) -> Result<String> {
         }
     }
     anyhow::bail!("no free ethN name in the namespace")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn plan(decap: &str, merges: bool) -> NodePlan {
+        let file = format!("node = \"n1\"\nunderlay = \"eth0\"\ndecap = \"{decap}\"\n");
+        NodePlan {
+            config: ClusterConfig::parse(Path::new("n.toml"), &file).unwrap(),
+            underlay: Underlay {
+                name: "eth0".into(),
+                index: 2,
+                mtu: 1500,
+                vtep: Ipv4Addr::new(172, 31, 1, 5),
+                is_veth: false,
+                merges,
+            },
+            endpoints: Vec::new(),
+            pin_dir: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    fn warns_of_gro(plan: &NodePlan) -> bool {
+        plan.host_warnings()
+            .iter()
+            .any(|w| w.contains("GRO is off on eth0") && w.contains("ethtool -K eth0 gro on"))
+    }
+
+    #[test]
+    fn tc_decap_on_an_underlay_without_gro_is_warned_of() {
+        assert!(warns_of_gro(&plan("tc", false)));
+        assert!(!warns_of_gro(&plan("tc", true)));
+        // XDP decap runs before GRO: the underlay's setting does not matter to it.
+        assert!(!warns_of_gro(&plan("xdp", false)));
+    }
 }
