@@ -338,16 +338,20 @@ fn attachments_with_namespace_paths_survive_agent_restarts() -> Result<()> {
 
     // A clean stop removes the veths; the next agent makes them again from
     // its state file, with the same addresses. (The test bed's stop removes
-    // the run directory, state file included: it is put back as it was.)
-    let state_file = overlay_tests::scenario::state_dir_for(&o.pin_dir(1)).join("state.json");
-    let state = std::fs::read(&state_file)?;
+    // the run directory, state file included: it is put back as it was, its
+    // snapshot and the journal of the changes since.)
+    let state_dir = overlay_tests::scenario::state_dir_for(&o.pin_dir(1));
+    let saved = ["state.json", "state.journal"]
+        .map(|name| (state_dir.join(name), std::fs::read(state_dir.join(name))));
     o.agents.remove(0).stop()?;
     ensure!(
         sh(&format!("ip -n {b1} link show eth0")).is_err(),
         "removed on a clean stop"
     );
-    std::fs::create_dir_all(state_file.parent().context("a directory")?)?;
-    std::fs::write(&state_file, state)?;
+    std::fs::create_dir_all(&state_dir)?;
+    for (path, contents) in saved {
+        std::fs::write(path, contents?)?;
+    }
     o.start_agent_with(1, &["--keep"])?;
     let node1 = o.agents.pop().expect("just started");
     o.agents.insert(0, node1);
