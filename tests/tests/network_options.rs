@@ -13,10 +13,12 @@ use overlay_tests::{
 use overlay_userspace::api::proto::NetworkList;
 
 /// The agent's view that a refused request must leave as it was: the
-/// networks, and the state file.
+/// networks, and the state file (its snapshot and journal).
 fn footprint(o: &Overlay) -> Result<(String, String)> {
     let networks = o.cli(1, &["network", "ls", "--json"])?;
-    let state = std::fs::read_to_string(state_dir_for(&o.pin_dir(1)).join("state.json"))?;
+    let dir = state_dir_for(&o.pin_dir(1));
+    let state = std::fs::read_to_string(dir.join("state.json"))?
+        + &std::fs::read_to_string(dir.join("state.journal")).unwrap_or_default();
     Ok((networks, state))
 }
 

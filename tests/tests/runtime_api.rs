@@ -158,17 +158,34 @@ fn runtimes_attach_and_detach_by_container_id_and_ifname() -> Result<()> {
     ] {
         ensure!(inside.contains(&wanted), "{wanted} inside: {inside}");
     }
-    // IPv6 off on both ends, and the host end forwards (the way out).
+    // The container end makes no IPv6 address (`addrgenmode none`, see
+    // host/veth.rs), so it has sent nothing of IPv6: no DAD, no router
+    // solicitation, no MLD report (the kernel's per-device counters).
     let ipv6 = sh(&format!(
-        "nsenter --net=/run/netns/{a1} cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6"
+        "ip -n {a1} -6 -o addr show dev eth0; \
+         nsenter --net=/run/netns/{a1} cat /proc/sys/net/ipv6/conf/eth0/addr_gen_mode; \
+         nsenter --net=/run/netns/{a1} grep -E '^(Ip6OutRequests|Ip6OutMcastPkts|Icmp6OutMsgs) ' \
+           /proc/net/dev_snmp6/eth0"
     ))?;
-    ensure!(ipv6.trim() == "1", "disable_ipv6 of eth0 inside: {ipv6}");
+    ensure!(
+        ipv6.split_whitespace().eq([
+            "1",
+            "Ip6OutRequests",
+            "0",
+            "Ip6OutMcastPkts",
+            "0",
+            "Icmp6OutMsgs",
+            "0"
+        ]),
+        "IPv6 of eth0 inside (no address, addr_gen_mode 1, nothing sent): {ipv6}"
+    );
     // GRO on inside: frames redirected into the veth are merged (host/ethtool.rs).
     let features = sh(&format!("nsenter --net=/run/netns/{a1} ethtool -k eth0"))?;
     ensure!(
         features.contains("generic-receive-offload: on"),
         "GRO of eth0 inside: {features}"
     );
+    // IPv6 off on the host end, which forwards (the way out).
     let host_end = sh(&format!(
         "nsenter --net=/run/netns/{ns} cat /proc/sys/net/ipv6/conf/{ifname}/disable_ipv6 \
          /proc/sys/net/ipv4/conf/{ifname}/forwarding",
@@ -321,16 +338,20 @@ fn attachments_with_namespace_paths_survive_agent_restarts() -> Result<()> {
 
     // A clean stop removes the veths; the next agent makes them again from
     // its state file, with the same addresses. (The test bed's stop removes
-    // the run directory, state file included: it is put back as it was.)
-    let state_file = overlay_tests::scenario::state_dir_for(&o.pin_dir(1)).join("state.json");
-    let state = std::fs::read(&state_file)?;
+    // the run directory, state file included: it is put back as it was, its
+    // snapshot and the journal of the changes since.)
+    let state_dir = overlay_tests::scenario::state_dir_for(&o.pin_dir(1));
+    let saved = ["state.json", "state.journal"]
+        .map(|name| (state_dir.join(name), std::fs::read(state_dir.join(name))));
     o.agents.remove(0).stop()?;
     ensure!(
         sh(&format!("ip -n {b1} link show eth0")).is_err(),
         "removed on a clean stop"
     );
-    std::fs::create_dir_all(state_file.parent().context("a directory")?)?;
-    std::fs::write(&state_file, state)?;
+    std::fs::create_dir_all(&state_dir)?;
+    for (path, contents) in saved {
+        std::fs::write(path, contents?)?;
+    }
     o.start_agent_with(1, &["--keep"])?;
     let node1 = o.agents.pop().expect("just started");
     o.agents.insert(0, node1);

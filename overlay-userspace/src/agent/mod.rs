@@ -91,6 +91,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let state_file = StateFile::new(&state_dir);
     let docker_section = config.docker.clone();
     let runtime = drop_queued_detaches(&state_file, state_file.load()?, &socket)?;
+    // Written whole, its journal folded in and emptied, before the first
+    // change appends to it (this also makes the directory).
+    state_file.save(&runtime)?;
     let nl = Netlink::current_with_conf_dirs()?;
     let plan = plan::plan(config, pin_dir, &nl).await?;
 
@@ -212,6 +215,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
     server.abort();
+    if let Err(e) = node.compact_state_file() {
+        warn!("saving the state file whole at stop: {e:#}");
+    }
     for task in [metrics, relay].into_iter().flatten() {
         task.abort();
     }

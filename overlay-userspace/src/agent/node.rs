@@ -282,9 +282,16 @@ impl Node {
     /// node hold the new state.
     fn save(&mut self, change: &Change) -> Result<()> {
         let next = self.runtime.with(change);
-        self.state_file.save(&next)?;
+        self.state_file.save_change(&next, change)?;
         self.runtime = next;
         Ok(())
+    }
+
+    /// Writes the state file whole, its journal emptied (see `state_file`):
+    /// at a clean stop, so that the next start, of whatever build, finds
+    /// everything in the snapshot.
+    pub fn compact_state_file(&self) -> Result<()> {
+        self.state_file.save(&self.runtime)
     }
 
     /// The one way a request changes the node: saved first (a failed save

@@ -4,10 +4,18 @@
 //!
 //! Requests change it only through a [`Change`], which `Node::commit` saves
 //! before anything else sees it.
+//!
+//! On disk it is a snapshot (`state.json`, replaced atomically) and a journal
+//! beside it (`state.journal`, one [`Change`] a line, appended and synced):
+//! a change costs a line, not the whole node's endpoints serialized and
+//! written again. A load replays the journal over the snapshot; every
+//! [`JOURNAL_LIMIT`] changes, at each start and at a clean stop the state is
+//! written whole again and the journal emptied.
 
 use std::{
+    cell::Cell,
     collections::BTreeMap,
-    fs,
+    fs::{self, OpenOptions},
     io::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -77,8 +85,10 @@ pub struct RuntimeState {
     pub reserved: Vec<Reservation>,
 }
 
-/// One change a request (or the agent's start) makes to the runtime state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One change a request (or the agent's start) makes to the runtime state;
+/// a line of the journal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
     /// This node's VTEP, first announced at the given time.
     Vtep(Ipv4Addr, u64),
@@ -107,7 +117,11 @@ pub enum Change {
 }
 
 impl RuntimeState {
-    /// The state after `change`.
+    /// The state after `change`. Applying a change the state already holds
+    /// changes nothing (an endpoint or a block is not added twice), so a
+    /// journal replayed over a snapshot written after some of its lines (a
+    /// crash between the snapshot and the journal's truncation) gives the
+    /// same state.
     pub fn with(&self, change: &Change) -> RuntimeState {
         let mut next = self.clone();
         match change {
@@ -121,8 +135,16 @@ impl RuntimeState {
                 next.blocks.retain(|b| &b.network != name);
                 next.reserved.retain(|r| &r.network != name);
             }
-            Change::ClaimBlock(claim) => next.blocks.push(claim.clone()),
-            Change::AddEndpoint(e) => next.endpoints.push(e.clone()),
+            Change::ClaimBlock(claim) => {
+                if !next.blocks.contains(claim) {
+                    next.blocks.push(claim.clone());
+                }
+            }
+            Change::AddEndpoint(e) => {
+                next.endpoints
+                    .retain(|x| !(x.network == e.network && x.netns == e.netns));
+                next.endpoints.push(e.clone());
+            }
             Change::RemoveEndpoint { network, netns } => next
                 .endpoints
                 .retain(|e| !(&e.network == network && &e.netns == netns)),
@@ -177,14 +199,24 @@ impl RuntimeState {
     }
 }
 
+/// Changes the journal holds before the state is written whole again: at
+/// 2,000 endpoints a snapshot is about 0.5 MB, so this keeps what a change
+/// writes, on average, to a line and a few hundred bytes.
+const JOURNAL_LIMIT: usize = 256;
+
 pub struct StateFile {
     path: PathBuf,
+    journal: PathBuf,
+    /// Lines in the journal since the last snapshot.
+    journaled: Cell<usize>,
 }
 
 impl StateFile {
     pub fn new(dir: &Path) -> StateFile {
         StateFile {
             path: dir.join("state.json"),
+            journal: dir.join("state.journal"),
+            journaled: Cell::new(0),
         }
     }
 
@@ -192,19 +224,73 @@ impl StateFile {
         &self.path
     }
 
-    /// The saved state; empty if there is none yet.
+    /// The saved state, the journal replayed over the snapshot; empty if
+    /// there is none yet. A last line cut short (a crash while appending it,
+    /// before the change was answered) is left out.
     pub fn load(&self) -> Result<RuntimeState> {
-        match fs::read_to_string(&self.path) {
+        let mut state = match fs::read_to_string(&self.path) {
             Ok(text) => serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a valid state file", self.path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RuntimeState::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+                .with_context(|| format!("{} is not a valid state file", self.path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RuntimeState::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+        };
+        let journal = match fs::read_to_string(&self.journal) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.journal.display())),
+        };
+        for (n, line) in journal.split_inclusive('\n').enumerate() {
+            // Only the last piece can lack its newline: a line cut short.
+            if !line.ends_with('\n') {
+                break;
+            }
+            let change: Change = serde_json::from_str(line).with_context(|| {
+                format!(
+                    "line {} of {} is not a change",
+                    n + 1,
+                    self.journal.display()
+                )
+            })?;
+            state = state.with(&change);
         }
+        Ok(state)
     }
 
-    /// Replaces the file atomically: a crash leaves the old state or the new one.
+    /// Saves the state `next`, which is the saved state after `change`: a line
+    /// appended to the journal and synced, or every [`JOURNAL_LIMIT`] lines
+    /// the state written whole. Either way it is on disk when this returns.
+    pub fn save_change(&self, next: &RuntimeState, change: &Change) -> Result<()> {
+        if self.journaled.get() >= JOURNAL_LIMIT {
+            return self.save(next);
+        }
+        let mut line = serde_json::to_vec(change)?;
+        line.push(b'\n');
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.journal)
+            .with_context(|| format!("opening {}", self.journal.display()))?;
+        file.write_all(&line)
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("appending to {}", self.journal.display()))?;
+        self.journaled.set(self.journaled.get() + 1);
+        Ok(())
+    }
+
+    /// Writes the state whole, atomically (a crash leaves the old state or
+    /// the new one), then empties the journal it holds. The journal is
+    /// truncated, not removed, so that appending never creates it.
     pub fn save(&self, state: &RuntimeState) -> Result<()> {
-        write_atomically(&self.path, serde_json::to_string_pretty(state)?.as_bytes())
+        write_atomically(&self.path, serde_json::to_string_pretty(state)?.as_bytes())?;
+        let journal = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.journal)
+            .with_context(|| format!("emptying {}", self.journal.display()))?;
+        journal.sync_all()?;
+        self.journaled.set(0);
+        Ok(())
     }
 }
 
@@ -224,6 +310,58 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn endpoint(netns: &str, last: u8) -> SavedEndpoint {
+        SavedEndpoint {
+            network: "red".into(),
+            netns: netns.into(),
+            ip: Ipv4Addr::new(10, 1, 0, last),
+            mac: Mac([2, 0x42, 10, 1, 0, last]),
+            container_ifname: "eth0".into(),
+            container_id: None,
+            plumbing: Plumbing::Agent,
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_journal_replayed_over_the_snapshot_gives_the_state_saved() {
+        let dir = std::env::temp_dir().join(format!("overlay-state-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let file = StateFile::new(&dir);
+        let mut state = RuntimeState::default().with(&Change::CreateNetwork(def("red", 10)));
+        file.save(&state).unwrap();
+        let changes = [
+            Change::AddEndpoint(endpoint("a", 3)),
+            Change::AddEndpoint(endpoint("b", 4)),
+            Change::RemoveEndpoint {
+                network: "red".into(),
+                netns: "a".into(),
+            },
+        ];
+        for change in &changes {
+            state = state.with(change);
+            file.save_change(&state, change).unwrap();
+        }
+        assert_eq!(file.load().unwrap(), state);
+        // A crash after a snapshot, before the journal was emptied: the
+        // lines it already holds change nothing.
+        write_atomically(&file.path, serde_json::to_vec(&state).unwrap().as_slice()).unwrap();
+        assert_eq!(file.load().unwrap(), state);
+        // A line cut short by a crash is left out; its change was never answered.
+        let mut journal = OpenOptions::new().append(true).open(&file.journal).unwrap();
+        journal.write_all(b"{\"add_endpoint\":{\"netw").unwrap();
+        assert_eq!(file.load().unwrap(), state);
+        // Past the limit the state is written whole and the journal emptied.
+        for n in 0..=JOURNAL_LIMIT {
+            let change = Change::AddEndpoint(endpoint(&format!("n{n}"), 10));
+            state = state.with(&change);
+            file.save_change(&state, &change).unwrap();
+        }
+        assert!(fs::read_to_string(&file.journal).unwrap().lines().count() < JOURNAL_LIMIT);
+        assert_eq!(file.load().unwrap(), state);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn def(name: &str, created_ms: u64) -> NetworkDef {
         NetworkDef {

@@ -61,6 +61,82 @@ struct BlockValue {
 /// A record as gossip keys: `vtep`, `net:<name>`, `netrm:<name>`,
 /// `ep:<network>:<ip>`, `blk:<network>:<index>`, with JSON values.
 pub fn encode(record: &NodeRecord) -> BTreeMap<String, String> {
+    let mut kv = encode_few(record);
+    for e in &record.endpoints {
+        let (key, value) = endpoint_entry(e);
+        kv.insert(key, value);
+    }
+    kv
+}
+
+/// The keys to set (with their values) and to delete that turn `old`'s
+/// encoding into `new`'s.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub set: Vec<(String, String)>,
+    pub delete: Vec<String>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// What changed from `old`'s encoding to `new`'s. The endpoints, the part
+/// that grows with the node, are compared as facts and only the changed ones
+/// encoded: a change to one endpoint encodes one key, not the node's
+/// thousands (a node's other facts are few, and encoded whole).
+pub fn delta(old: &NodeRecord, new: &NodeRecord) -> Delta {
+    let mut delta = Delta::default();
+    let (old_few, new_few) = (encode_few(old), encode_few(new));
+    for key in old_few.keys().filter(|k| !new_few.contains_key(*k)) {
+        delta.delete.push(key.clone());
+    }
+    for (key, value) in new_few {
+        if old_few.get(&key) != Some(&value) {
+            delta.set.push((key, value));
+        }
+    }
+    if old.endpoints == new.endpoints {
+        return delta;
+    }
+    let (old_eps, new_eps) = (endpoint_facts(old), endpoint_facts(new));
+    for (network, ip) in old_eps.keys().filter(|k| !new_eps.contains_key(*k)) {
+        delta.delete.push(endpoint_key(network, *ip));
+    }
+    for ((network, ip), mac) in &new_eps {
+        if old_eps.get(&(*network, *ip)) != Some(mac) {
+            delta.set.push((
+                endpoint_key(network, *ip),
+                json(&EndpointValue { mac: *mac }),
+            ));
+        }
+    }
+    delta
+}
+
+/// One key per (network, address); its value is the MAC.
+fn endpoint_facts(r: &NodeRecord) -> BTreeMap<(&str, Ipv4Addr), Mac> {
+    r.endpoints
+        .iter()
+        .map(|e| ((e.network.as_str(), e.ip), e.mac))
+        .collect()
+}
+
+fn endpoint_key(network: &str, ip: Ipv4Addr) -> String {
+    format!("{PREFIX_ENDPOINT}{network}:{ip}")
+}
+
+fn endpoint_entry(e: &EndpointRecord) -> (String, String) {
+    (
+        endpoint_key(&e.network, e.ip),
+        json(&EndpointValue { mac: e.mac }),
+    )
+}
+
+/// Every key but the endpoints'.
+fn encode_few(record: &NodeRecord) -> BTreeMap<String, String> {
     let mut kv = BTreeMap::new();
     if let Some(ip) = record.vtep {
         let value = VtepValue {
@@ -88,12 +164,6 @@ pub fn encode(record: &NodeRecord) -> BTreeMap<String, String> {
             json(&RemovedValue {
                 removed_ms: *removed_ms,
             }),
-        );
-    }
-    for e in &record.endpoints {
-        kv.insert(
-            format!("{PREFIX_ENDPOINT}{}:{}", e.network, e.ip),
-            json(&EndpointValue { mac: e.mac }),
         );
     }
     for b in &record.blocks {
@@ -254,6 +324,34 @@ mod tests {
         assert_eq!(back, r);
         let junk = decode("n1", 7, true, None, [("ep:a:nope", "{}")]);
         assert_eq!(junk.malformed.len(), 1);
+    }
+
+    #[test]
+    fn a_delta_turns_one_encoding_into_the_other() {
+        let endpoint = |last: u8, mac: u8| EndpointRecord {
+            network: "a".into(),
+            ip: Ipv4Addr::new(10, 0, 0, last),
+            mac: Mac([2, 0x42, 10, 0, 0, mac]),
+        };
+        let old = NodeRecord {
+            vtep: Some(Ipv4Addr::new(172, 31, 1, 5)),
+            endpoints: vec![endpoint(3, 3), endpoint(4, 4), endpoint(5, 5)],
+            ..NodeRecord::default()
+        };
+        let mut new = old.clone();
+        new.vtep_since_ms = 9;
+        new.removed.insert("b".into(), 5);
+        new.endpoints = vec![endpoint(6, 6), endpoint(3, 3), endpoint(5, 50)];
+        let d = delta(&old, &new);
+        assert_eq!(d.set.len(), 4, "vtep, netrm:b, ep 6 and ep 5: {d:?}");
+        assert_eq!(d.delete, ["ep:a:10.0.0.4"]);
+        let mut kv = encode(&old);
+        for key in &d.delete {
+            kv.remove(key);
+        }
+        kv.extend(d.set);
+        assert_eq!(kv, encode(&new));
+        assert!(delta(&new, &new).is_empty());
     }
 
     #[test]

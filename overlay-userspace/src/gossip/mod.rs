@@ -48,7 +48,9 @@ pub struct Gossip {
     changed: Arc<Notify>,
     _listener: ListenerHandle,
     live_nodes: tokio::sync::watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
-    published: BTreeMap<String, String>,
+    /// The record as announced: the next one is announced as what changed
+    /// from it ([`kv::delta`]).
+    published: NodeRecord,
 }
 
 pub fn now_ms() -> u64 {
@@ -91,8 +93,7 @@ impl Gossip {
             section.advertise,
             max_datagram(section.mtu, section.listen),
         );
-        let published = kv::encode(record);
-        let handle = spawn_chitchat(config, published.clone().into_iter().collect(), &transport)
+        let handle = spawn_chitchat(config, kv::encode(record).into_iter().collect(), &transport)
             .await
             .with_context(|| format!("starting gossip on {}", section.listen))?;
         let changed = Arc::new(Notify::new());
@@ -122,7 +123,7 @@ impl Gossip {
             changed,
             _listener: listener,
             live_nodes,
-            published,
+            published: record.clone(),
         })
     }
 
@@ -147,22 +148,20 @@ impl Gossip {
     /// Makes this node's announced state equal `record`, then pushes it to live
     /// peers at once.
     pub async fn publish(&mut self, record: &NodeRecord) {
-        let want = kv::encode(record);
-        if want == self.published {
+        let delta = kv::delta(&self.published, record);
+        if delta.is_empty() {
             return;
         }
-        let old = std::mem::replace(&mut self.published, want.clone());
+        self.published.clone_from(record);
         let peers = self
             .handle
             .with_chitchat(|c| {
                 let own = c.self_node_state();
-                for key in old.keys().filter(|k| !want.contains_key(*k)) {
+                for key in &delta.delete {
                     own.delete(key);
                 }
-                for (key, value) in &want {
-                    if old.get(key) != Some(value) {
-                        own.set(key, value);
-                    }
+                for (key, value) in &delta.set {
+                    own.set(key, value);
                 }
                 relay::random_live_peers(c, PUSH_FANOUT)
             })

@@ -16,8 +16,8 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::AddressAttribute,
     link::{
-        InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlag, LinkInfo as NlLinkInfo,
-        LinkMessage,
+        AfSpecInet6, AfSpecUnspec, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute,
+        LinkFlag, LinkInfo as NlLinkInfo, LinkMessage,
     },
 };
 use rtnetlink::Handle;
@@ -192,6 +192,27 @@ impl Netlink {
             .await
             .context("setting MTU")?;
         self.set_up(index).await
+    }
+
+    /// Sets `addrgenmode none` (IFLA_INET6_ADDR_GEN_MODE =
+    /// IN6_ADDR_GEN_MODE_NONE): the interface makes no IPv6 address of its
+    /// own when it comes up, so it sends nothing of IPv6 (no DAD, no router
+    /// solicitation) though IPv6 stays on. Before it is up: a link-local
+    /// made at up stays. A move to another namespace resets it.
+    pub async fn set_no_ipv6_addresses(&self, index: u32) -> Result<()> {
+        /// `IN6_ADDR_GEN_MODE_NONE` of `linux/if_link.h`.
+        const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
+        let mut request = self.handle.link().set(index);
+        request
+            .message_mut()
+            .attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(IN6_ADDR_GEN_MODE_NONE)],
+            )]));
+        request
+            .execute()
+            .await
+            .context("setting IPv6 address generation to none")
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {
