@@ -117,6 +117,11 @@ enum Task {
         /// it); writes scale.md.
         #[arg(long, conflicts_with_all = ["cni", "docker_run", "nets"])]
         scale: bool,
+        /// With --scale, only one of its two parts: `cluster` or `adds`
+        /// (the endpoint adds, about 2 minutes alone); writes scale-cluster.md
+        /// or scale-adds.md instead.
+        #[arg(long, requires = "scale", value_parser = ["cluster", "adds"])]
+        part: Option<String>,
     },
 }
 
@@ -206,10 +211,16 @@ fn try_main() -> Result<()> {
             docker_run,
             docker,
             scale,
+            part,
         } => {
             let binary = build()?;
             if scale {
-                return bench::scale::run(&binary, quick, out, baseline.as_deref());
+                let part = match part.as_deref() {
+                    Some("cluster") => bench::scale::Part::Cluster,
+                    Some("adds") => bench::scale::Part::Adds,
+                    _ => bench::scale::Part::Both,
+                };
+                return bench::scale::run(&binary, quick, part, out, baseline.as_deref());
             }
             if docker {
                 prereqs::ensure_container_engines("bench --docker")?;

@@ -100,9 +100,18 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Which parts of the run to do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Both,
+    Cluster,
+    Adds,
+}
+
 pub fn run(
     binary: &Path,
     quick: bool,
+    part: Part,
     out: Option<PathBuf>,
     baseline: Option<&Path>,
 ) -> Result<()> {
@@ -113,20 +122,21 @@ pub fn run(
     // bench fails at the end.
     let mut md = String::new();
     let mut failed = Vec::new();
-    for (part, result) in [
-        ("the cluster part", cluster(plan)),
-        (
+    let mut record = |name: &'static str, result: Result<String>| match result {
+        Ok(text) => md += &text,
+        Err(e) => {
+            let _ = writeln!(md, "\n**{name} failed:** {e:#}\n");
+            failed.push(name);
+        }
+    };
+    if part != Part::Adds {
+        record("the cluster part", cluster(plan));
+    }
+    if part != Part::Cluster {
+        record(
             "the endpoint add part",
             endpoint_adds(plan, binary, baseline),
-        ),
-    ] {
-        match result {
-            Ok(text) => md += &text,
-            Err(e) => {
-                let _ = writeln!(md, "\n**{part} failed:** {e:#}\n");
-                failed.push(part);
-            }
-        }
+        );
     }
     let _ = writeln!(
         md,
@@ -134,7 +144,13 @@ pub fn run(
         super::load_average(),
         started.elapsed().as_secs_f64()
     );
-    super::write_report("--scale", "scale.md", &md, quick, out)?;
+    // A part alone leaves the whole run's scale.md as it is.
+    let file = match part {
+        Part::Both => "scale.md",
+        Part::Cluster => "scale-cluster.md",
+        Part::Adds => "scale-adds.md",
+    };
+    super::write_report("--scale", file, &md, quick, out)?;
     ensure!(failed.is_empty(), "{} failed", failed.join(" and "));
     Ok(())
 }
