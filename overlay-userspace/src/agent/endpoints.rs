@@ -2,7 +2,10 @@
 //! and where it came from. Creating one attaches it; removing one detaches and
 //! deletes it; nothing is left half-made on failure.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Result;
 use log::warn;
@@ -39,6 +42,8 @@ pub struct Attached {
     /// would otherwise stat every endpoint's namespace file, an add's largest
     /// cost at 2,000 endpoints (a sixth of the agent's CPU).
     netns_id: Option<NetnsId>,
+    /// Its namespace's path, made once for the same reason.
+    netns_path: PathBuf,
 }
 
 impl Attached {
@@ -50,19 +55,20 @@ impl Attached {
     }
     fn new(veth: CreatedEndpoint, origin: Origin, made_here: bool) -> Attached {
         let netns_id = netns::netns_id(&veth.plan.netns);
+        let netns_path = netns::netns_path(&veth.plan.netns);
         Attached {
             veth,
             origin,
             made_here,
             netns_id,
+            netns_path,
         }
     }
     /// Whether this is the endpoint of `network` in namespace `netns` (a name
     /// or a path of the same namespace, whose identity is `id`).
-    fn is(&self, network: &str, netns: &str, id: Option<NetnsId>) -> bool {
+    fn is(&self, network: &str, netns: &Path, id: Option<NetnsId>) -> bool {
         self.network() == network
-            && (netns::netns_path(self.netns()) == netns::netns_path(netns)
-                || id.is_some_and(|id| self.netns_id == Some(id)))
+            && (self.netns_path == netns || id.is_some_and(|id| self.netns_id == Some(id)))
     }
     /// Whether this is the runtime attachment `key`.
     pub fn has_key(&self, key: &AttachmentKey) -> bool {
@@ -89,8 +95,8 @@ impl Endpoints {
     }
 
     pub fn find(&self, network: &str, netns: &str) -> Option<&Attached> {
-        let id = netns::netns_id(netns);
-        self.list.iter().find(|a| a.is(network, netns, id))
+        let (path, id) = (netns::netns_path(netns), netns::netns_id(netns));
+        self.list.iter().find(|a| a.is(network, &path, id))
     }
 
     pub fn find_key(&self, key: &AttachmentKey) -> Option<&Attached> {
@@ -180,8 +186,8 @@ impl Endpoints {
     /// Takes an endpoint out of the list, leaving its veth and programs; put it
     /// back with [`Endpoints::restore`], or finish with [`remove`].
     pub fn take(&mut self, network: &str, netns: &str) -> Option<Attached> {
-        let id = netns::netns_id(netns);
-        let at = self.list.iter().position(|a| a.is(network, netns, id))?;
+        let (path, id) = (netns::netns_path(netns), netns::netns_id(netns));
+        let at = self.list.iter().position(|a| a.is(network, &path, id))?;
         Some(self.list.remove(at))
     }
 

@@ -281,10 +281,7 @@ impl Node {
     /// Saves the runtime state after `change`; only once that worked does the
     /// node hold the new state.
     fn save(&mut self, change: &Change) -> Result<()> {
-        let next = self.runtime.with(change);
-        self.state_file.save_change(&next, change)?;
-        self.runtime = next;
-        Ok(())
+        self.state_file.commit(&mut self.runtime, change)
     }
 
     /// Writes the state file whole, its journal emptied (see `state_file`):
@@ -316,8 +313,7 @@ impl Node {
         let resolved = self.membership.resolve(&own).await;
         let config = &self.plan.config;
         let in_file = |name: &str| config.networks.iter().any(|n| n.name == name);
-        let mut next = self.runtime.clone();
-        if next.take_over(resolved, in_file) {
+        if let Some(next) = self.runtime.taken_over(resolved, in_file) {
             match self.state_file.save(&next) {
                 Ok(()) => self.runtime = next,
                 Err(e) => warn!("saving {}: {e:#}", self.state_file.path().display()),

@@ -13,9 +13,9 @@
 //! written whole again and the journal emptied.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     collections::BTreeMap,
-    fs::{self, OpenOptions},
+    fs::{self, File, OpenOptions},
     io::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -124,6 +124,14 @@ impl RuntimeState {
     /// same state.
     pub fn with(&self, change: &Change) -> RuntimeState {
         let mut next = self.clone();
+        next.apply(change);
+        next
+    }
+
+    /// [`RuntimeState::with`] in place: a change costs what it touches, not a
+    /// copy of every endpoint.
+    pub fn apply(&mut self, change: &Change) {
+        let next = self;
         match change {
             Change::Vtep(ip, since) => next.vtep = Some((*ip, *since)),
             Change::CreateNetwork(def) => {
@@ -166,36 +174,56 @@ impl RuntimeState {
             }
             Change::Release(r) => next.reserved.retain(|x| x != r),
         }
-        next
     }
 
-    /// Copies the accepted networks this node lacks (`in_file` says which its
-    /// cluster file defines), and drops copies the cluster removed, so that a
-    /// definition outlives the node that made it. Whether anything changed.
+    /// The state with the accepted networks this node lacks copied (`in_file`
+    /// says which its cluster file defines) and the copies the cluster removed
+    /// dropped, so that a definition outlives the node that made it; `None`
+    /// if that changes nothing (the common case, checked without a copy).
     ///
     /// This only copies definitions and removals that are already in some
     /// record, so resolving again after it gives the same view.
-    pub fn take_over(&mut self, resolved: &Resolved, in_file: impl Fn(&str) -> bool) -> bool {
-        let mut changed = false;
-        for (name, def) in &resolved.networks {
-            if !in_file(name) && !self.networks.contains_key(name) {
-                self.networks.insert(name.clone(), def.clone());
-                changed = true;
-            }
+    pub fn taken_over(
+        &self,
+        resolved: &Resolved,
+        in_file: impl Fn(&str) -> bool,
+    ) -> Option<RuntimeState> {
+        let copies: Vec<(&String, &NetworkDef)> = resolved
+            .networks
+            .iter()
+            .filter(|(name, _)| !in_file(name) && !self.networks.contains_key(*name))
+            .collect();
+        let removals: Vec<(&String, u64)> = resolved
+            .removed
+            .iter()
+            .filter(|&(name, &removed_ms)| {
+                self.networks
+                    .get(name)
+                    .is_some_and(|def| def.removed_by(removed_ms))
+                    || self.removed.get(name) < Some(&removed_ms)
+            })
+            .map(|(name, &removed_ms)| (name, removed_ms))
+            .collect();
+        if copies.is_empty() && removals.is_empty() {
+            return None;
         }
-        for (name, &removed_ms) in &resolved.removed {
-            if let Some(def) = self.networks.get(name)
-                && def.removed_by(removed_ms)
+        let mut next = self.clone();
+        for (name, def) in copies {
+            next.networks.insert(name.clone(), def.clone());
+        }
+        for (name, removed_ms) in removals {
+            if next
+                .networks
+                .get(name)
+                .is_some_and(|def| def.removed_by(removed_ms))
             {
-                self.networks.remove(name);
-                changed = true;
+                next.networks.remove(name);
             }
-            if self.removed.get(name) < Some(&removed_ms) {
-                self.removed.insert(name.clone(), removed_ms);
-                changed = true;
+            if next.removed.get(name) < Some(&removed_ms) {
+                next.removed.insert(name.clone(), removed_ms);
             }
         }
-        changed
+        Some(next)
     }
 }
 
@@ -209,6 +237,9 @@ pub struct StateFile {
     journal: PathBuf,
     /// Lines in the journal since the last snapshot.
     journaled: Cell<usize>,
+    /// The journal, open for appending once a change was written (O_APPEND,
+    /// so a snapshot's truncation through another handle is fine).
+    journal_file: RefCell<Option<File>>,
 }
 
 impl StateFile {
@@ -217,6 +248,7 @@ impl StateFile {
             path: dir.join("state.json"),
             journal: dir.join("state.journal"),
             journaled: Cell::new(0),
+            journal_file: RefCell::new(None),
         }
     }
 
@@ -256,24 +288,38 @@ impl StateFile {
         Ok(state)
     }
 
-    /// Saves the state `next`, which is the saved state after `change`: a line
+    /// Saves `state` (the saved state) after `change`, then applies it: a line
     /// appended to the journal and synced, or every [`JOURNAL_LIMIT`] lines
-    /// the state written whole. Either way it is on disk when this returns.
-    pub fn save_change(&self, next: &RuntimeState, change: &Change) -> Result<()> {
+    /// the state written whole. Either way it is on disk when this returns; if
+    /// saving fails, `state` is left as it was.
+    pub fn commit(&self, state: &mut RuntimeState, change: &Change) -> Result<()> {
         if self.journaled.get() >= JOURNAL_LIMIT {
-            return self.save(next);
+            let next = state.with(change);
+            self.save(&next)?;
+            *state = next;
+            return Ok(());
         }
         let mut line = serde_json::to_vec(change)?;
         line.push(b'\n');
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&self.journal)
-            .with_context(|| format!("opening {}", self.journal.display()))?;
-        file.write_all(&line)
-            .and_then(|()| file.sync_data())
-            .with_context(|| format!("appending to {}", self.journal.display()))?;
+        let mut journal = self.journal_file.borrow_mut();
+        let file = match journal.as_mut() {
+            Some(file) => file,
+            None => journal.insert(
+                OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&self.journal)
+                    .with_context(|| format!("opening {}", self.journal.display()))?,
+            ),
+        };
+        if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
+            // A line half-written is cut short and left out on load; the
+            // next change reopens the file.
+            *journal = None;
+            return Err(e).with_context(|| format!("appending to {}", self.journal.display()));
+        }
         self.journaled.set(self.journaled.get() + 1);
+        state.apply(change);
         Ok(())
     }
 
@@ -300,7 +346,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path.parent().expect("a file in a directory");
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     file.write_all(contents)?;
     file.sync_all()?;
     fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
@@ -340,8 +386,7 @@ mod tests {
             },
         ];
         for change in &changes {
-            state = state.with(change);
-            file.save_change(&state, change).unwrap();
+            file.commit(&mut state, change).unwrap();
         }
         assert_eq!(file.load().unwrap(), state);
         // A crash after a snapshot, before the journal was emptied: the
@@ -355,8 +400,7 @@ mod tests {
         // Past the limit the state is written whole and the journal emptied.
         for n in 0..=JOURNAL_LIMIT {
             let change = Change::AddEndpoint(endpoint(&format!("n{n}"), 10));
-            state = state.with(&change);
-            file.save_change(&state, &change).unwrap();
+            file.commit(&mut state, &change).unwrap();
         }
         assert!(fs::read_to_string(&file.journal).unwrap().lines().count() < JOURNAL_LIMIT);
         assert_eq!(file.load().unwrap(), state);
@@ -399,16 +443,20 @@ mod tests {
     fn taking_over_copies_what_is_missing_and_drops_what_was_removed() {
         let mut resolved = Resolved::default();
         resolved.networks.insert("red".into(), def("red", 10));
-        let mut state = RuntimeState::default();
-        assert!(state.take_over(&resolved, |_| false));
+        let state = RuntimeState::default()
+            .taken_over(&resolved, |_| false)
+            .expect("copies red");
         assert_eq!(state.networks["red"], def("red", 10));
-        assert!(!state.take_over(&resolved, |_| false), "idempotent");
-        let mut from_file = RuntimeState::default();
-        assert!(!from_file.take_over(&resolved, |n| n == "red"));
+        assert!(
+            state.taken_over(&resolved, |_| false).is_none(),
+            "idempotent"
+        );
+        let from_file = RuntimeState::default();
+        assert!(from_file.taken_over(&resolved, |n| n == "red").is_none());
 
         resolved.networks.clear();
         resolved.removed.insert("red".into(), 15);
-        assert!(state.take_over(&resolved, |_| false));
+        let state = state.taken_over(&resolved, |_| false).expect("drops red");
         assert!(state.networks.is_empty());
         assert_eq!(state.removed["red"], 15);
     }

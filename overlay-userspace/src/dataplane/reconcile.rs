@@ -272,6 +272,9 @@ where
     };
     let capacity = map.map().info()?.max_entries() as usize;
     let room = capacity.saturating_sub(stale_kept);
+    if want.len() <= room {
+        return sync_fitting(map, current, want, prune);
+    }
     let ordered: Vec<(&K, &V)> = want
         .iter()
         .filter(|(_, v)| first(v))
@@ -306,6 +309,71 @@ where
         match map.insert(key, value, 0) {
             Ok(()) if fresh => changes.added += 1,
             Ok(()) => changes.updated += 1,
+            Err(e) if fresh && is_full(&e) => refused += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if refused > 0 {
+        changes.refused.insert(SELF, refused);
+    }
+    Ok(changes)
+}
+
+/// [`sync_hash`] when every wanted entry fits: one walk over both maps in key
+/// order, without a lookup per entry (the pass after each change walks every
+/// endpoint's entries).
+fn sync_fitting<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    current: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+    prune: bool,
+) -> Result<Changes>
+where
+    K: Pod + Ord,
+    V: Pod + PartialEq,
+{
+    use std::cmp::Ordering;
+    let mut changes = Changes::default();
+    let (mut gone, mut writes) = (Vec::new(), Vec::new());
+    let (mut held, mut wanted) = (current.iter().peekable(), want.iter().peekable());
+    loop {
+        let order = match (held.peek(), wanted.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((h, _)), Some((w, _))) => h.cmp(w),
+        };
+        match order {
+            Ordering::Less => {
+                let (key, _) = held.next().expect("peeked");
+                if prune {
+                    gone.push(key);
+                }
+            }
+            Ordering::Greater => writes.push((wanted.next().expect("peeked"), true)),
+            Ordering::Equal => {
+                let ((_, old), new) =
+                    (held.next().expect("peeked"), wanted.next().expect("peeked"));
+                if old != new.1 {
+                    writes.push((new, false));
+                }
+            }
+        }
+    }
+    // Removals first: they make room for the additions.
+    for key in gone {
+        match map.remove(key) {
+            Ok(()) => changes.removed += 1,
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut refused = 0;
+    for ((key, value), fresh) in writes {
+        match map.insert(key, value, 0) {
+            Ok(()) if fresh => changes.added += 1,
+            Ok(()) => changes.updated += 1,
+            // Someone else's entries filled it since the pass that wrote it.
             Err(e) if fresh && is_full(&e) => refused += 1,
             Err(e) => return Err(e.into()),
         }
