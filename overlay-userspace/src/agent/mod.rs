@@ -196,7 +196,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             }
             _ = ticker.tick() => {
                 node.detach_queued(&nl, &socket).await;
-                node.reconcile_all(&nl).await;
+                node.reconcile_all().await;
                 continue;
             }
         };

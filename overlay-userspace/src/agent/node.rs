@@ -313,13 +313,18 @@ impl Node {
         let resolved = self.membership.resolve(&own).await;
         let config = &self.plan.config;
         let in_file = |name: &str| config.networks.iter().any(|n| n.name == name);
-        if let Some(next) = self.runtime.taken_over(resolved, in_file) {
-            match self.state_file.save(&next) {
-                Ok(()) => self.runtime = next,
-                Err(e) => warn!("saving {}: {e:#}", self.state_file.path().display()),
+        let record = match self.runtime.taken_over(resolved, in_file) {
+            Some(next) => {
+                match self.state_file.save(&next) {
+                    Ok(()) => self.runtime = next,
+                    Err(e) => warn!("saving {}: {e:#}", self.state_file.path().display()),
+                }
+                self.own_record()
             }
-        }
-        let record = self.own_record();
+            // Built once per sync when nothing was taken over: it copies every
+            // endpoint.
+            None => own,
+        };
         self.membership.publish(&record).await;
         self.reconcile(self.prune(), periodic);
     }
@@ -328,8 +333,8 @@ impl Node {
     /// map whole and repairs what differs (the passes after a change only diff
     /// against what they wrote), and re-applies the way out even if unchanged
     /// (which also meets a dockerd started since).
-    pub async fn reconcile_all(&mut self, nl: &Netlink) {
-        self.forget_vanished_endpoints(nl).await;
+    pub async fn reconcile_all(&mut self) {
+        self.forget_vanished_endpoints();
         self.sync_and_reconcile(true).await;
     }
 
@@ -387,11 +392,11 @@ impl Node {
 
     /// A container's veth disappears with its namespace. Such an endpoint is
     /// withdrawn instead of being reconciled forever.
-    pub async fn forget_vanished_endpoints(&mut self, nl: &Netlink) {
+    pub fn forget_vanished_endpoints(&mut self) {
         let Some(dataplane) = self.dataplane.as_mut() else {
             return;
         };
-        for gone in self.endpoints.forget_vanished(nl, dataplane).await {
+        for gone in self.endpoints.forget_vanished(dataplane) {
             let e = &gone.veth.plan;
             warn!(
                 "endpoint {} ({}) vanished with its veth {} (namespace {} deleted?); withdrawing it",
