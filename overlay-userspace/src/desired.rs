@@ -226,12 +226,7 @@ pub fn addresses_in_use(
     resolved: &Resolved,
     network: &str,
 ) -> BTreeSet<Ipv4Addr> {
-    let mut used: BTreeSet<Ipv4Addr> = resolved
-        .used_ips
-        .iter()
-        .filter(|(n, _)| n == network)
-        .map(|(_, ip)| *ip)
-        .collect();
+    let mut used: BTreeSet<Ipv4Addr> = resolved.used_ips.get(network).cloned().unwrap_or_default();
     used.extend(
         config
             .remotes
@@ -389,10 +384,10 @@ mod tests {
         let mut resolved = Resolved::default();
         resolved
             .used_ips
-            .insert(("red".into(), Ipv4Addr::new(10, 9, 0, 3)));
+            .insert("red".into(), [Ipv4Addr::new(10, 9, 0, 3)].into());
         resolved
             .used_ips
-            .insert(("blue".into(), Ipv4Addr::new(10, 8, 0, 3)));
+            .insert("blue".into(), [Ipv4Addr::new(10, 8, 0, 3)].into());
         let used: Vec<_> = addresses_in_use(&config, &resolved, "red")
             .into_iter()
             .collect();

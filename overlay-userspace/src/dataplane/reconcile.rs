@@ -38,67 +38,87 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// Each map built whole from a list (sorted once, then filled in key order)
+    /// rather than by an insert per entry: this runs after every change, over
+    /// every endpoint. Of two entries with one key the later wins, as an
+    /// insert would have it: local, then remote, then gateways.
     pub fn from_desired(state: &DesiredState) -> Tables {
-        let mut t = Tables {
-            config: state.config,
-            ..Tables::default()
-        };
-        for (&vni, &mtu) in &state.networks {
-            t.networks.insert(vni, Network { mtu, flags: 0 });
-        }
-        for e in &state.local {
-            t.endpoints.insert(
-                e.host_ifindex,
-                Endpoint {
-                    vni: e.vni,
-                    ip: e.ip.octets(),
-                    mac: e.mac.0,
-                    _pad: [0; 2],
-                },
-            );
-            let local = FdbEntry {
+        let local = state.local.iter().map(|e| {
+            let at = FdbEntry {
                 kind: FDB_KIND_LOCAL,
                 ifindex: e.host_ifindex,
                 remote_vtep: [0; 4],
             };
-            t.add_address(e.vni, e.ip, e.mac, local);
-            t.endpoint_devs.insert(e.host_ifindex, e.host_ifindex);
-        }
-        for r in &state.remote {
-            let remote = FdbEntry {
+            (e.vni, e.ip, e.mac, at)
+        });
+        let remote = state.remote.iter().map(|r| {
+            let at = FdbEntry {
                 kind: FDB_KIND_REMOTE,
                 ifindex: 0,
                 remote_vtep: r.vtep.octets(),
             };
-            t.add_address(r.vni, r.ip, r.mac, remote);
-            t.vteps.entry(r.vtep.octets()).or_default().endpoints += 1;
-        }
-        for g in &state.gateways {
-            let gateway = FdbEntry {
+            (r.vni, r.ip, r.mac, at)
+        });
+        let gateways = state.gateways.iter().map(|g| {
+            let at = FdbEntry {
                 kind: FDB_KIND_GATEWAY,
                 ifindex: 0,
                 remote_vtep: [0; 4],
             };
-            t.add_address(g.vni, g.ip, g.mac, gateway);
+            (g.vni, g.ip, g.mac, at)
+        });
+        // Where each MAC lives, and that each IP is answered with it.
+        let addresses: Vec<(u32, Ipv4Addr, Mac, FdbEntry)> =
+            local.chain(remote).chain(gateways).collect();
+        let mut vteps: BTreeMap<[u8; 4], Vtep> = BTreeMap::new();
+        for r in &state.remote {
+            vteps.entry(r.vtep.octets()).or_default().endpoints += 1;
         }
-        t
-    }
-}
-
-impl Tables {
-    /// Where `mac` of network `vni` lives, and that `ip` is answered with it.
-    fn add_address(&mut self, vni: u32, ip: Ipv4Addr, mac: Mac, at: FdbEntry) {
-        self.fdb.insert(FdbKey::new(vni, mac.0), at);
-        self.neigh.insert(
-            NeighKey {
-                vni,
-                ip: ip.octets(),
-            },
-            NeighEntry {
-                mac: mac.0,
-                _pad: [0; 2],
-            },
-        );
+        Tables {
+            config: state.config,
+            networks: state
+                .networks
+                .iter()
+                .map(|(&vni, &mtu)| (vni, Network { mtu, flags: 0 }))
+                .collect(),
+            endpoints: state
+                .local
+                .iter()
+                .map(|e| {
+                    let endpoint = Endpoint {
+                        vni: e.vni,
+                        ip: e.ip.octets(),
+                        mac: e.mac.0,
+                        _pad: [0; 2],
+                    };
+                    (e.host_ifindex, endpoint)
+                })
+                .collect(),
+            fdb: addresses
+                .iter()
+                .map(|&(vni, _, mac, at)| (FdbKey::new(vni, mac.0), at))
+                .collect(),
+            neigh: addresses
+                .iter()
+                .map(|&(vni, ip, mac, _)| {
+                    let key = NeighKey {
+                        vni,
+                        ip: ip.octets(),
+                    };
+                    let entry = NeighEntry {
+                        mac: mac.0,
+                        _pad: [0; 2],
+                    };
+                    (key, entry)
+                })
+                .collect(),
+            vteps,
+            endpoint_devs: state
+                .local
+                .iter()
+                .map(|e| (e.host_ifindex, e.host_ifindex))
+                .collect(),
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! One key per fact, so a change to one endpoint gossips one key.
 
 use std::{
+    borrow::Cow,
+    cmp::Ordering,
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
 };
@@ -101,27 +103,55 @@ pub fn delta(old: &NodeRecord, new: &NodeRecord) -> Delta {
     if old.endpoints == new.endpoints {
         return delta;
     }
-    let (old_eps, new_eps) = (endpoint_facts(old), endpoint_facts(new));
-    for (network, ip) in old_eps.keys().filter(|k| !new_eps.contains_key(*k)) {
-        delta.delete.push(endpoint_key(network, *ip));
-    }
-    for ((network, ip), mac) in &new_eps {
-        if old_eps.get(&(*network, *ip)) != Some(mac) {
-            delta.set.push((
-                endpoint_key(network, *ip),
-                json(&EndpointValue { mac: *mac }),
-            ));
+    let (old_eps, new_eps) = (by_address(&old.endpoints), by_address(&new.endpoints));
+    let (mut olds, mut news) = (old_eps.iter().peekable(), new_eps.iter().peekable());
+    // One walk over both in address order: a change costs no table of either.
+    loop {
+        let order = match (olds.peek(), news.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(o), Some(n)) => address(o).cmp(&address(n)),
+        };
+        match order {
+            Ordering::Less => {
+                let gone = olds.next().expect("peeked");
+                delta.delete.push(endpoint_key(&gone.network, gone.ip));
+            }
+            Ordering::Greater => delta.set.push(endpoint_entry(news.next().expect("peeked"))),
+            Ordering::Equal => {
+                let (was, is) = (olds.next().expect("peeked"), news.next().expect("peeked"));
+                if was.mac != is.mac {
+                    delta.set.push(endpoint_entry(is));
+                }
+            }
         }
     }
     delta
 }
 
-/// One key per (network, address); its value is the MAC.
-fn endpoint_facts(r: &NodeRecord) -> BTreeMap<(&str, Ipv4Addr), Mac> {
-    r.endpoints
-        .iter()
-        .map(|e| ((e.network.as_str(), e.ip), e.mac))
-        .collect()
+/// An endpoint's gossip key, as a fact: one per (network, address).
+fn address(e: &EndpointRecord) -> (&str, Ipv4Addr) {
+    (e.network.as_str(), e.ip)
+}
+
+/// `endpoints` in address order, one per address (the last of several, as
+/// their encoding keeps). A node's own record is kept sorted, so this is
+/// usually `endpoints` itself.
+fn by_address(endpoints: &[EndpointRecord]) -> Cow<'_, [EndpointRecord]> {
+    if endpoints
+        .windows(2)
+        .all(|w| address(&w[0]) < address(&w[1]))
+    {
+        return Cow::Borrowed(endpoints);
+    }
+    let mut sorted = endpoints.to_vec();
+    // Stable: of one address, the last stays last, and dedup keeps it.
+    sorted.sort_by(|a, b| address(a).cmp(&address(b)));
+    sorted.reverse();
+    sorted.dedup_by(|a, b| address(a) == address(b));
+    sorted.reverse();
+    Cow::Owned(sorted)
 }
 
 fn endpoint_key(network: &str, ip: Ipv4Addr) -> String {

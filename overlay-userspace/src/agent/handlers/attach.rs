@@ -147,11 +147,7 @@ impl Node {
             Some(m) => m.parse().map_err(invalid)?,
             None => Mac::from_ipv4(ip),
         };
-        let taken = self
-            .membership
-            .resolved()
-            .used_macs
-            .contains(&(network.to_owned(), mac));
+        let taken = self.membership.resolved().mac_used(network, mac);
         if taken || def.way_out().is_some_and(|gw| gateway_mac(gw) == mac) {
             return Err(exists(format!(
                 "MAC {mac} is already in use in network {network}"
