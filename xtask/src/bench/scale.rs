@@ -54,7 +54,9 @@ const FULL: Plan = Plan {
     endpoints: 20_000,
     changes: 20,
     rest: Duration::from_secs(20),
-    adds: 2_050,
+    // The last window, 2,000 there, as long as the others: a window of 50
+    // moved the growth figure by 0.2 from run to run.
+    adds: 2_250,
     window: 250,
 };
 
