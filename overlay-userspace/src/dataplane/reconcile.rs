@@ -21,6 +21,8 @@ use overlay_common::{
     NeighEntry, NeighKey, Network, Vtep,
 };
 
+use itertools::{EitherOrBoth, Itertools as _};
+
 use super::{batch, maps::Maps};
 use crate::{desired::DesiredState, model::Mac};
 
@@ -284,7 +286,6 @@ where
     K: Pod + Ord,
     V: Pod + PartialEq,
 {
-    let mut changes = Changes::default();
     let stale_kept = if prune {
         0
     } else {
@@ -311,32 +312,13 @@ where
                 .map(|(k, _)| *k)
                 .filter(|k| current.contains_key(k)),
         );
-    for key in gone {
-        match map.remove(key) {
-            Ok(()) => changes.removed += 1,
-            // Removed behind the agent's back since the pass that wrote it.
-            Err(e) if is_missing(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let mut refused = left_out.len();
-    for &(key, value) in fits {
-        let fresh = match current.get(key) {
-            Some(v) if v == value => continue,
-            Some(_) => false,
-            None => true,
-        };
-        match map.insert(key, value, 0) {
-            Ok(()) if fresh => changes.added += 1,
-            Ok(()) => changes.updated += 1,
-            Err(e) if fresh && is_full(&e) => refused += 1,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if refused > 0 {
-        changes.refused.insert(SELF, refused);
-    }
-    Ok(changes)
+    let writes = fits
+        .iter()
+        .filter_map(|&(key, value)| match current.get(key) {
+            Some(v) if v == value => None,
+            held => Some((key, value, held.is_none())),
+        });
+    write_changes(map, gone, writes, left_out.len())
 }
 
 /// [`sync_hash`] when every wanted entry fits: one walk over both maps in key
@@ -352,48 +334,50 @@ where
     K: Pod + Ord,
     V: Pod + PartialEq,
 {
-    use std::cmp::Ordering;
-    let mut changes = Changes::default();
     let (mut gone, mut writes) = (Vec::new(), Vec::new());
-    let (mut held, mut wanted) = (current.iter().peekable(), want.iter().peekable());
-    loop {
-        let order = match (held.peek(), wanted.peek()) {
-            (None, None) => break,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((h, _)), Some((w, _))) => h.cmp(w),
-        };
-        match order {
-            Ordering::Less => {
-                let (key, _) = held.next().expect("peeked");
-                if prune {
-                    gone.push(key);
-                }
+    for pair in current
+        .iter()
+        .merge_join_by(want, |(h, _), (w, _)| h.cmp(w))
+    {
+        match pair {
+            EitherOrBoth::Left((key, _)) if prune => gone.push(key),
+            EitherOrBoth::Left(_) => {}
+            EitherOrBoth::Right((key, value)) => writes.push((key, value, true)),
+            EitherOrBoth::Both((_, old), (key, value)) if old != value => {
+                writes.push((key, value, false));
             }
-            Ordering::Greater => writes.push((wanted.next().expect("peeked"), true)),
-            Ordering::Equal => {
-                let ((_, old), new) =
-                    (held.next().expect("peeked"), wanted.next().expect("peeked"));
-                if old != new.1 {
-                    writes.push((new, false));
-                }
-            }
+            EitherOrBoth::Both(..) => {}
         }
     }
-    // Removals first: they make room for the additions.
+    write_changes(map, gone, writes, 0)
+}
+
+/// Removes `gone` from `map` (first: that makes room), then writes `writes`,
+/// each with whether its key is new. A new key the full map refuses is
+/// counted, beside `refused` already left out, and the pass goes on.
+fn write_changes<'a, K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    gone: impl IntoIterator<Item = &'a K>,
+    writes: impl IntoIterator<Item = (&'a K, &'a V, bool)>,
+    mut refused: usize,
+) -> Result<Changes>
+where
+    K: Pod + 'a,
+    V: Pod + 'a,
+{
+    let mut changes = Changes::default();
     for key in gone {
         match map.remove(key) {
             Ok(()) => changes.removed += 1,
+            // Removed behind the agent's back since the pass that wrote it.
             Err(e) if is_missing(&e) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    let mut refused = 0;
-    for ((key, value), fresh) in writes {
+    for (key, value, fresh) in writes {
         match map.insert(key, value, 0) {
             Ok(()) if fresh => changes.added += 1,
             Ok(()) => changes.updated += 1,
-            // Someone else's entries filled it since the pass that wrote it.
             Err(e) if fresh && is_full(&e) => refused += 1,
             Err(e) => return Err(e.into()),
         }

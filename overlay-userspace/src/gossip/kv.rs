@@ -3,11 +3,11 @@
 
 use std::{
     borrow::Cow,
-    cmp::Ordering,
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
 };
 
+use itertools::{EitherOrBoth, Itertools as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -104,27 +104,18 @@ pub fn delta(old: &NodeRecord, new: &NodeRecord) -> Delta {
         return delta;
     }
     let (old_eps, new_eps) = (by_address(&old.endpoints), by_address(&new.endpoints));
-    let (mut olds, mut news) = (old_eps.iter().peekable(), new_eps.iter().peekable());
     // One walk over both in address order: a change costs no table of either.
-    loop {
-        let order = match (olds.peek(), news.peek()) {
-            (None, None) => break,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some(o), Some(n)) => address(o).cmp(&address(n)),
-        };
-        match order {
-            Ordering::Less => {
-                let gone = olds.next().expect("peeked");
-                delta.delete.push(endpoint_key(&gone.network, gone.ip));
+    for pair in old_eps
+        .iter()
+        .merge_join_by(new_eps.iter(), |o, n| address(o).cmp(&address(n)))
+    {
+        match pair {
+            EitherOrBoth::Left(gone) => delta.delete.push(endpoint_key(&gone.network, gone.ip)),
+            EitherOrBoth::Right(is) => delta.set.push(endpoint_entry(is)),
+            EitherOrBoth::Both(was, is) if was.mac != is.mac => {
+                delta.set.push(endpoint_entry(is));
             }
-            Ordering::Greater => delta.set.push(endpoint_entry(news.next().expect("peeked"))),
-            Ordering::Equal => {
-                let (was, is) = (olds.next().expect("peeked"), news.next().expect("peeked"));
-                if was.mac != is.mac {
-                    delta.set.push(endpoint_entry(is));
-                }
-            }
+            EitherOrBoth::Both(..) => {}
         }
     }
     delta
