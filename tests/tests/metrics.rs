@@ -165,9 +165,9 @@ fn prometheus_sees_the_counters_rise_and_the_fdb_fill() -> Result<()> {
     );
 
     // What is attached, and by which build.
-    let tcx = c.agents[&1].stderr().contains("attach as TCX links");
+    let tcx = c.agents[&1].stderr().contains("attaches as a TCX link");
     let info = format!(
-        r#"overlay_dataplane_info{{decap="tc",tc_attach="{}"}}"#,
+        r#"overlay_dataplane_info{{decap="tc",tc_attach="{}",endpoint_tc_attach="netlink_clsact"}}"#,
         if tcx { "tcx" } else { "netlink_clsact" }
     );
     ensure!(prom.value(&info)? == Some(1.0), "{info}");

@@ -3,7 +3,9 @@
 //! filters replaced) and migrates a map whose shape changed, under a ping that
 //! must lose nothing; or refuses, naming the reason, and leaves the dataplane
 //! as it was. The other version is `overlay-upgrade-variant`: the same agent
-//! whose eBPF object has other program code and a FDB of half the size.
+//! whose eBPF object has other program code and a FDB of half the size, and
+//! which attaches endpoints as agents before netlink endpoint filters did (TCX
+//! links from 6.6).
 
 mod common;
 
@@ -150,6 +152,69 @@ fn upgrade_swaps_programs_and_migrates_fdb_without_loss_tc() -> Result<()> {
 #[test]
 fn upgrade_swaps_programs_and_migrates_fdb_without_loss_xdp() -> Result<()> {
     upgrade_and_back(Decap::Xdp)
+}
+
+/// node1's endpoint pins in `links/`: (name, whether it is a link rather than
+/// a netlink filter's directory).
+fn endpoint_pins(o: &Overlay) -> Result<Vec<(String, bool)>> {
+    let mut pins = Vec::new();
+    for entry in std::fs::read_dir(o.pin_dir(1).join("links"))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("endpoint-") {
+            pins.push((name, entry.path().is_file()));
+        }
+    }
+    Ok(pins)
+}
+
+/// An agent from before endpoints were netlink filters left a TCX link on its
+/// endpoint's veth: this build takes the link over and swaps its program in
+/// place with no echo lost, and its teardown removes the adopted link with
+/// everything else.
+#[test]
+fn upgrade_takes_over_tcx_endpoint_links() -> Result<()> {
+    let mut o = Overlay::build_with(Decap::Tc, &[C1, C2])?;
+    let this_build = std::mem::replace(&mut o.binary, upgrade_variant_binary()?);
+    o.start_agent_with(1, &["--keep"])?;
+    o.binary = this_build.clone();
+    o.start_agent(2)?;
+    let variant_log = o.agents[0].stderr();
+    let tcx = variant_log.contains("attaches as a TCX link");
+    let left_by_variant = endpoint_pins(&o)?;
+    ensure!(
+        left_by_variant.len() == 1 && left_by_variant[0].1 == tcx,
+        "the variant's endpoint attachment is a {} (pins {left_by_variant:?}):\n{variant_log}",
+        if tcx { "TCX link" } else { "netlink filter" }
+    );
+    let pinger = Pinger::start(&o.ns(C1), &C2.ip.to_string(), Duration::from_millis(10))?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    let left = o.agents.remove(0).stop_keeping()?;
+    let agent = left.restart(&o.node_ns(1), &this_build, &o.config_path(1), &[])?;
+    o.agents.insert(0, agent);
+    wait_swapped(&o)?;
+    ensure!(
+        endpoint_pins(&o)? == left_by_variant,
+        "the endpoint's attachment was taken over as it was"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let log = pinger.stop()?;
+    ensure!(
+        log.lost() == 0,
+        "{} of {} echoes lost across the take-over: {:?}; the agent's log:\n{}",
+        log.lost(),
+        log.transmitted,
+        log.lost_echoes(),
+        o.agents[0].stderr()
+    );
+
+    // `stop` also fails if the pins (the adopted link's among them) are left.
+    let status = o.agents.remove(0).stop()?;
+    ensure!(status.success(), "the agent's teardown failed: {status}");
+    let filters = common::netlink_tc_filters(&o.node_ns(1))?;
+    ensure!(filters.is_empty(), "filters left on node1: {filters:?}");
+    Ok(())
 }
 
 /// A program this agent did not attach shares the FDB the upgrade must

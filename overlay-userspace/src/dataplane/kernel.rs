@@ -20,7 +20,9 @@ pub enum TcAttach {
     /// TCX links (6.6+): owned by the process, gone when it exits.
     Tcx,
     /// A `cls_bpf` filter under a `clsact` qdisc, over netlink: the only way
-    /// before 6.6. The qdisc must exist first, so the loader adds it.
+    /// before 6.6, and the endpoints' way on every kernel
+    /// ([`endpoint_tc_attach`]). The qdisc must exist first, so the loader
+    /// adds it.
     NetlinkClsact,
 }
 
@@ -30,7 +32,8 @@ pub fn release() -> String {
         .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
-/// The TC attach mode for this kernel, decided and logged on first use.
+/// How the underlay's TC decap attaches on this kernel, decided and logged on
+/// first use.
 ///
 /// It is the same rule aya's `SchedClassifier::attach` applies (TCX from 6.6),
 /// made explicit so that the loader knows when it must add the clsact qdisc and
@@ -40,7 +43,11 @@ pub fn tc_attach() -> TcAttach {
     *MODE.get_or_init(|| {
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         if tcx {
-            info!("TC programs attach as TCX links (kernel {})", release());
+            info!(
+                "the underlay's TC program attaches as a TCX link (kernel {}); endpoints' as \
+                 cls_bpf filters",
+                release()
+            );
             TcAttach::Tcx
         } else {
             warn!(
@@ -51,6 +58,24 @@ pub fn tc_attach() -> TcAttach {
             TcAttach::NetlinkClsact
         }
     })
+}
+
+/// How `endpoint_ingress` attaches to a host-side veth: a netlink filter on
+/// every kernel. The first TCX program on a device costs its attach a full RCU
+/// grace period (`tcx_entry_sync`: 12 of the 19 ms an endpoint add took here,
+/// at any endpoint count); the clsact qdisc's first filter waits at most an
+/// expedited one. The underlay's one attachment keeps [`tc_attach`].
+#[cfg(not(feature = "upgrade-test-variant"))]
+pub fn endpoint_tc_attach() -> TcAttach {
+    TcAttach::NetlinkClsact
+}
+
+/// The upgrade tests' other version attaches endpoints as agents before
+/// [`TcAttach::NetlinkClsact`] endpoints did (TCX from 6.6), so that taking
+/// over such links is tested.
+#[cfg(feature = "upgrade-test-variant")]
+pub fn endpoint_tc_attach() -> TcAttach {
+    tc_attach()
 }
 
 /// A helper the programs call, the program type that calls it, and why.

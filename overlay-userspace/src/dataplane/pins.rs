@@ -105,8 +105,9 @@ pub fn ensure_on_bpffs(pin_dir: &Path) -> Result<()> {
 }
 
 /// Where program links are pinned, inside a node's pin directory. Netlink
-/// filters (kernels before TCX) have no link; each has a directory of its hook's
-/// name there instead, so the next agent knows to replace it.
+/// filters (every endpoint's, and the underlay's before TCX) have no link;
+/// each has a directory of its hook's name there instead, so the next agent
+/// knows to replace it.
 pub const LINKS_DIR: &str = "links";
 
 /// Where the running agent's programs are pinned: the next agent's way back if

@@ -95,8 +95,8 @@ const XDP_PROGRAMS: [&str; 2] = [
 
 /// One attachment. Links are pinned, so that the dataplane outlives the agent
 /// when it is killed or exits with --keep, and a later agent adopts them.
-/// TC attachments made through netlink (before TCX, kernels < 6.6) have no link
-/// to pin; they stay until removed.
+/// TC attachments made through netlink (every endpoint's, and the underlay's
+/// before TCX, kernels < 6.6) have no link to pin; they stay until removed.
 pub(super) enum Attachment {
     Pinned(PinnedLink),
     /// A netlink filter, and the directory in `links/` that tells the next
@@ -233,13 +233,18 @@ impl Programs {
             return Ok(());
         }
         let program = classifier(&mut self.ebpf, program_names::ENDPOINT_INGRESS)?;
-        let id = attach_tc_ingress(program, program_names::ENDPOINT_INGRESS, host_ifname)
-            .with_context(|| {
-                format!(
-                    "attaching {} to {host_ifname}",
-                    program_names::ENDPOINT_INGRESS
-                )
-            })?;
+        let id = attach_tc_ingress(
+            program,
+            program_names::ENDPOINT_INGRESS,
+            host_ifname,
+            kernel::endpoint_tc_attach(),
+        )
+        .with_context(|| {
+            format!(
+                "attaching {} to {host_ifname}",
+                program_names::ENDPOINT_INGRESS
+            )
+        })?;
         let link = program.take_link(id)?;
         self.pin(hook, tc_fd_link(link))
     }
@@ -277,8 +282,13 @@ impl Programs {
         let link = match mode {
             DecapMode::Tc => {
                 let program = classifier(&mut self.ebpf, program_names::UNDERLAY_INGRESS_TC)?;
-                let id = attach_tc_ingress(program, program_names::UNDERLAY_INGRESS_TC, underlay)
-                    .with_context(|| format!("attaching TC decap to {underlay}"))?;
+                let id = attach_tc_ingress(
+                    program,
+                    program_names::UNDERLAY_INGRESS_TC,
+                    underlay,
+                    kernel::tc_attach(),
+                )
+                .with_context(|| format!("attaching TC decap to {underlay}"))?;
                 tc_fd_link(program.take_link(id)?)
             }
             DecapMode::Xdp => {
@@ -377,30 +387,24 @@ impl Programs {
 pub(super) const NL_PRIORITY: u16 = 0x4f56;
 pub(super) const NL_HANDLE: TcHandle = TcHandle::new(0, 0x4f56);
 
-/// Attaches classifier `name` at `ifname`'s ingress the way
-/// [`kernel::tc_attach`] chose. A netlink filter needs the clsact qdisc first;
-/// one already there (another TC user's, or ours for an earlier hook) is shared,
-/// and stays when the agent leaves, as `tc` leaves it. A filter of ours that an
-/// agent left on the interface without saying so (before filters had a fixed
-/// priority) is replaced rather than doubled.
+/// Attaches classifier `name` at `ifname`'s ingress as `how` says. A netlink
+/// filter needs the clsact qdisc first; one already there (another TC user's,
+/// or ours for an earlier hook) is shared, and stays when the agent leaves, as
+/// `tc` leaves it. Under a qdisc that was there, a filter of ours that an agent
+/// left without saying so (before filters had a fixed priority) is replaced
+/// rather than doubled; a qdisc just added has no filters to look for, which
+/// spares a new endpoint's veth the dump.
 fn attach_tc_ingress(
     program: &mut SchedClassifier,
     name: &str,
     ifname: &str,
+    how: TcAttach,
 ) -> Result<SchedClassifierLinkId> {
-    let options = match kernel::tc_attach() {
+    let options = match how {
         TcAttach::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
         TcAttach::NetlinkClsact => {
-            ensure_clsact(ifname)?;
-            match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, name) {
-                Ok(()) => {
-                    log::info!("replaced the {name} filter a previous agent left on {ifname}");
-                }
-                Err(TcError::IoError(e)) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("removing a stale {name} filter from {ifname}"));
-                }
+            if ensure_clsact(ifname)? == Clsact::WasThere {
+                remove_unmarked_filter(ifname, name)?;
             }
             TcAttachOptions::Netlink(NlOptions {
                 priority: NL_PRIORITY,
@@ -412,11 +416,30 @@ fn attach_tc_ingress(
     Ok(program.attach_with_options(ifname, TcAttachType::Ingress, options)?)
 }
 
-pub(super) fn ensure_clsact(ifname: &str) -> Result<()> {
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Clsact {
+    Added,
+    WasThere,
+}
+
+pub(super) fn ensure_clsact(ifname: &str) -> Result<Clsact> {
     match tc::qdisc_add_clsact(ifname) {
-        Ok(()) => Ok(()),
-        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Ok(()) => Ok(Clsact::Added),
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+            Ok(Clsact::WasThere)
+        }
         Err(e) => Err(e).with_context(|| format!("adding a clsact qdisc to {ifname}")),
+    }
+}
+
+fn remove_unmarked_filter(ifname: &str, name: &str) -> Result<()> {
+    match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, name) {
+        Ok(()) => {
+            log::info!("replaced the {name} filter a previous agent left on {ifname}");
+            Ok(())
+        }
+        Err(TcError::IoError(e)) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing a stale {name} filter from {ifname}")),
     }
 }
 

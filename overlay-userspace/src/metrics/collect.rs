@@ -271,20 +271,26 @@ impl Collector for Collect {
         info(
             e,
             "dataplane",
-            "How the dataplane is attached: decap mode, TC attachment (tcx, or the netlink clsact fallback before 6.6), kernel",
+            "How the dataplane is attached: decap mode, the underlay's TC attachment (tcx, or \
+             the netlink clsact fallback before 6.6), the endpoints' (netlink clsact), kernel",
             &[
                 ("decap", self.agent.decap.to_string()),
+                ("tc_attach", tc_attach_label(kernel::tc_attach())),
                 (
-                    "tc_attach",
-                    match kernel::tc_attach() {
-                        TcAttach::Tcx => "tcx",
-                        TcAttach::NetlinkClsact => "netlink_clsact",
-                    }
-                    .to_owned(),
+                    "endpoint_tc_attach",
+                    tc_attach_label(kernel::endpoint_tc_attach()),
                 ),
                 ("kernel", kernel::release()),
             ],
         )?;
         Ok(())
     }
+}
+
+fn tc_attach_label(how: TcAttach) -> String {
+    match how {
+        TcAttach::Tcx => "tcx",
+        TcAttach::NetlinkClsact => "netlink_clsact",
+    }
+    .to_owned()
 }

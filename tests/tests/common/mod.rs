@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 
-/// The cls_bpf filters (netlink TC attachments, as before 6.6) in namespace
+/// The cls_bpf filters (netlink TC attachments: the endpoints', and the
+/// underlay's before 6.6) in namespace
 /// `ns`, as `bpftool net show` lists them: one per interface and direction.
 /// A newer bpftool lists TCX links there too; those are left out.
 pub fn netlink_tc_filters(ns: &str) -> Result<Vec<serde_json::Value>> {
