@@ -27,7 +27,10 @@ use super::{
     kernel::{self, TcAttach},
     pins::{LINKS_DIR, PROGRAMS_DIR},
 };
-use crate::{config::DecapMode, host::netns::NetnsGuard};
+use crate::{
+    config::DecapMode,
+    host::{ifname::ifindex, netns::NetnsGuard},
+};
 
 /// Where a program is attached; names its link's pin.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,11 +108,19 @@ pub(super) enum Attachment {
 }
 
 impl Attachment {
-    fn detach(self) -> Result<()> {
+    /// Detaches the attachment at `hook`. A filter whose interface is gone
+    /// (a veth deleted by hand, or with its namespace) went with it; only a
+    /// link needed detaching then, and that is a no-op.
+    fn detach(self, hook: &Hook) -> Result<()> {
         match self {
             Attachment::Pinned(link) => link.unpin()?.detach()?,
             Attachment::TcNetlink(link, marker) => {
-                link.detach()?;
+                if let Err(e) = link.detach() {
+                    let ifname = hook.tc_ifname().unwrap_or_default();
+                    if ifindex(ifname)?.is_some() {
+                        return Err(e).with_context(|| format!("detaching from {ifname}"));
+                    }
+                }
                 let _ = fs::remove_dir(marker);
             }
         }
@@ -308,7 +319,7 @@ impl Programs {
             return detach_left(&self.link_path(hook), hook);
         }
         match self.attachments.remove(hook) {
-            Some(a) => a.detach(),
+            Some(a) => a.detach(hook),
             None => Ok(()),
         }
     }
@@ -349,8 +360,8 @@ impl Programs {
     /// no-ops. Returns the first error after trying them all.
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first_err = None;
-        while let Some((_, attachment)) = self.attachments.pop_last() {
-            if let Err(e) = attachment.detach() {
+        while let Some((hook, attachment)) = self.attachments.pop_last() {
+            if let Err(e) = attachment.detach(&hook) {
                 first_err.get_or_insert(e);
             }
         }
@@ -451,6 +462,8 @@ fn detach_left(path: &Path, hook: &Hook) -> Result<()> {
             match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, hook.program()) {
                 Ok(()) => {}
                 Err(TcError::IoError(e)) if e.kind() == ErrorKind::NotFound => {}
+                // The interface went, and its filters with it.
+                Err(_) if ifindex(ifname)?.is_none() => {}
                 Err(e) => return Err(e).with_context(|| format!("detaching from {ifname}")),
             }
         }
