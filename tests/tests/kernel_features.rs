@@ -2,8 +2,9 @@
 //! underlay's TC program attaches as a TCX link from 6.6 and as a cls_bpf filter
 //! under a clsact qdisc (netlink) before, the choice is logged once per agent,
 //! and the kernel shows the attachments the log claims. Endpoints' programs are
-//! netlink filters on every kernel (a TCX attach waits a full RCU grace period). `cargo xtask vmtest` runs this on 6.1
-//! and 6.12; `cargo xtask test` on the host's kernel.
+//! netlink filters on every kernel (a TCX attach waits a full RCU grace
+//! period). `cargo xtask vmtest` runs this on 6.1 and 6.12; `cargo xtask test`
+//! on the host's kernel.
 
 mod common;
 

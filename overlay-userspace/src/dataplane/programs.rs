@@ -116,9 +116,9 @@ impl Attachment {
             Attachment::Pinned(link) => link.unpin()?.detach()?,
             Attachment::TcNetlink(link, marker) => {
                 if let Err(e) = link.detach() {
-                    let ifname = hook.tc_ifname().unwrap_or_default();
-                    if ifindex(ifname)?.is_some() {
-                        return Err(e).with_context(|| format!("detaching from {ifname}"));
+                    match hook.tc_ifname() {
+                        Some(ifname) if ifindex(ifname)?.is_none() => {}
+                        _ => return Err(e).with_context(|| format!("detaching {hook:?}")),
                     }
                 }
                 let _ = fs::remove_dir(marker);

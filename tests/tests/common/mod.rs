@@ -3,8 +3,8 @@
 use anyhow::Result;
 
 /// The cls_bpf filters (netlink TC attachments: the endpoints', and the
-/// underlay's before 6.6) in namespace
-/// `ns`, as `bpftool net show` lists them: one per interface and direction.
+/// underlay's before 6.6) in namespace `ns`, as `bpftool net show` lists them:
+/// one per interface and direction.
 /// A newer bpftool lists TCX links there too; those are left out.
 pub fn netlink_tc_filters(ns: &str) -> Result<Vec<serde_json::Value>> {
     let out = overlay_tests::sh(&format!("ip netns exec {ns} bpftool -j net show"))?;
